@@ -1,0 +1,31 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install bench-g2p clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch is installed first, pinned, so nothing after it can pull another build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/s2s demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench-g2p: $(STAMP)
+	$(PY) bench/g2p.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,243 @@
+"""The ``s2s`` command line: train, translate, evaluate, check-data, prepare, demo.
+
+User errors (bad files, bad config keys, bad arguments) print one line on stderr and exit
+with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import DataError, UserError
+
+log = logging.getLogger("seq2seqkit")
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+# ------------------------------------------------------------------------------ commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import Trainer, load_for_resume
+
+    if args.resume:
+        overrides = ([args.config] if args.config else []) + args.overrides  # `--resume DIR k=v ...`
+        cfg = load_for_resume(args.resume, overrides)
+    else:
+        if not args.config:
+            raise UserError("train: give a CONFIG.yaml (or --resume MODEL_DIR)")
+        cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg, resume=bool(args.resume))
+    trainer.train()
+    print(f"model directory: {cfg.output_dir}")
+    return 0
+
+
+def _input_lines(path: str | None) -> Iterator[str]:
+    from .data.corpus import decode_line, read_lines
+
+    if path and path != "-":
+        for _, line in read_lines(path):
+            yield line
+        return
+    for n, raw in enumerate(sys.stdin.buffer, 1):
+        yield decode_line(raw.rstrip(b"\r\n"), "<stdin>", n)
+
+
+class AtomicOutput:
+    """Write to a temporary file beside ``path`` and rename on success: an interrupted run
+    never leaves a half-written output (or destroys an older one)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        self.f = os.fdopen(fd, "w", encoding="utf-8")
+
+    def __enter__(self):
+        return self.f
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.f.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from .translate import Translator
+
+    tr = Translator.load(args.model, checkpoint=args.checkpoint, device=args.device)
+    if args.batch_size:
+        tr.cfg.search.batch_size = args.batch_size
+    lines = _input_lines(args.input)
+    if args.output:
+        with AtomicOutput(args.output) as f:
+            for out in tr.translate_stream(lines):
+                f.write(out + "\n")
+    else:
+        for out in tr.translate_stream(lines):
+            sys.stdout.write(out + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import metrics as M
+    from .evaluate import evaluate_model, format_examples, load_eval_set
+
+    if args.model is None:
+        if not args.hyp or not args.ref:
+            raise UserError("evaluate: give -m MODEL_DIR --src FILE --ref FILE, or --hyp FILE --ref FILE")
+        data = load_eval_set(args.hyp, args.ref)
+        metrics = args.metrics or ["bleu", "chrf"]
+        print(M.score(data.sources, data.refs, metrics).format())
+        return 0
+    from .translate import Translator
+
+    tr = Translator.load(args.model, checkpoint=args.checkpoint, device=args.device)
+    if not args.src:
+        raise UserError("evaluate: --src is required with -m (a TSV/JSONL file, or a text file with --ref)")
+    group = tr.cfg.evaluation.group_by_source if args.group_by_source is None else args.group_by_source
+    data = load_eval_set(args.src, args.ref, group_by_source=group)
+    scores, hyps = evaluate_model(tr, data, args.metrics or tr.cfg.evaluation.metrics)
+    print(scores.format())
+    if args.examples:
+        print(format_examples(data, hyps, args.examples))
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from .data.corpus import count_and_stats
+
+    stats = count_and_stats(args.src, args.tgt, fmt=args.format)
+    name = args.src if args.tgt is None else f"{args.src} + {args.tgt}"
+    print(stats.format_report(name))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .tasks import cmudict
+
+    out = Path(args.out_dir) if args.out_dir else cmudict.default_dir()
+    for split, path in cmudict.prepare(out).items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the embedded G2P task with the quick config, then score its test split."""
+    from .config import load_config
+    from .evaluate import evaluate_model, format_examples, load_eval_set
+    from .training import Trainer, load_for_resume
+    from .translate import Translator
+
+    out = Path(args.output_dir)
+    overrides = [f"output_dir={out}"] + args.overrides
+    if args.retrain and out.exists():
+        shutil.rmtree(out)
+    last = out / "checkpoints" / "last.pt"
+    if last.exists():
+        cfg = load_for_resume(out, args.overrides)
+        trainer = Trainer(cfg, resume=True)
+        if trainer.progress.done:
+            print(f"{out} already holds the trained demo model (pass --retrain to train it again)")
+        else:
+            trainer.train()
+    else:
+        cfg = load_config(CONFIG_DIR / "g2p-quick.yaml", overrides)
+        Trainer(cfg).train()
+    tr = Translator.load(out)
+    data = load_eval_set(tr.cfg.data.test.path, group_by_source=True)  # type: ignore[arg-type]
+    scores, hyps = evaluate_model(tr, data, ["wer", "per", "exact", "chrf"])
+    print(f"\nG2P test split ({len(data.sources)} words), greedy decoding:")
+    print(scores.format())
+    print("\nexamples:")
+    print(format_examples(data, hyps, 10))
+    print("\nTry it:  echo 'seq2seq' | .venv/bin/s2s translate -m", out)
+    return 0
+
+
+# -------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="s2s", description="seq2seq-kit: train and use encoder-decoder models.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config", nargs="?", help="CONFIG.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. training.epochs=2")
+    t.add_argument("--resume", metavar="MODEL_DIR", help="continue the run saved in MODEL_DIR")
+    t.set_defaults(fn=cmd_train)
+
+    def model_args(sp: argparse.ArgumentParser, required: bool) -> None:
+        sp.add_argument("-m", "--model", required=required, metavar="MODEL_DIR")
+        sp.add_argument("--checkpoint", default="best", help="best, last, or a .pt path (default: best)")
+        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    tr = sub.add_parser("translate", help="translate lines from a file or stdin")
+    model_args(tr, True)
+    tr.add_argument("-i", "--input", help="input file (default: stdin)")
+    tr.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
+    tr.add_argument("--batch-size", type=int, help="sentences per batch")
+    tr.set_defaults(fn=cmd_translate)
+
+    ev = sub.add_parser("evaluate", help="score a model, or a file of outputs, against references")
+    model_args(ev, False)
+    ev.add_argument("--src", help="source file (text with --ref, or one TSV/JSONL file)")
+    ev.add_argument("--ref", help="reference file, line-aligned")
+    ev.add_argument("--hyp", help="outputs to score instead of running a model")
+    ev.add_argument("--metrics", nargs="+", choices=["bleu", "chrf", "wer", "per", "exact"])
+    ev.add_argument("--group-by-source", action=argparse.BooleanOptionalAction, default=None,
+                    help="identical sources count once, their targets as alternative references")
+    ev.add_argument("--examples", type=int, default=0, help="show N example predictions")
+    ev.set_defaults(fn=cmd_evaluate)
+
+    cd = sub.add_parser("check-data", help="validate a corpus and print its statistics")
+    cd.add_argument("src", help="source file, or one TSV/JSONL file")
+    cd.add_argument("tgt", nargs="?", help="target file, line-aligned with src")
+    cd.add_argument("--format", default="auto", choices=["auto", "text", "tsv", "jsonl"])
+    cd.set_defaults(fn=cmd_check_data)
+
+    pr = sub.add_parser("prepare", help="write a built-in data set's splits to files")
+    pr.add_argument("dataset", choices=["cmudict"])
+    pr.add_argument("out_dir", nargs="?", help="where to write train/dev/test.tsv (default: the cache)")
+    pr.set_defaults(fn=cmd_prepare)
+
+    de = sub.add_parser("demo", help="train and evaluate the embedded G2P task (quick config)")
+    de.add_argument("--output-dir", default="runs/demo")
+    de.add_argument("--retrain", action="store_true", help="delete an earlier demo model first")
+    de.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    de.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        return args.fn(args)
+    except (UserError, DataError) as e:
+        if args.debug:
+            raise
+        print(f"s2s: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("s2s: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `s2s translate ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

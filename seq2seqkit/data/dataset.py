@@ -1,0 +1,173 @@
+"""Encoded corpora and token-count batches.
+
+A corpus is streamed from disk once, encoded, and kept only as flat int32 id arrays (the text
+is not held alongside). Batches are built by token count with length bucketing, so a batch
+of short sentences holds many of them and a batch of long ones few, with little padding.
+"""
+
+from __future__ import annotations
+
+import logging
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import CorpusConfig, DataConfig
+from ..errors import DataError
+from .corpus import iter_examples
+from .tokenizers import BOS, EOS, PAD, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedCorpus:
+    """Token ids of both sides, concatenated; ``*_off[i]:*_off[i+1]`` is example ``i``."""
+
+    src_ids: np.ndarray
+    src_off: np.ndarray
+    tgt_ids: np.ndarray
+    tgt_off: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.src_off) - 1
+
+    @property
+    def src_lens(self) -> np.ndarray:
+        return np.diff(self.src_off)
+
+    @property
+    def tgt_lens(self) -> np.ndarray:
+        return np.diff(self.tgt_off)
+
+    def src(self, i: int) -> np.ndarray:
+        return self.src_ids[self.src_off[i] : self.src_off[i + 1]]
+
+    def tgt(self, i: int) -> np.ndarray:
+        return self.tgt_ids[self.tgt_off[i] : self.tgt_off[i + 1]]
+
+
+def corpus_texts(corpus: CorpusConfig, side: str) -> Iterator[str]:
+    """One side of a corpus as text, streamed (for training tokenizers)."""
+    for ex in iter_examples(*corpus.files(), fmt=corpus.format):
+        yield ex.src if side == "src" else ex.tgt
+
+
+def encode_corpus(
+    corpus: CorpusConfig, data: DataConfig, src_tok: Tokenizer, tgt_tok: Tokenizer, name: str
+) -> EncodedCorpus:
+    """Stream, encode and filter one split. Empty sides and over-long pairs are skipped
+    (with a count in the log) or, with ``data.on_invalid=error``, reported with file:line."""
+    src_ids, tgt_ids = array("i"), array("i")
+    src_off, tgt_off = array("q", [0]), array("q", [0])
+    skipped = {"empty": 0, "too long": 0}
+    path = corpus.path or corpus.src
+    for ex in iter_examples(*corpus.files(), fmt=corpus.format):
+        problem = kind = None
+        if not ex.src.strip() or not ex.tgt.strip():
+            kind, problem = "empty", f"empty {'source' if not ex.src.strip() else 'target'} side"
+        else:
+            s, t = src_tok.encode(ex.src), tgt_tok.encode(ex.tgt)
+            if len(s) > data.max_src_len or len(t) > data.max_tgt_len:
+                kind = "too long"
+                problem = (
+                    f"pair too long: {len(s)} source / {len(t)} target tokens "
+                    f"(data.max_src_len={data.max_src_len}, data.max_tgt_len={data.max_tgt_len})"
+                )
+        if problem:
+            if data.on_invalid == "error":
+                raise DataError(path or "", ex.line, problem + " (set data.on_invalid=skip to drop such pairs)")
+            skipped[kind] += 1
+            continue
+        src_ids.extend(s)
+        tgt_ids.extend(t)
+        src_off.append(len(src_ids))
+        tgt_off.append(len(tgt_ids))
+    n = len(src_off) - 1
+    if any(skipped.values()):
+        log.info("%s: kept %d pairs, skipped %d empty and %d too long", name, n, skipped["empty"], skipped["too long"])
+    if n == 0:
+        raise DataError(path or "", None, f"no usable pairs in the {name} data")
+    as_np = lambda a, t: np.frombuffer(a, dtype=t).copy()  # noqa: E731
+    return EncodedCorpus(as_np(src_ids, np.int32), as_np(src_off, np.int64), as_np(tgt_ids, np.int32), as_np(tgt_off, np.int64))
+
+
+@dataclass
+class Batch:
+    """Padded tensors. The source ends in EOS; ``tgt_in`` = BOS + target, ``tgt_out`` = target + EOS."""
+
+    src: torch.Tensor  # (B, S)
+    src_lens: torch.Tensor  # (B,)
+    tgt_in: torch.Tensor  # (B, T)
+    tgt_out: torch.Tensor  # (B, T)
+    indices: np.ndarray  # positions in the corpus, to put outputs back in order
+
+    @property
+    def n_tokens(self) -> int:
+        return int((self.tgt_out != PAD).sum())
+
+    def to(self, device: torch.device) -> Batch:
+        nb = device.type == "cuda"
+        return Batch(
+            self.src.to(device, non_blocking=nb), self.src_lens.to(device, non_blocking=nb),
+            self.tgt_in.to(device, non_blocking=nb), self.tgt_out.to(device, non_blocking=nb), self.indices,
+        )
+
+
+def pad_sources(seqs: list[np.ndarray] | list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id sequences and append EOS: (B, S) ids and (B,) lengths."""
+    lens = torch.tensor([len(s) + 1 for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), int(lens.max())), PAD, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        out[i, len(s)] = EOS
+    return out, lens
+
+
+def collate(corpus: EncodedCorpus, indices: np.ndarray) -> Batch:
+    src, src_lens = pad_sources([corpus.src(i) for i in indices])
+    tgts = [corpus.tgt(i) for i in indices]
+    t = max(len(x) for x in tgts) + 1
+    tgt_in = torch.full((len(indices), t), PAD, dtype=torch.long)
+    tgt_out = torch.full((len(indices), t), PAD, dtype=torch.long)
+    for i, x in enumerate(tgts):
+        ids = torch.as_tensor(x.astype(np.int64))
+        tgt_in[i, 0] = BOS
+        tgt_in[i, 1 : len(x) + 1] = ids
+        tgt_out[i, : len(x)] = ids
+        tgt_out[i, len(x)] = EOS
+    return Batch(src, src_lens, tgt_in, tgt_out, indices)
+
+
+def token_batches(
+    src_lens: np.ndarray, tgt_lens: np.ndarray, batch_tokens: int, seed: int | None, epoch: int = 0
+) -> list[np.ndarray]:
+    """Group example indices into batches of at most ``batch_tokens`` padded tokens.
+
+    Examples are sorted by length (a random permutation first breaks ties, so buckets differ
+    between epochs), packed greedily, and the batch order is shuffled. The result depends on
+    ``(seed, epoch)`` only, which is what lets a resumed run skip exactly the batches it had
+    done. ``seed=None`` gives a fixed, unshuffled order (for evaluation).
+    """
+    n = len(src_lens)
+    rng = np.random.default_rng([seed, epoch]) if seed is not None else None
+    perm = rng.permutation(n) if rng is not None else np.arange(n)
+    # +1: EOS on the source, BOS/EOS on the target.
+    s, t = src_lens[perm] + 1, tgt_lens[perm] + 1
+    order = perm[np.lexsort((t, s))]
+    longest = np.maximum(src_lens, tgt_lens)[order] + 1
+    batches: list[np.ndarray] = []
+    start, width = 0, 0
+    for i in range(n):
+        w = max(width, int(longest[i]))
+        if i > start and w * (i - start + 1) > batch_tokens:
+            batches.append(order[start:i])
+            start, w = i, int(longest[i])
+        width = w
+    batches.append(order[start:n])
+    if rng is not None:
+        batches = [batches[j] for j in rng.permutation(len(batches))]
+    return batches

@@ -1,0 +1,143 @@
+"""Evaluation metrics over hypotheses and (possibly several) references per segment.
+
+Several references matter for grapheme-to-phoneme (G2P): a word such as "read" has two
+correct pronunciations, and a prediction matching either one is right. Every metric here
+therefore takes ``refs[i]``, the list of acceptable references for ``hyps[i]``.
+
+All values are percentages (0-100):
+
+- ``bleu``, ``chrf``: sacrebleu corpus scores (with their reproducibility signatures).
+  BLEU-4 is 0 when no hypothesis has 4 tokens (no 4-grams to count), so for G2P on short
+  words chrF, PER and WER are the informative numbers.
+- ``exact``: share of hypotheses equal to any of their references (whitespace-normalised).
+- ``wer``: share of hypotheses that are wrong, ``100 - exact``. This is the G2P
+  convention ("word error rate" = wrong *words*, each segment being one word), not the
+  MT/ASR token-level WER; the token-level rate is ``per``.
+- ``per``: corpus-level token (phoneme) error rate, Levenshtein distance on
+  whitespace-split tokens against the closest reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from rapidfuzz.distance import Levenshtein
+from sacrebleu.metrics import BLEU, CHRF
+
+METRICS = ("bleu", "chrf", "wer", "per", "exact")
+
+_LABELS = {"bleu": "BLEU", "chrf": "chrF", "wer": "WER", "per": "PER", "exact": "exact"}
+_PERCENT_SIGN = {"wer", "per", "exact"}  # error/accuracy rates print with a "%"
+
+
+@dataclass
+class Scores:
+    """Metric values in percent, plus sacrebleu signatures so BLEU/chrF can be reproduced."""
+
+    values: dict[str, float]
+    signatures: dict[str, str] = field(default_factory=dict)
+
+    def format(self) -> str:
+        """One summary line (``BLEU 31.20 | chrF 55.00 | WER 23.10% ...``), then one line per signature."""
+        parts = [
+            f"{_LABELS.get(name, name)} {value:.2f}{'%' if name in _PERCENT_SIGN else ''}"
+            for name, value in self.values.items()
+        ]
+        lines = [" | ".join(parts)]
+        lines += [f"{_LABELS.get(name, name)} signature: {sig}" for name, sig in self.signatures.items()]
+        return "\n".join(lines)
+
+
+def group_references(sources: Sequence[str], targets: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Collapse repeated sources into one item whose targets are alternative references.
+
+    A G2P test file lists a word once per pronunciation; scoring each row separately
+    would count a correct prediction of one pronunciation as an error on the other row.
+    Sources keep first-appearance order; each source's targets are de-duplicated in order.
+    """
+    if len(sources) != len(targets):
+        raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
+    grouped: dict[str, list[str]] = {}
+    for src, tgt in zip(sources, targets):
+        alts = grouped.setdefault(src, [])
+        if tgt not in alts:
+            alts.append(tgt)
+    return list(grouped), list(grouped.values())
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _exact(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
+    hits = sum(_norm(h) in {_norm(r) for r in rs} for h, rs in zip(hyps, refs))
+    return 100.0 * hits / len(hyps)
+
+
+def _per(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
+    """Corpus token error rate: sum of distances / sum of chosen reference lengths.
+
+    Per segment the closest reference is chosen; on a distance tie the *longer* reference
+    wins (larger denominator, hence the lower, more charitable rate). If every chosen
+    reference is empty the rate is 0 when the hypotheses are empty too, else 100.
+    """
+    errors = length = 0
+    for hyp, rs in zip(hyps, refs):
+        h = hyp.split()
+        dist, neg_len = min((Levenshtein.distance(h, r.split()), -len(r.split())) for r in rs)
+        errors += dist
+        length -= neg_len
+    if length == 0:
+        return 0.0 if errors == 0 else 100.0
+    return 100.0 * errors / length
+
+
+def score(
+    hyps: Sequence[str],
+    refs: Sequence[Sequence[str]],
+    metrics: Iterable[str] = METRICS,
+    tokenize: str = "13a",
+) -> Scores:
+    """Score ``hyps`` against ``refs`` (``refs[i]``: acceptable references for ``hyps[i]``).
+
+    ``wer`` is the G2P word error rate: the percentage of hypotheses matching none of
+    their references (``100 - exact``), not a token-level edit rate (that is ``per``).
+    ``tokenize`` is sacrebleu's BLEU tokenizer (chrF works on characters and ignores it).
+    With no hypotheses every value is 0.0 and there are no signatures (sacrebleu can only
+    sign a metric it has evaluated).
+    """
+    names = list(metrics)
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}; valid: {', '.join(METRICS)}")
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} reference lists")
+    for i, rs in enumerate(refs):
+        if isinstance(rs, str) or not rs:
+            raise ValueError(f"refs[{i}] must be a non-empty list of reference strings, got {rs!r}")
+
+    if not hyps:
+        return Scores({m: 0.0 for m in names}, {})
+
+    values: dict[str, float] = {}
+    signatures: dict[str, str] = {}
+    # sacrebleu wants reference *streams* of equal length. It officially supports a
+    # variable number of references per segment by padding with None (see
+    # BaseMetric._cache_references: "can be '' or None"; the signature then reads
+    # nrefs:var), so pad with None rather than repeating a reference.
+    n_streams = max(len(rs) for rs in refs)
+    streams = [[rs[k] if k < len(rs) else None for rs in refs] for k in range(n_streams)]
+    exact = _exact(hyps, refs) if {"exact", "wer"} & set(names) else 0.0
+    for name in names:
+        if name in ("bleu", "chrf"):
+            metric = BLEU(tokenize=tokenize) if name == "bleu" else CHRF()
+            values[name] = metric.corpus_score(list(hyps), streams).score
+            signatures[name] = str(metric.get_signature())
+        elif name == "exact":
+            values[name] = exact
+        elif name == "wer":
+            values[name] = 100.0 - exact
+        else:
+            values[name] = _per(hyps, refs)
+    return Scores(values, signatures)

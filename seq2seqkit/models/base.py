@@ -1,0 +1,73 @@
+"""The one interface every model family implements.
+
+Search, training, evaluation and serving talk to models only through these methods, so they
+never ask which family they hold:
+
+* ``encode(src, src_lens)`` reads the whole input once;
+* ``init_state(enc)`` and ``decode_step(prev, enc, state)`` generate one token at a time
+  (greedy, beam search, sampling, scheduled sampling, free-running validation);
+* ``forward(src, src_lens, tgt_in)`` scores a whole target at once under teacher forcing
+  (training), which a family may compute far faster than step by step.
+
+Encoder outputs and decoder states are nested dicts/tuples of tensors whose first dimension
+is the batch, so search can select, repeat and reorder hypotheses with one generic function.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+State = Any  # nested dict / tuple / list of batch-first tensors (or None)
+
+
+class StepOutput(NamedTuple):
+    logits: torch.Tensor  # (B, V) scores of the next token
+    state: State  # to pass to the next step
+    attention: torch.Tensor | None  # (B, S) weights over source positions, if the family has them
+
+
+def map_batch(obj: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
+    """Apply ``fn`` to every tensor in a nested state (e.g. ``lambda t: t.index_select(0, idx)``)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_batch(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(map_batch(v, fn) for v in obj)
+    return obj
+
+
+def select(obj: State, index: torch.Tensor) -> State:
+    """Keep / repeat / reorder batch rows of a nested state."""
+    return map_batch(obj, lambda t: t.index_select(0, index))
+
+
+class Seq2SeqModel(nn.Module, ABC):
+    """Base class of all families. Subclasses set ``src_vocab`` and ``tgt_vocab``."""
+
+    src_vocab: int
+    tgt_vocab: int
+
+    @abstractmethod
+    def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
+        """(B, S) source ids (EOS-terminated, PAD-padded) -> encoder output."""
+
+    @abstractmethod
+    def init_state(self, enc: State) -> State:
+        """The decoder state before the first target token."""
+
+    @abstractmethod
+    def decode_step(self, prev: torch.Tensor, enc: State, state: State) -> StepOutput:
+        """Feed one token per sentence ((B,) ids) and get the next-token logits."""
+
+    @abstractmethod
+    def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for ``tgt_in`` = BOS + target."""
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

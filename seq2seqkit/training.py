@@ -1,0 +1,354 @@
+"""Training: one loop for every model family, resumable to the exact batch.
+
+The encoder and decoder are trained as one model on the cross-entropy of every output token
+(padding masked). A run lives in its model directory::
+
+    MODEL_DIR/config.yaml           the resolved config (what ``--resume`` re-reads)
+    MODEL_DIR/tokenizers.json ...   tokenizers and vocabularies
+    MODEL_DIR/checkpoints/last.pt   model, optimizer, scheduler, RNG states, data position
+    MODEL_DIR/checkpoints/best.pt   the best validation so far
+    MODEL_DIR/train_log.jsonl       every logged number; also in MODEL_DIR/tensorboard/
+
+Resuming restores the RNG states and skips the batches of the current epoch that were
+already done (batch order depends on (seed, epoch) only), so a resumed run logs the same
+losses as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from . import metrics as M
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .config import Config, TrainingConfig, dump_config, from_dict, apply_overrides
+from .data.corpus import iter_examples
+from .data.dataset import EncodedCorpus, collate, corpus_texts, encode_corpus, token_batches
+from .data.tokenizers import PAD, Tokenizer, load_tokenizers, save_tokenizers, train_tokenizers
+from .errors import ConfigError, UserError
+from .models import Seq2SeqModel, build_model
+from .tasks import resolve_dataset
+from .teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio
+from .translate import resolve_device, translate_ids
+
+log = logging.getLogger("seq2seqkit")
+
+LOWER_IS_BETTER = {"loss", "ppl", "wer", "per", "free_loss"}
+
+
+@dataclass
+class Progress:
+    """Everything about where training stands that is not a tensor; saved in checkpoints."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
+    best: float | None = None
+    best_step: int = 0
+    bad_validations: int = 0  # validations since the last improvement (early stopping)
+    window_loss: float = 0.0  # sums since the last log line, so a resumed log matches
+    window_tokens: int = 0
+    window_steps: int = 0
+    done: bool = False
+
+
+def token_loss(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Sum of token cross-entropies over non-padding positions."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), gold.reshape(-1),
+        ignore_index=PAD, reduction="sum", label_smoothing=label_smoothing,
+    )
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainingConfig) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """constant / inverse_sqrt step per update (with linear warm-up); plateau steps per validation."""
+    if cfg.lr_schedule == "plateau":
+        if cfg.warmup_steps:
+            raise ConfigError("training.warmup_steps: not supported with lr_schedule=plateau (set it to 0)")
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+        )
+    w = cfg.warmup_steps
+    if cfg.lr_schedule == "inverse_sqrt":
+        fn = (lambda s: min((s + 1) / w, math.sqrt(w / (s + 1)))) if w else (lambda s: 1 / math.sqrt(s + 1))
+    else:
+        fn = (lambda s: min(1.0, (s + 1) / w)) if w else (lambda s: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(opt, fn)
+
+
+class Trainer:
+    """Sets up a run in ``cfg.output_dir`` (new, or resumed from it) and trains it."""
+
+    def __init__(self, cfg: Config, resume: bool = False) -> None:
+        self.out = Path(cfg.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        last = self.ckpt_dir / "last.pt"
+        if resume and not last.exists():
+            raise UserError(f"{self.out}: nothing to resume (no checkpoints/last.pt)")
+        if not resume and last.exists():
+            raise UserError(f"{self.out} already holds a trained model: resume it with "
+                            f"'s2s train --resume {self.out}' or choose another output_dir")
+        self.cfg = cfg
+        tc = cfg.training
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        self.device = resolve_device(tc.device)
+        self._seed(tc.seed)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+        if resume:
+            self.src_tok, self.tgt_tok = load_tokenizers(self.out)
+        else:
+            cfg.data = resolve_dataset(cfg.data)
+            if not cfg.data.train.is_set:
+                raise ConfigError("data.train: no training data (set data.train.src and data.train.tgt, "
+                                  "data.train.path, or data.dataset)")
+            log.info("training tokenizers on %s", cfg.data.train.path or cfg.data.train.src)
+            self.src_tok, self.tgt_tok = train_tokenizers(
+                cfg.tokenizer, corpus_texts(cfg.data.train, "src"), corpus_texts(cfg.data.train, "tgt"), tc.seed
+            )
+            save_tokenizers(self.out, self.src_tok, self.tgt_tok)
+            atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+        log.info("vocabulary: %d source, %d target", self.src_tok.vocab_size, self.tgt_tok.vocab_size)
+
+        self.train_data = encode_corpus(cfg.data.train, cfg.data, self.src_tok, self.tgt_tok, "train")
+        self.dev_data, self.dev_sources, self.dev_refs = self._load_dev()
+        log.info("data: %d training pairs, %d dev pairs", len(self.train_data), len(self.dev_data or []))
+
+        self.model: Seq2SeqModel = build_model(cfg.model, self.src_tok.vocab_size, self.tgt_tok.vocab_size).to(self.device)
+        log.info("model: %s, %s parameters", cfg.model.family, f"{self.model.num_parameters():,}")
+        self.optimizer = build_optimizer(self.model, tc)
+        self.scheduler = build_scheduler(self.optimizer, tc)
+        self.progress = Progress()
+        if resume:
+            self._restore(load_checkpoint(last, map_location=self.device))
+        self.log_file = self.out / "train_log.jsonl"
+        self._truncate_log()
+        self.tb = None
+
+    # -- setup helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _seed(seed: int) -> None:
+        random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _load_dev(self) -> tuple[EncodedCorpus | None, list[str], list[list[str]]]:
+        dev = self.cfg.data.dev
+        if not dev.is_set:
+            return None, [], []
+        encoded = encode_corpus(dev, self.cfg.data, self.src_tok, self.tgt_tok, "dev")
+        pairs = [(ex.src, ex.tgt) for ex in iter_examples(*dev.files(), fmt=dev.format) if ex.src.strip() and ex.tgt.strip()]
+        if self.cfg.evaluation.group_by_source:
+            sources, refs = M.group_references([s for s, _ in pairs], [t for _, t in pairs])
+        else:
+            sources, refs = [s for s, _ in pairs], [[t] for _, t in pairs]
+        cap = self.cfg.data.dev_max_examples
+        return encoded, sources[:cap], refs[:cap]
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.progress = Progress(**ckpt["progress"])
+        random.setstate(ckpt["rng"]["python"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+        log.info("resumed at step %d (epoch %d, batch %d)", self.progress.step, self.progress.epoch + 1,
+                 self.progress.batch_in_epoch)
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we (re)start from: they will be redone."""
+        if not self.log_file.exists():
+            return
+        keep = [ln for ln in self.log_file.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= self.progress.step]
+        atomic_write_text(self.log_file, "".join(k + "\n" for k in keep))
+
+    # -- logging -------------------------------------------------------------------------------
+    def _record(self, kind: str, values: dict[str, float]) -> None:
+        entry = {"kind": kind, "step": self.progress.step, "epoch": self.progress.epoch + 1, **values}
+        with self.log_file.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{kind}/{k}", v, self.progress.step)
+
+    def _open_tensorboard(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a dependency, but stay usable without it
+            log.warning("tensorboard is not installed: curves go to train_log.jsonl only")
+            return
+        self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.progress.step + 1)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _save(self, name: str) -> None:
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        save_checkpoint({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": rng,
+        }, self.ckpt_dir / f"{name}.pt")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Train until epochs/max_steps/early stopping; returns the final validation numbers."""
+        tc, p = self.cfg.training, self.progress
+        self._open_tensorboard()
+        last_val: dict[str, float] = {}
+        with logging_redirect_tqdm():
+            while not p.done and p.epoch < tc.epochs:
+                batches = token_batches(self.train_data.src_lens, self.train_data.tgt_lens,
+                                        tc.batch_tokens, tc.seed, p.epoch)
+                bar = tqdm(total=len(batches), initial=p.batch_in_epoch, desc=f"epoch {p.epoch + 1}/{tc.epochs}",
+                           unit="batch", dynamic_ncols=True, leave=False)
+                t0, tokens0 = time.perf_counter(), 0
+                for idx in batches[p.batch_in_epoch:]:
+                    batch = collate(self.train_data, idx).to(self.device)
+                    loss = self._train_step(batch)
+                    tokens0 += batch.n_tokens
+                    p.batch_in_epoch += 1
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self._lr():.2e}")
+                    end_of_epoch = p.batch_in_epoch == len(batches)
+                    if end_of_epoch:
+                        p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                    if p.step % tc.log_every == 0:
+                        self._log_train(tokens0 / max(time.perf_counter() - t0, 1e-9))
+                    validate = (tc.validate_every and p.step % tc.validate_every == 0) or (not tc.validate_every and end_of_epoch)
+                    if tc.max_steps and p.step >= tc.max_steps:
+                        p.done, validate = True, True
+                    if validate and self.dev_data is not None:
+                        last_val = self._validate()
+                    if validate or p.step % tc.checkpoint_every == 0 or end_of_epoch:
+                        self._save("last")
+                    if p.done or end_of_epoch:
+                        break
+                bar.close()
+            if p.epoch >= tc.epochs:
+                p.done = True
+            self._save("last")
+        if self.tb is not None:
+            self.tb.close()
+        return last_val
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _train_step(self, batch) -> float:
+        tc, p = self.cfg.training, self.progress
+        self.model.train()
+        ratio = teacher_forcing_ratio(tc.teacher_forcing, p.step)
+        logits = decode_with_teacher_forcing(self.model, batch.src, batch.src_lens, batch.tgt_in, ratio)
+        n = batch.n_tokens
+        loss_sum = token_loss(logits, batch.tgt_out, tc.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss_sum / n).backward()
+        if tc.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm)
+        self.optimizer.step()
+        if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step()
+        p.step += 1
+        value = loss_sum.item()
+        p.window_loss += value
+        p.window_tokens += n
+        p.window_steps += 1
+        return value / n
+
+    def _log_train(self, tokens_per_s: float) -> None:
+        p = self.progress
+        loss = p.window_loss / max(p.window_tokens, 1)
+        values = {
+            "loss": loss, "ppl": math.exp(min(loss, 50.0)), "lr": self._lr(),
+            "teacher_forcing": teacher_forcing_ratio(self.cfg.training.teacher_forcing, p.step - 1),
+            "tokens_per_s": tokens_per_s,
+        }
+        self._record("train", values)
+        log.info("step %d | loss %.4f | ppl %.2f | lr %.2e | teacher forcing %.3f | %.0f tok/s",
+                 p.step, values["loss"], values["ppl"], values["lr"], values["teacher_forcing"], tokens_per_s)
+        p.window_loss, p.window_tokens, p.window_steps = 0.0, 0, 0
+
+    @torch.no_grad()
+    def dev_loss(self, ratio: float) -> float:
+        """Per-token dev loss with the decoder fed ground truth with probability ``ratio``
+        (1: teacher-forced, 0: free-running on its own greedy predictions)."""
+        assert self.dev_data is not None
+        self.model.eval()
+        total, tokens = 0.0, 0
+        for idx in token_batches(self.dev_data.src_lens, self.dev_data.tgt_lens, self.cfg.training.batch_tokens, None):
+            b = collate(self.dev_data, idx).to(self.device)
+            logits = decode_with_teacher_forcing(self.model, b.src, b.src_lens, b.tgt_in, ratio)
+            total += token_loss(logits, b.tgt_out).item()
+            tokens += b.n_tokens
+        return total / max(tokens, 1)
+
+    def _validate(self) -> dict[str, float]:
+        tc, p = self.cfg.training, self.progress
+        loss = self.dev_loss(1.0)
+        values: dict[str, float] = {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
+        if tc.exposure_bias:
+            values["free_loss"] = self.dev_loss(0.0)
+            values["exposure_gap"] = values["free_loss"] - loss
+        hyps = translate_ids(self.model, [self.src_tok.encode(s) for s in self.dev_sources], self.cfg.search, self.device)
+        texts = [self.tgt_tok.decode(h.tokens) for h in hyps]
+        scores = M.score(texts, self.dev_refs, self.cfg.evaluation.metrics)
+        values.update(scores.values)
+        metric = tc.early_stopping.metric
+        if metric not in values:
+            raise ConfigError(f"training.early_stopping.metric: {metric!r} is not computed "
+                              f"(choose from {', '.join(sorted(values))})")
+        current = values[metric]
+        lower = metric in LOWER_IS_BETTER
+        improved = p.best is None or (current < p.best if lower else current > p.best)
+        if improved:
+            p.best, p.best_step, p.bad_validations = current, p.step, 0
+            self._save("best")
+        else:
+            p.bad_validations += 1
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(current if lower else -current)
+        if tc.early_stopping.patience and p.bad_validations >= tc.early_stopping.patience:
+            log.info("early stopping: no %s improvement in %d validations", metric, p.bad_validations)
+            p.done = True
+        self._record("valid", {**values, "best": p.best})
+        shown = " | ".join(f"{k} {v:.4g}" for k, v in values.items())
+        log.info("validation at step %d: %s%s", p.step, shown, " (new best)" if improved else "")
+        if p.step == p.best_step:
+            for k, v in scores.signatures.items():
+                log.debug("%s signature: %s", k, v)
+        return values
+
+
+def load_for_resume(model_dir: str | Path, overrides: list[str]) -> Config:
+    """The config saved in a model directory, with command-line overrides applied."""
+    import yaml
+
+    path = Path(model_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{model_dir}: not a model directory (no config.yaml)")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw["output_dir"] = str(model_dir)
+    return from_dict(apply_overrides(raw, overrides), str(path))

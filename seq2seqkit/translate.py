@@ -1,0 +1,89 @@
+"""Using a trained model: load a model directory, translate text, stream files.
+
+A model directory is self-contained: ``config.yaml``, the tokenizers, and
+``checkpoints/{best,last}.pt``. ``seq2seqkit.load(DIR)`` returns a :class:`Translator`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import Config, SearchConfig, load_config
+from .data.dataset import pad_sources
+from .data.tokenizers import Tokenizer, load_tokenizers
+from .errors import UserError
+from .models import Seq2SeqModel, build_model
+from .search import Hypothesis, greedy_search
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def translate_ids(
+    model: Seq2SeqModel, sources: Sequence[Sequence[int]], search: SearchConfig, device: torch.device
+) -> list[Hypothesis]:
+    """Decode id sequences in length-sorted batches (little padding), returned in input order."""
+    model.eval()
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    out: list[Hypothesis | None] = [None] * len(sources)
+    for start in range(0, len(order), search.batch_size):
+        idx = order[start : start + search.batch_size]
+        src, lens = pad_sources([sources[i] for i in idx])
+        hyps = greedy_search(model, src.to(device), lens.to(device), search.max_len_a, search.max_len_b)
+        for i, h in zip(idx, hyps):
+            out[i] = h
+    return out  # type: ignore[return-value]
+
+
+class Translator:
+    """A trained model with its tokenizers, ready to translate text."""
+
+    def __init__(self, model: Seq2SeqModel, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config, device: torch.device):
+        self.model, self.src_tok, self.tgt_tok, self.cfg, self.device = model, src_tok, tgt_tok, cfg, device
+        self.model.to(device).eval()
+
+    @classmethod
+    def load(cls, model_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Translator:
+        """Load ``MODEL_DIR`` (``checkpoint``: best, last, or a path to a .pt file)."""
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.yaml").is_file():
+            raise UserError(f"{model_dir}: not a model directory (no config.yaml)")
+        cfg = load_config(model_dir / "config.yaml")
+        src_tok, tgt_tok = load_tokenizers(model_dir)
+        path = Path(checkpoint) if checkpoint.endswith(".pt") else model_dir / "checkpoints" / f"{checkpoint}.pt"
+        if checkpoint == "best" and not path.exists():
+            path = model_dir / "checkpoints" / "last.pt"  # a run stopped before its first validation
+        state = load_checkpoint(path)
+        model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
+        model.load_state_dict(state["model"])
+        return cls(model, src_tok, tgt_tok, cfg, resolve_device(device))
+
+    def hypotheses(self, texts: Sequence[str]) -> list[Hypothesis]:
+        return translate_ids(self.model, [self.src_tok.encode(t) for t in texts], self.cfg.search, self.device)
+
+    def translate(self, texts: str | Sequence[str]) -> list[str]:
+        """Translate sentences (one string or a list); returns detokenized outputs."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return [self.tgt_tok.decode(h.tokens) for h in self.hypotheses(texts)]
+
+    def translate_stream(self, lines: Iterable[str], chunk: int = 2000) -> Iterator[str]:
+        """Translate a stream of lines chunk by chunk, so memory stays flat on any input size."""
+        buf: list[str] = []
+        for line in lines:
+            buf.append(line.rstrip("\r\n"))
+            if len(buf) >= chunk:
+                yield from self.translate(buf)
+                buf = []
+        if buf:
+            yield from self.translate(buf)
