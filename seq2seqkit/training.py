@@ -138,6 +138,7 @@ class Trainer:
         self.progress = Progress()
         if resume:
             self._restore(load_checkpoint(last, map_location=self.device))
+            self.progress.done = self._finished()  # limits may have been raised by overrides
         self.log_file = self.out / "train_log.jsonl"
         self._truncate_log()
         self.tb = None
@@ -181,6 +182,12 @@ class Trainer:
                 if ln.strip() and json.loads(ln).get("step", 0) <= self.progress.step]
         atomic_write_text(self.log_file, "".join(k + "\n" for k in keep))
 
+    def _finished(self) -> bool:
+        tc, p = self.cfg.training, self.progress
+        patience = tc.early_stopping.patience
+        return (p.epoch >= tc.epochs or (tc.max_steps is not None and p.step >= tc.max_steps)
+                or (patience is not None and p.bad_validations >= patience))
+
     # -- logging -------------------------------------------------------------------------------
     def _record(self, kind: str, values: dict[str, float]) -> None:
         entry = {"kind": kind, "step": self.progress.step, "epoch": self.progress.epoch + 1, **values}
@@ -223,7 +230,7 @@ class Trainer:
                 batches = token_batches(self.train_data.src_lens, self.train_data.tgt_lens,
                                         tc.batch_tokens, tc.seed, p.epoch)
                 bar = tqdm(total=len(batches), initial=p.batch_in_epoch, desc=f"epoch {p.epoch + 1}/{tc.epochs}",
-                           unit="batch", dynamic_ncols=True, leave=False)
+                           unit="batch", dynamic_ncols=True, leave=False, disable=None)
                 t0, tokens0 = time.perf_counter(), 0
                 for idx in batches[p.batch_in_epoch:]:
                     batch = collate(self.train_data, idx).to(self.device)

@@ -119,6 +119,9 @@ class SentencePieceTokenizer(Tokenizer):
                     yield t
 
         buf = io.BytesIO()
+        # TrainerSpec has no random_seed field: the seed is process-global in sentencepiece,
+        # an unsigned 32-bit value where 0xFFFFFFFF means "unset".
+        spm.set_random_generator_seed(seed % 0xFFFFFFFF)
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=sentences(),
@@ -129,7 +132,7 @@ class SentencePieceTokenizer(Tokenizer):
                 pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
                 pad_piece=SPECIALS[0], unk_piece=SPECIALS[1], bos_piece=SPECIALS[2], eos_piece=SPECIALS[3],
                 input_sentence_size=2_000_000, shuffle_input_sentence=True,
-                random_seed=seed, num_threads=1,  # one thread: the same model on every run
+                num_threads=1,  # one thread: the same model on every run
                 minloglevel=2,
                 hard_vocab_limit=False,  # a small corpus may not support the requested size
             )
