@@ -86,9 +86,14 @@ class TokenizersConfig(_Section):
 
 # ---------------------------------------------------------------------------- model
 class ModelConfig(_Section):
-    """Architecture. ``family`` picks the class; the other keys are its hyper-parameters."""
+    """Architecture. ``family`` picks the class; the other keys are its hyper-parameters.
 
-    family: Literal["rnn"] = "rnn"
+    rnn: the plain encoder-decoder (fixed context vector). attention: the same RNNs with
+    Bahdanau or Luong attention over all encoder states. transformer: Vaswani et al. 2017,
+    where ``embed_dim`` is d_model and ``encoder_layers``/``decoder_layers`` count blocks.
+    """
+
+    family: Literal["rnn", "attention", "transformer"] = "rnn"
     cell: Literal["gru", "lstm"] = "gru"
     embed_dim: int = Field(256, ge=1)
     hidden_size: int = Field(512, ge=1)
@@ -96,8 +101,19 @@ class ModelConfig(_Section):
     decoder_layers: int = Field(1, ge=1)
     bidirectional: bool = True
     dropout: float = Field(0.2, ge=0, lt=1)
-    feed_context: bool = True  # Cho et al. 2014: context vector also fed at every step
+    feed_context: bool = True  # rnn: context vector also fed at every step (Cho et al. 2014)
     tie_embeddings: bool = False  # output projection shares the target embedding matrix
+    share_embeddings: bool = False  # source and target share one embedding (needs tokenizer.joint)
+    # attention RNN
+    attention: Literal["bahdanau", "luong_dot", "luong_general"] = "bahdanau"
+    input_feeding: bool = True  # Luong et al.: previous attentional vector fed to the next step
+    # transformer
+    heads: int = Field(8, ge=1)
+    ff_dim: int = Field(2048, ge=1)
+    norm: Literal["pre", "post"] = "pre"
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = Field(1024, ge=1)
+    attention_dropout: float = Field(0.1, ge=0, lt=1)
 
 
 # ------------------------------------------------------------------------- training
@@ -149,11 +165,29 @@ class TrainingConfig(_Section):
 
 # --------------------------------------------------------------------------- search
 class SearchConfig(_Section):
-    """Decoding. Output length is capped at ``max_len_a * source_length + max_len_b``."""
+    """Decoding. Output length is capped at ``max_len_a * source_length + max_len_b``.
+
+    ``beam_size`` 1 is greedy search; above 1, beam search with GNMT length penalty
+    ``((5 + length) / 6) ** length_penalty``. ``sample`` draws tokens instead (temperature,
+    top-k, top-p), for generation tasks such as dialogue.
+    """
 
     max_len_a: float = Field(1.5, ge=0)
     max_len_b: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)  # sentences per decoding batch
+    beam_size: int = Field(1, ge=1)
+    length_penalty: float = Field(1.0, ge=0)
+    nbest: int = Field(1, ge=1)
+    sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)  # 0: no top-k filtering
+    top_p: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _nbest_fits(self) -> SearchConfig:
+        if self.nbest > self.beam_size and not self.sample:
+            raise ValueError("nbest cannot exceed beam_size")
+        return self
 
 
 class EvaluationConfig(_Section):

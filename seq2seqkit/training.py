@@ -61,6 +61,7 @@ class Progress:
     window_tokens: int = 0
     window_steps: int = 0
     done: bool = False
+    train_seconds: float = 0.0  # wall-clock time spent in train(), summed over resumes
 
 
 def token_loss(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -142,6 +143,7 @@ class Trainer:
         self.log_file = self.out / "train_log.jsonl"
         self._truncate_log()
         self.tb = None
+        self._signatures_shown = False
 
     # -- setup helpers -------------------------------------------------------------------------
     @staticmethod
@@ -208,6 +210,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _save(self, name: str) -> None:
+        now = time.perf_counter()
+        self.progress.train_seconds += now - self._clock
+        self._clock = now
         rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -223,6 +228,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Train until epochs/max_steps/early stopping; returns the final validation numbers."""
         tc, p = self.cfg.training, self.progress
+        self._clock = time.perf_counter()
         self._open_tensorboard()
         last_val: dict[str, float] = {}
         with logging_redirect_tqdm():
@@ -343,9 +349,10 @@ class Trainer:
         self._record("valid", {**values, "best": p.best})
         shown = " | ".join(f"{k} {v:.4g}" for k, v in values.items())
         log.info("validation at step %d: %s%s", p.step, shown, " (new best)" if improved else "")
-        if p.step == p.best_step:
+        if not self._signatures_shown:
             for k, v in scores.signatures.items():
-                log.debug("%s signature: %s", k, v)
+                log.info("%s signature: %s", k, v)
+            self._signatures_shown = True
         return values
 
 
