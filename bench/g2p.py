@@ -11,46 +11,20 @@ listed pronunciation (WER = wrong words, PER = phoneme edit distance / reference
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
-import torch
+from common import ensure_trained, record
 
-from seq2seqkit.checkpoint import load_checkpoint
 from seq2seqkit.config import load_config
 from seq2seqkit.evaluate import evaluate_model, load_eval_set
 from seq2seqkit.tasks import resolve_dataset
-from seq2seqkit.training import Trainer, load_for_resume
 from seq2seqkit.translate import Translator
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def run(config: str, train: bool) -> dict:
     cfg = load_config(config)
-    out = Path(cfg.output_dir)
-    last = out / "checkpoints" / "last.pt"
-    if train:
-        if not last.exists():
-            Trainer(cfg).train()
-        elif not load_checkpoint(last)["progress"]["done"]:
-            Trainer(load_for_resume(out, []), resume=True).train()
-    progress = load_checkpoint(last)["progress"]
-    tr = Translator.load(out)
+    progress = ensure_trained(cfg, train)
+    tr = Translator.load(cfg.output_dir)
     test = resolve_dataset(cfg.data).test
     data = load_eval_set(*test.files(), fmt=test.format, group_by_source=True)
     start = time.perf_counter()
@@ -84,11 +58,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.record:
-        stamp = dt.date.today().isoformat()
-        cmd = "python bench/g2p.py " + " ".join(sys.argv[1:])
-        with open(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write(f"\n### G2P (CMUdict test split, greedy) — {stamp}\n\nMachine: {machine()}  \n"
-                    f"Command: `{cmd}`\n\n{text}")
+        record("G2P (CMUdict test split, greedy)", text)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,19 @@ with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import DataError, UserError
+from .errors import ConfigError, DataError, UserError
+
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command needs them
+    from .search import Hypothesis
+    from .translate import Translator
 
 log = logging.getLogger("seq2seqkit")
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -50,42 +54,74 @@ def _input_lines(path: str | None) -> Iterator[str]:
         yield decode_line(raw.rstrip(b"\r\n"), "<stdin>", n)
 
 
-class AtomicOutput:
-    """Write to a temporary file beside ``path`` and rename on success: an interrupted run
-    never leaves a half-written output (or destroys an older one)."""
+# Search flags -> SearchConfig fields; the flag names are what errors about them show.
+SEARCH_FLAGS = {"batch_size": "--batch-size", "beam": "--beam", "length_penalty": "--length-penalty",
+                "nbest": "--nbest", "sample": "--sample", "temperature": "--temperature", "top_k": "--top-k",
+                "top_p": "--top-p"}
+SEARCH_FIELDS = {"beam": "beam_size"}
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        self.f = os.fdopen(fd, "w", encoding="utf-8")
 
-    def __enter__(self):
-        return self.f
+def apply_search_flags(tr: Translator, args: argparse.Namespace) -> None:
+    """Let the given search flags override the model's ``search`` config, validated like the
+    config file itself so a bad value is a one-line error naming the flag."""
+    from pydantic import ValidationError
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
+    from .config import SearchConfig
+
+    updates = {SEARCH_FIELDS.get(k, k): getattr(args, k) for k in SEARCH_FLAGS if getattr(args, k, None) is not None}
+    try:
+        tr.cfg.search = SearchConfig.model_validate({**tr.cfg.search.model_dump(), **updates})
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""  # no field: a check across fields
+        flag = next((f for k, f in SEARCH_FLAGS.items() if SEARCH_FIELDS.get(k, k) == field), "search flags")
+        raise ConfigError(f"{flag}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def enable_attention(model: object, layer: int | None) -> None:
+    """Ask a model that computes attention weights only on request (the Transformer) for them."""
+    if hasattr(model, "return_attention"):
+        setattr(model, "return_attention", True)
+    if layer is not None:
+        if hasattr(model, "attention_layer"):
+            setattr(model, "attention_layer", layer)
         else:
-            os.unlink(self.tmp)
+            log.warning("--attention-layer: this model has a single attention, the flag is ignored")
+
+
+def save_attention_plot(tr: Translator, text: str, hyp: Hypothesis, path: Path) -> None:
+    """Heatmap of the best output's attention, labelled with the tokenizers' own pieces."""
+    from .data.tokenizers import EOS, SPECIALS
+    from .plots import plot_attention
+
+    if hyp.attention is None:
+        raise UserError(f"model family {tr.cfg.model.family!r} has no attention to plot")
+    eos = [SPECIALS[EOS]] if hyp.attention.size(0) > len(hyp.tokens) else []
+    plot_attention(hyp.attention, tr.src_tok.pieces(text) + [SPECIALS[EOS]],
+                   [tr.tgt_tok.id_to_piece(t) for t in hyp.tokens] + eos, path)
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from .translate import Translator
+    from .checkpoint import atomic_open
+    from .translate import Translator, chunked, ranking_score
 
     tr = Translator.load(args.model, checkpoint=args.checkpoint, device=args.device)
-    if args.batch_size:
-        tr.cfg.search.batch_size = args.batch_size
-    lines = _input_lines(args.input)
-    if args.output:
-        with AtomicOutput(args.output) as f:
-            for out in tr.translate_stream(lines):
-                f.write(out + "\n")
-    else:
-        for out in tr.translate_stream(lines):
-            sys.stdout.write(out + "\n")
-        sys.stdout.flush()
+    apply_search_flags(tr, args)
+    plot_dir = Path(args.plot_attention) if args.plot_attention else None
+    if plot_dir:
+        enable_attention(tr.model, args.attention_layer)
+    show_scores = tr.cfg.search.nbest > 1
+    count = 0
+    with atomic_open(args.output) if args.output else contextlib.nullcontext(sys.stdout) as f:
+        for chunk in chunked(_input_lines(args.input), 2000):
+            for text, hyps in zip(chunk, tr.nbest_hypotheses(chunk)):
+                count += 1
+                if plot_dir:
+                    save_attention_plot(tr, text, hyps[0], plot_dir / f"{count:04d}.png")
+                for h in hyps if show_scores else hyps[:1]:
+                    out = tr.tgt_tok.decode(h.tokens)
+                    f.write(f"{out}\t{ranking_score(h):.4f}\n" if show_scores else out + "\n")
+        f.flush()
     return 0
 
 
@@ -103,6 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .translate import Translator
 
     tr = Translator.load(args.model, checkpoint=args.checkpoint, device=args.device)
+    apply_search_flags(tr, args)
     if not args.src:
         raise UserError("evaluate: --src is required with -m (a TSV/JSONL file, or a text file with --ref)")
     group = tr.cfg.evaluation.group_by_source if args.group_by_source is None else args.group_by_source
@@ -183,11 +220,24 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--checkpoint", default="best", help="best, last, or a .pt path (default: best)")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    def search_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--beam", type=int, metavar="N", help="beam size (1: greedy search)")
+        sp.add_argument("--length-penalty", type=float, metavar="A",
+                        help="GNMT length penalty alpha for beam search: score / ((5 + length) / 6) ** A")
+
     tr = sub.add_parser("translate", help="translate lines from a file or stdin")
     model_args(tr, True)
     tr.add_argument("-i", "--input", help="input file (default: stdin)")
     tr.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
     tr.add_argument("--batch-size", type=int, help="sentences per batch")
+    search_args(tr)
+    tr.add_argument("--nbest", type=int, metavar="N", help="print the N best outputs per input as OUTPUT<TAB>SCORE")
+    tr.add_argument("--sample", action="store_true", default=None, help="sample outputs instead of searching")
+    tr.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    tr.add_argument("--top-k", type=int, metavar="K", help="sample from the K most probable tokens (0: all)")
+    tr.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set of probability P")
+    tr.add_argument("--plot-attention", metavar="DIR", help="write an attention heatmap per input: DIR/0001.png ...")
+    tr.add_argument("--attention-layer", type=int, metavar="N", help="with --plot-attention: which decoder layer's attention to plot (Transformer)")
     tr.set_defaults(fn=cmd_translate)
 
     ev = sub.add_parser("evaluate", help="score a model, or a file of outputs, against references")
@@ -199,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--group-by-source", action=argparse.BooleanOptionalAction, default=None,
                     help="identical sources count once, their targets as alternative references")
     ev.add_argument("--examples", type=int, default=0, help="show N example predictions")
+    search_args(ev)
     ev.set_defaults(fn=cmd_evaluate)
 
     cd = sub.add_parser("check-data", help="validate a corpus and print its statistics")

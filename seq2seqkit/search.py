@@ -1,17 +1,22 @@
 """Decoding: turn a model's next-token scores into output sequences.
 
 Everything here uses only the family-neutral interface (``encode``, ``init_state``,
-``decode_step``), so the same search runs on every model family.
+``decode_step``, and ``select`` on nested states), so the same search runs on every model
+family. Greedy search and sampling follow one path per sentence; beam search keeps ``K``;
+``search`` picks one from a :class:`SearchConfig`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .data.tokenizers import BOS, EOS
+from .config import SearchConfig
+from .data.tokenizers import BOS, EOS, PAD
 from .models.base import Seq2SeqModel, select
 
 
@@ -19,7 +24,8 @@ from .models.base import Seq2SeqModel, select
 class Hypothesis:
     tokens: list[int]  # without BOS/EOS
     score: float  # sum of token log-probabilities (EOS included when it was produced)
-    attention: torch.Tensor | None = None  # (len(tokens)+1, S) if the model exposes attention
+    attention: torch.Tensor | None = None  # (steps, S) if the model exposes attention; steps = len(tokens) + EOS
+    norm_score: float | None = None  # beam search: score / GNMT length penalty, what n-best lists are ranked by
 
 
 def max_lengths(src_lens: torch.Tensor, a: float, b: int) -> torch.Tensor:
@@ -27,18 +33,24 @@ def max_lengths(src_lens: torch.Tensor, a: float, b: int) -> torch.Tensor:
     return ((src_lens - 1).float() * a).long() + b
 
 
-@torch.no_grad()
-def greedy_search(
-    model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10
-) -> list[Hypothesis]:
-    """Batched greedy decoding; each sentence stops at its own EOS or length cap.
+def gnmt_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016); alpha 0 ranks by raw score."""
+    return ((5 + length) / 6) ** alpha
 
-    Finished sentences leave the batch, so the cost of a step follows the unfinished ones.
-    """
+
+# ------------------------------------------------------------------- one path per sentence
+Chooser = Callable[[torch.Tensor], torch.Tensor]  # (B, V) log-probs -> (B,) next tokens
+
+
+@torch.no_grad()
+def _single_path(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float,
+                 max_len_b: int, choose: Chooser) -> list[Hypothesis]:
+    """Batched decoding of one path per sentence (greedy or sampled); each sentence stops at its
+    own EOS or length cap and leaves the batch, so a step costs what the unfinished ones need."""
     bsz = src.size(0)
     enc = model.encode(src, src_lens)
     state = model.init_state(enc)
-    caps = max_lengths(src_lens, max_len_a, max_len_b).tolist()
+    caps, lens = max_lengths(src_lens, max_len_a, max_len_b).tolist(), src_lens.tolist()
     tokens: list[list[int]] = [[] for _ in range(bsz)]
     scores = [0.0] * bsz
     attn: list[list[torch.Tensor]] = [[] for _ in range(bsz)]
@@ -48,12 +60,13 @@ def greedy_search(
     while alive.numel():
         out = model.decode_step(prev, enc, state)
         logp = F.log_softmax(out.logits.float(), dim=-1)
-        best_lp, best = logp.max(dim=-1)
+        best = choose(logp)
+        best_lp = logp.gather(1, best.unsqueeze(1)).squeeze(1)  # the model's log-prob, whatever chose it
         keep = []
         for row, (i, tok, lp) in enumerate(zip(alive.tolist(), best.tolist(), best_lp.tolist())):
             scores[i] += lp
             if out.attention is not None:
-                attn[i].append(out.attention[row])
+                attn[i].append(out.attention[row, : lens[i]])
             if tok == EOS:
                 continue
             tokens[i].append(tok)
@@ -68,7 +81,149 @@ def greedy_search(
             enc, state = select(enc, idx), select(out.state, idx)
         else:
             prev, state = best, out.state
-    return [
-        Hypothesis(tokens[i], scores[i], torch.stack(attn[i]).cpu() if attn[i] else None) for i in range(bsz)
-    ]
+    return [Hypothesis(tokens[i], scores[i], torch.stack(attn[i]).cpu() if attn[i] else None) for i in range(bsz)]
 
+
+def greedy_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float = 1.5,
+                  max_len_b: int = 10) -> list[Hypothesis]:
+    """Batched greedy decoding: the most probable next token at every step."""
+    return _single_path(model, src, src_lens, max_len_a, max_len_b, lambda logp: logp.argmax(dim=-1))
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf all but the ``top_k`` best tokens and the smallest set whose probability
+    reaches ``top_p`` (nucleus, Holtzman et al. 2020); the best token always survives."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # the mass before this token already reaches p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, -math.inf))
+    return logits
+
+
+def sample_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float = 1.5,
+                  max_len_b: int = 10, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> list[Hypothesis]:
+    """Batched sampling (temperature, then top-k, then top-p). ``score`` is the model's own
+    log-probability of the sample, untempered, so it compares with other searches."""
+
+    def choose(logp: torch.Tensor) -> torch.Tensor:
+        probs = filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    return _single_path(model, src, src_lens, max_len_a, max_len_b, choose)
+
+
+# ---------------------------------------------------------------------------- beam search
+@torch.no_grad()
+def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, beam_size: int,
+                max_len_a: float = 1.5, max_len_b: int = 10, length_penalty: float = 1.0,
+                nbest: int = 1) -> list[list[Hypothesis]]:
+    """Batched beam search; returns the ``nbest`` best hypotheses per sentence, best first.
+
+    All sentences and beams run as one batch of ``B*K`` rows. Each step takes the top ``2K``
+    (parent, token) candidates of a sentence: those ending in EOS among its best ``K`` join its
+    finished list (ranked by score / GNMT penalty of length tokens+EOS), the best ``K`` others
+    stay live. (An EOS ranked below the beam is dropped: otherwise poor short hypotheses fill
+    the finished list and stop the search before the good ones end.)
+    A sentence is done when its ``nbest`` best finished hypotheses beat every live one (see
+    ``_done``), or at its length cap, where the live ones finish without EOS. Done sentences
+    leave the batch.
+    """
+    if nbest > beam_size:
+        raise ValueError(f"nbest ({nbest}) cannot exceed beam_size ({beam_size})")
+    bsz, k, dev = src.size(0), beam_size, src.device
+    caps, lens = max_lengths(src_lens, max_len_a, max_len_b).tolist(), src_lens.tolist()
+    enc = select(model.encode(src, src_lens), torch.arange(bsz, device=dev).repeat_interleave(k))
+    state = model.init_state(enc)
+    sents = list(range(bsz))  # input index of each sentence in the batch, K rows each
+    scores = torch.full((bsz, k), -math.inf, dtype=torch.float64, device=dev)
+    scores[:, 0] = 0.0  # one live beam at step 0, so the first K candidates are distinct
+    seqs: list[list[int]] = [[] for _ in range(bsz * k)]  # tokens of each row's hypothesis
+    attn: torch.Tensor | None = None  # (rows, steps, S) attention history, when the model has it
+    prev = torch.full((bsz * k,), BOS, dtype=torch.long, device=dev)
+    finished: list[list[Hypothesis]] = [[] for _ in range(bsz)]
+
+    def finish(i: int, row: int, toks: list[int], score: float, steps: int) -> None:
+        att = attn[row, :, : lens[i]].cpu() if attn is not None else None
+        finished[i].append(Hypothesis(toks, score, att, score / gnmt_penalty(steps, length_penalty)))
+
+    for step in range(max(caps)):
+        out = model.decode_step(prev, enc, state)
+        if out.attention is not None:
+            new = out.attention.unsqueeze(1)
+            attn = new if attn is None else torch.cat([attn, new], dim=1)
+        logp = F.log_softmax(out.logits.float(), dim=-1).double()  # double: sums exactly as greedy's
+        vocab = logp.size(-1)
+        cand = (scores.view(-1, 1) + logp).view(len(sents), k * vocab)
+        top_scores, top_ids = cand.topk(min(2 * k, k * vocab), dim=1)
+        parents, next_tokens, next_scores, kept = [], [], [], []
+        for j, (i, row_scores, row_ids) in enumerate(zip(sents, top_scores.tolist(), top_ids.tolist())):
+            live: list[tuple[int, int, float]] = []  # (parent row, token, score)
+            for rank, (score, flat) in enumerate(zip(row_scores, row_ids)):
+                if len(live) == k or score == -math.inf:
+                    break
+                row, tok = j * k + flat // vocab, flat % vocab
+                if tok != EOS:
+                    live.append((row, tok, score))
+                elif rank < k:  # only an EOS that would have made the beam counts (as in fairseq)
+                    finish(i, row, list(seqs[row]), score, step + 1)
+            if step + 1 >= caps[i]:
+                for row, tok, score in live:
+                    finish(i, row, seqs[row] + [tok], score, step + 1)
+                continue
+            if _done(finished[i], live, nbest, gnmt_penalty(step + 2, length_penalty)):
+                continue
+            live += [(j * k, PAD, -math.inf)] * (k - len(live))  # dead slots (a tiny vocabulary)
+            kept.append(i)
+            parents += [row for row, _, _ in live]
+            next_tokens += [tok for _, tok, _ in live]
+            next_scores += [score for _, _, score in live]
+        if not kept:
+            break
+        idx = torch.tensor(parents, device=dev)
+        # A parent row belongs to the same sentence, so its encoder row is the right one too.
+        enc, state = select(enc, idx), select(out.state, idx)
+        attn = attn.index_select(0, idx) if attn is not None else None
+        seqs = [seqs[r] + [t] for r, t in zip(parents, next_tokens)]
+        prev = torch.tensor(next_tokens, device=dev)
+        scores = torch.tensor(next_scores, dtype=torch.float64, device=dev).view(-1, k)
+        sents = kept
+    return [sorted(f, key=lambda h: -h.norm_score)[:nbest] for f in finished]  # type: ignore[operator]
+
+
+def _done(finished: list[Hypothesis], live: list[tuple[int, int, float]], nbest: int, penalty: float) -> bool:
+    """Whether a sentence can stop: its ``nbest``-th finished hypothesis already beats the best
+    live one, scored as if it ended at the next step (``penalty``). Log-probs only lower a live
+    score, so with ``length_penalty`` 0 this is exact; above 0 it is the usual heuristic.
+    Stopping at ``K`` finished instead would let short, poor hypotheses that ended early end
+    the search before the best one had emitted EOS."""
+    if not live:
+        return True
+    if len(finished) < nbest:
+        return False
+    kth = sorted((h.norm_score for h in finished), reverse=True)[nbest - 1]  # type: ignore[type-var]
+    return kth >= max(s for _, _, s in live) / penalty
+
+
+# ------------------------------------------------------------------------------ dispatcher
+def search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, cfg: SearchConfig,
+           generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+    """Decode a batch as ``cfg`` says; returns an n-best list per sentence, best first.
+
+    Sampling draws ``cfg.nbest`` independent samples per sentence (ranked by model score);
+    beam size 1 is greedy search.
+    """
+    if cfg.sample:
+        n = cfg.nbest
+        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(n)
+        hyps = sample_search(model, src[rows], src_lens[rows], cfg.max_len_a, cfg.max_len_b,
+                             cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        return [sorted(hyps[i * n : (i + 1) * n], key=lambda h: -h.score) for i in range(src.size(0))]
+    if cfg.beam_size == 1:
+        return [[h] for h in greedy_search(model, src, src_lens, cfg.max_len_a, cfg.max_len_b)]
+    return beam_search(model, src, src_lens, cfg.beam_size, cfg.max_len_a, cfg.max_len_b,
+                       cfg.length_penalty, cfg.nbest)

@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import Config, TrainingConfig, dump_config, from_dict, apply_overrides
 from .data.corpus import iter_examples
 from .data.dataset import EncodedCorpus, collate, corpus_texts, encode_corpus, token_batches
-from .data.tokenizers import PAD, Tokenizer, load_tokenizers, save_tokenizers, train_tokenizers
+from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokenizers
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
 from .tasks import resolve_dataset

@@ -17,7 +17,7 @@ from .data.dataset import pad_sources
 from .data.tokenizers import Tokenizer, load_tokenizers
 from .errors import UserError
 from .models import Seq2SeqModel, build_model
-from .search import Hypothesis, greedy_search
+from .search import Hypothesis, search
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -29,20 +29,44 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def translate_ids(
-    model: Seq2SeqModel, sources: Sequence[Sequence[int]], search: SearchConfig, device: torch.device
-) -> list[Hypothesis]:
-    """Decode id sequences in length-sorted batches (little padding), returned in input order."""
+def translate_ids_nbest(
+    model: Seq2SeqModel, sources: Sequence[Sequence[int]], cfg: SearchConfig, device: torch.device
+) -> list[list[Hypothesis]]:
+    """Decode id sequences as ``cfg`` says (greedy, beam or sampling) in length-sorted batches
+    (little padding); returns each input's n-best list, best first, in input order."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    out: list[Hypothesis | None] = [None] * len(sources)
-    for start in range(0, len(order), search.batch_size):
-        idx = order[start : start + search.batch_size]
+    out: list[list[Hypothesis]] = [[] for _ in sources]
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
         src, lens = pad_sources([sources[i] for i in idx])
-        hyps = greedy_search(model, src.to(device), lens.to(device), search.max_len_a, search.max_len_b)
-        for i, h in zip(idx, hyps):
-            out[i] = h
-    return out  # type: ignore[return-value]
+        for i, hyps in zip(idx, search(model, src.to(device), lens.to(device), cfg)):
+            out[i] = hyps
+    return out
+
+
+def translate_ids(
+    model: Seq2SeqModel, sources: Sequence[Sequence[int]], cfg: SearchConfig, device: torch.device
+) -> list[Hypothesis]:
+    """The best hypothesis of each input, in input order."""
+    return [hyps[0] for hyps in translate_ids_nbest(model, sources, cfg, device)]
+
+
+def ranking_score(h: Hypothesis) -> float:
+    """What an n-best list is ranked by: the length-normalised score where search made one."""
+    return h.score if h.norm_score is None else h.norm_score
+
+
+def chunked(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lines in lists of ``size`` (newlines stripped), so memory stays flat on any input size."""
+    buf: list[str] = []
+    for line in lines:
+        buf.append(line.rstrip("\r\n"))
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
 
 
 class Translator:
@@ -69,7 +93,10 @@ class Translator:
         return cls(model, src_tok, tgt_tok, cfg, resolve_device(device))
 
     def hypotheses(self, texts: Sequence[str]) -> list[Hypothesis]:
-        return translate_ids(self.model, [self.src_tok.encode(t) for t in texts], self.cfg.search, self.device)
+        return [hyps[0] for hyps in self.nbest_hypotheses(texts)]
+
+    def nbest_hypotheses(self, texts: Sequence[str]) -> list[list[Hypothesis]]:
+        return translate_ids_nbest(self.model, [self.src_tok.encode(t) for t in texts], self.cfg.search, self.device)
 
     def translate(self, texts: str | Sequence[str]) -> list[str]:
         """Translate sentences (one string or a list); returns detokenized outputs."""
@@ -77,13 +104,14 @@ class Translator:
             texts = [texts]
         return [self.tgt_tok.decode(h.tokens) for h in self.hypotheses(texts)]
 
+    def nbest(self, texts: str | Sequence[str]) -> list[list[tuple[str, float]]]:
+        """Up to ``cfg.search.nbest`` (output, score) pairs per sentence, best first; the score
+        is the length-normalised one beam search ranks by (the log-probability otherwise)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return [[(self.tgt_tok.decode(h.tokens), ranking_score(h)) for h in hyps] for hyps in self.nbest_hypotheses(texts)]
+
     def translate_stream(self, lines: Iterable[str], chunk: int = 2000) -> Iterator[str]:
         """Translate a stream of lines chunk by chunk, so memory stays flat on any input size."""
-        buf: list[str] = []
-        for line in lines:
-            buf.append(line.rstrip("\r\n"))
-            if len(buf) >= chunk:
-                yield from self.translate(buf)
-                buf = []
-        if buf:
+        for buf in chunked(lines, chunk):
             yield from self.translate(buf)

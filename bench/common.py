@@ -1,0 +1,81 @@
+"""Helpers shared by the benchmark scripts (``bench/*.py``): the machine line, training a
+config's model directory to completion, and appending results to BENCHMARKS.md.
+
+The scripts are run as ``python bench/NAME.py`` from the repository root, which puts this
+directory on ``sys.path``, so they import this module as ``common``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from seq2seqkit.checkpoint import load_checkpoint
+from seq2seqkit.config import Config
+from seq2seqkit.training import Trainer, load_for_resume
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO / "BENCHMARKS.md"
+BENCHMARKS_TITLE = "# Benchmarks\n"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def ensure_trained(cfg: Config, train: bool = True) -> dict:
+    """Train ``cfg``'s model directory if it holds no finished run (resume a partial one, start
+    a missing one); return the training progress saved in its last checkpoint. With ``train``
+    False nothing is trained: the directory must already hold a checkpoint."""
+    out = Path(cfg.output_dir)
+    last = out / "checkpoints" / "last.pt"
+    if train:
+        if not last.exists():
+            Trainer(cfg).train()
+        elif not load_checkpoint(last)["progress"]["done"]:
+            Trainer(load_for_resume(out, []), resume=True).train()
+    return load_checkpoint(last)["progress"]
+
+
+def duration(seconds: float) -> str:
+    """A wall-clock time for a table: seconds, minutes or hours, whichever reads best."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def command_line() -> str:
+    """How this benchmark was run, e.g. ``python bench/g2p.py configs/g2p-rnn.yaml --record``."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(REPO)
+    except ValueError:
+        pass
+    return shlex.join(["python", script.as_posix(), *sys.argv[1:]])
+
+
+def record(heading: str, body: str) -> None:
+    """Append a section to BENCHMARKS.md (created with a title if missing): the heading with
+    today's date, the machine, the command line, then ``body`` (Markdown)."""
+    stamp = dt.date.today().isoformat()
+    new = not BENCHMARKS.exists()
+    with open(BENCHMARKS, "a", encoding="utf-8") as f:
+        if new:
+            f.write(BENCHMARKS_TITLE)
+        f.write(f"\n### {heading} — {stamp}\n\nMachine: {machine()}  \nCommand: `{command_line()}`\n\n{body}")

@@ -1,0 +1,207 @@
+"""Multi30k German->English benchmark: the three model families on the same data and vocabulary.
+
+    python bench/multi30k.py                    # train what is unfinished, evaluate, print tables
+    python bench/multi30k.py --record           # ... and append them to BENCHMARKS.md
+    python bench/multi30k.py --no-train         # only evaluate the existing model directories
+    python bench/multi30k.py A.yaml B.yaml --limit 30 --plot /tmp/p.png   # a smoke run
+
+Run it from the repository root: the configs name the data relative to it. For each config
+(default: configs/multi30k-{rnn,attention,transformer}.yaml), a model directory that already
+holds a finished run is evaluated as it is; an unfinished one is resumed. The best checkpoint
+is scored on the config's ``data.test`` (test_2016_flickr) with greedy search and with beam
+search (beam 5, GNMT length penalty ``--length-penalty``): sacreBLEU (13a tokenization) and
+chrF on cased, detokenized output, with their signatures. A second table and a PNG give
+corpus BLEU of the greedy output by source length in whitespace words (``--buckets``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from common import REPO, duration, ensure_trained, machine, record
+
+from seq2seqkit import metrics as M
+from seq2seqkit.checkpoint import atomic_write_bytes
+from seq2seqkit.config import Config, SearchConfig, load_config
+from seq2seqkit.evaluate import load_eval_set
+from seq2seqkit.translate import Translator
+
+DEFAULT_CONFIGS = [f"configs/multi30k-{family}.yaml" for family in ("rnn", "attention", "transformer")]
+DEFAULT_PLOT = REPO / "bench" / "multi30k-bleu-by-length.png"
+# Upper bounds of the source-length buckets (whitespace words); the last bucket is open.
+# Multi30k captions are short (test_2016_flickr: median 10 words, 26 of 1000 longer than 20),
+# so these give every bucket 100-280 sentences; ``--buckets 10,15,20,25`` gives the classic
+# wider ones, whose top buckets then hold only a few dozen sentences.
+DEFAULT_BUCKETS = "8,10,12,15"
+
+
+def model_label(cfg: Config) -> str:
+    m = cfg.model
+    if m.family == "transformer":
+        return f"transformer ({m.encoder_layers}+{m.decoder_layers} layers, d {m.embed_dim}, {m.norm}-norm)"
+    rnn = f"{'bi-' if m.bidirectional else ''}{m.cell.upper()} {m.hidden_size}"
+    if m.family == "attention":
+        return f"attention ({m.attention}, {rnn})"
+    return f"rnn ({rnn}, no attention)"
+
+
+def parse_buckets(spec: str) -> list[tuple[int, int | None]]:
+    """``"8,10,12,15"`` -> [(1, 8), (9, 10), (11, 12), (13, 15), (16, None)]."""
+    try:
+        bounds = [int(b) for b in spec.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--buckets {spec!r}: expected increasing integers, e.g. 10,15,20,25") from None
+    if not bounds or bounds[0] < 1 or any(b >= c for b, c in zip(bounds, bounds[1:])):
+        raise argparse.ArgumentTypeError(f"--buckets {spec!r}: expected increasing positive integers, e.g. 10,15,20,25")
+    lows = [1] + [b + 1 for b in bounds]
+    return list(zip(lows, [*bounds, None]))
+
+
+def bucket_name(low: int, high: int | None) -> str:
+    return f"{low}+" if high is None else f"{low}-{high}"
+
+
+def decode(tr: Translator, sources: list[str], search: SearchConfig) -> tuple[list[str], float]:
+    tr.cfg.search = search
+    start = time.perf_counter()
+    hyps = tr.translate(sources)
+    return hyps, time.perf_counter() - start
+
+
+def run(config: str, train: bool, beam: int, length_penalty: float, limit: int | None,
+        buckets: list[tuple[int, int | None]]) -> dict:
+    cfg = load_config(config)
+    if not cfg.data.test.is_set:
+        sys.exit(f"{config}: data.test is not set: nothing to evaluate on")
+    progress = ensure_trained(cfg, train)
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    tr = Translator.load(cfg.output_dir)
+    test = cfg.data.test
+    data = load_eval_set(*test.files(), fmt=test.format)
+    sources, refs = data.sources[:limit], data.refs[:limit]
+
+    base = tr.cfg.search.model_dump()
+    greedy = SearchConfig(**{**base, "beam_size": 1, "nbest": 1, "sample": False})
+    beamed = SearchConfig(**{**base, "beam_size": beam, "nbest": 1, "sample": False, "length_penalty": length_penalty})
+    hyps_greedy, greedy_s = decode(tr, sources, greedy)
+    hyps_beam, beam_s = decode(tr, sources, beamed)
+    s_greedy = M.score(hyps_greedy, refs, ["bleu", "chrf"])
+    s_beam = M.score(hyps_beam, refs, ["bleu", "chrf"])
+
+    lengths = [len(s.split()) for s in sources]
+    by_length = []
+    for low, high in buckets:
+        idx = [i for i, n in enumerate(lengths) if n >= low and (high is None or n <= high)]
+        bleu = M.score([hyps_greedy[i] for i in idx], [refs[i] for i in idx], ["bleu"]).values["bleu"] if idx else None
+        by_length.append((bucket_name(low, high), len(idx), bleu))
+
+    return {
+        "config": config, "name": cfg.name, "model": model_label(tr.cfg), "params": tr.model.num_parameters(),
+        "steps": progress["step"], "epochs": progress["epoch"], "train_s": progress.get("train_seconds", 0.0),
+        "sentences": len(sources), "test_size": len(data.sources), "test": test.src or test.path,
+        "bleu_greedy": s_greedy.values["bleu"], "bleu_beam": s_beam.values["bleu"],
+        "chrf_greedy": s_greedy.values["chrf"], "chrf_beam": s_beam.values["chrf"],
+        "greedy_s": greedy_s, "beam_s": beam_s, "signatures": s_greedy.signatures, "by_length": by_length,
+    }
+
+
+def scores_table(rows: list[dict], beam: int) -> str:
+    head = (f"| model | config | parameters | steps (epochs) | training time | BLEU greedy | BLEU beam {beam} "
+            f"| chrF greedy | chrF beam {beam} | decoding greedy / beam {beam} |\n")
+    head += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    return head + "".join(
+        f"| {r['model']} | `{r['config']}` | {r['params']:,} | {r['steps']} ({r['epochs']}) | {duration(r['train_s'])} | "
+        f"{r['bleu_greedy']:.2f} | {r['bleu_beam']:.2f} | {r['chrf_greedy']:.2f} | {r['chrf_beam']:.2f} | "
+        f"{r['greedy_s']:.1f} s / {r['beam_s']:.1f} s |\n"
+        for r in rows
+    )
+
+
+def length_table(rows: list[dict]) -> str:
+    """BLEU per source-length bucket; the header counts the sentences of the first config's
+    test set (all default configs share one)."""
+    cols = [f"{name} ({n})" for name, n, _ in rows[0]["by_length"]]
+    head = "| model | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols) + "\n"
+    return head + "".join(
+        f"| {r['model']} | " + " | ".join("–" if b is None else f"{b:.2f}" for _, _, b in r["by_length"]) + " |\n"
+        for r in rows
+    )
+
+
+def plot_by_length(rows: list[dict], path: Path) -> None:
+    """One line per config: corpus BLEU (greedy) over the source-length buckets, as a PNG."""
+    fig = Figure(figsize=(7.0, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    labels = [f"{name}\n(n={n})" for name, n, _ in rows[0]["by_length"]]
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":")]  # lines that coincide stay visible
+    for k, r in enumerate(rows):
+        ys = [float("nan") if b is None else b for _, _, b in r["by_length"]]
+        marker, line = styles[k % len(styles)]
+        ax.plot(range(len(ys)), ys, marker=marker, linestyle=line, label=f"{r['name']}: {r['model']}")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel("source length (words)")
+    ax.set_ylabel("BLEU (greedy)")
+    ax.set_title(f"Multi30k de→en, BLEU by source length ({rows[0]['sentences']} test sentences)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS, help=f"default: {' '.join(DEFAULT_CONFIGS)}")
+    ap.add_argument("--no-train", action="store_true", help="only evaluate existing model directories")
+    ap.add_argument("--record", action="store_true", help="append the tables to BENCHMARKS.md")
+    ap.add_argument("--beam", type=int, default=5, help="beam size of the beam-search evaluation (default 5)")
+    ap.add_argument("--length-penalty", type=float, default=1.0,
+                    help="GNMT length penalty alpha for beam search (default 1.0; 0 ranks by raw log-probability)")
+    ap.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N test sentences")
+    ap.add_argument("--buckets", type=parse_buckets, default=parse_buckets(DEFAULT_BUCKETS), metavar="B1,B2,...",
+                    help=f"upper bounds of the source-length buckets in words (default {DEFAULT_BUCKETS})")
+    ap.add_argument("--plot", type=Path, default=DEFAULT_PLOT, metavar="PATH",
+                    help="where the BLEU-by-length PNG goes (default: bench/multi30k-bleu-by-length.png)")
+    args = ap.parse_args()
+    if args.beam < 2:
+        ap.error("--beam must be at least 2 (greedy is always evaluated)")
+    if args.limit is not None and args.limit < 1:
+        ap.error("--limit must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+
+    rows = [run(c, not args.no_train, args.beam, args.length_penalty, args.limit, args.buckets) for c in args.configs]
+    plot_by_length(rows, args.plot)
+    limited = f", first {args.limit}" if args.limit else ""
+    size = (f"first {rows[0]['sentences']} of {rows[0]['test_size']}" if rows[0]["sentences"] < rows[0]["test_size"]
+            else str(rows[0]["sentences"]))
+    scores = (f"Test set `{rows[0]['test']}` ({size} sentences); beam {args.beam} with "
+              f"length penalty {args.length_penalty:g}; best checkpoint of each run.  \n"
+              + "".join(f"{k} signature: `{v}`  \n" for k, v in rows[0]["signatures"].items())
+              + "\n" + scores_table(rows, args.beam))
+    try:
+        plot = args.plot.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        plot = str(args.plot)
+    lengths = (f"BLEU (greedy) by source length in words (sentences per bucket in brackets); plot: `{plot}`\n\n"
+               + length_table(rows))
+    print(f"{scores}\n{lengths}")
+    if args.record:
+        split = Path(rows[0]["test"]).name.split(".")[0]  # test_2016_flickr.de.gz -> test_2016_flickr
+        record(f"Multi30k de→en ({split}{limited})", f"{scores}\n{lengths}")
+    print(f"machine: {machine()}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""The Transformer (Vaswani et al. 2017): attention only, no recurrence.
+
+Every position of the source attends to every other (encoder self-attention); every target
+position attends to the ones before it (causal self-attention) and to the whole encoded
+source (cross-attention). Training scores a whole target in one parallel pass under a causal
+mask. Generation runs one position at a time with a **KV cache**: each decoder layer keeps
+the keys and values of the positions already generated, so a step costs O(t) instead of
+re-running the O(t^2) prefix, and the cross-attention keys/values of the source are projected
+once in ``encode``.
+
+Where the paper leaves choices open: ``norm="pre"`` (default) puts LayerNorm before each
+sublayer and one after the last block (trains stably without careful warm-up); ``"post"`` is
+the original. Positions are sinusoidal (any length) or learned (up to ``max_positions``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..data.tokenizers import PAD
+from .base import Seq2SeqModel, State, StepOutput
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, heads, length, d_head) each
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention in ``heads`` subspaces via ``F.scaled_dot_product_attention``.
+
+    Keys/values are projected by their own method so that callers can project them once and
+    reuse them (the decoder's self-attention cache and the source's cross-attention K/V).
+    """
+
+    def __init__(self, dim: int, heads: int, attention_dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model.embed_dim ({dim}) must be divisible by model.heads ({heads})")
+        self.heads, self.d_head, self.attention_dropout = heads, dim // heads, attention_dropout
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, H, L, d_head)
+        return x.view(x.size(0), x.size(1), self.heads, self.d_head).transpose(1, 2)
+
+    def keys_values(self, x: torch.Tensor) -> KV:
+        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """Queries from ``x`` (B, T, D) over ``k``/``v``; ``mask`` (B, S) True = may be attended."""
+        q = self._split(self.q_proj(x))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if mask is None else mask[:, None, None, :],
+            dropout_p=self.attention_dropout if self.training else 0.0, is_causal=is_causal,
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(x.shape))
+
+    def weights(self, x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Head-averaged attention weights (B, T, S), computed explicitly because SDPA does not
+        return them; only for inspection (plots), so it never runs unless asked for."""
+        q = self._split(self.q_proj(x))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        return scores.softmax(dim=-1).mean(dim=1)
+
+
+class FeedForward(nn.Sequential):
+    """The position-wise two-layer ReLU network of each block."""
+
+    def __init__(self, dim: int, ff_dim: int) -> None:
+        super().__init__(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Linear(ff_dim, dim))
+
+
+class Positions(nn.Module):
+    """Position index -> vector added to the token embedding.
+
+    Sinusoidal: fixed sin/cos at geometric wavelengths, computed on the fly for any position.
+    Learned: one trained vector per position, so lengths are capped at ``max_positions``.
+    """
+
+    def __init__(self, kind: str, dim: int, max_positions: int) -> None:
+        super().__init__()
+        self.kind, self.dim, self.max_positions = kind, dim, max_positions
+        if kind == "learned":
+            self.table = nn.Embedding(max_positions, dim)
+        else:
+            inv_freq = torch.exp(torch.arange(0, dim, 2).float() * (-math.log(10000.0) / dim))
+            self.register_buffer("inv_freq", inv_freq, persistent=False)  # not a parameter, not saved
+
+    def check(self, length: int) -> None:
+        """Fail clearly (not with an index error) when learned positions run out."""
+        if self.kind == "learned" and length > self.max_positions:
+            raise ValueError(f"sequence of {length} positions exceeds model.max_positions={self.max_positions}")
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:  # (...) long -> (..., D)
+        if self.kind == "learned":
+            return self.table(pos)
+        angles = pos.unsqueeze(-1).float() * self.inv_freq
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)[..., : self.dim]
+
+
+class Embedder(nn.Module):
+    """Token embedding * sqrt(d_model) + position, then dropout. Embeddings are initialised
+    with std d^-1/2 (they may double as the output projection); the scale brings them back to
+    the magnitude of the position encodings."""
+
+    def __init__(self, cfg: ModelConfig, table: nn.Embedding) -> None:
+        super().__init__()
+        self.table = table  # possibly shared with the other side (share_embeddings)
+        self.positions = Positions(cfg.positions, cfg.embed_dim, cfg.max_positions)
+        self.scale = math.sqrt(cfg.embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T), pos (B, T) or (T,) -> (B, T, D)."""
+        return self.dropout(self.table(tokens) * self.scale + self.positions(pos))
+
+
+class Block(nn.Module):
+    """Residual wiring shared by encoder and decoder layers.
+
+    pre-norm:  x + drop(f(LN(x)))  -- the residual stream is never normalised, which keeps
+    gradients well-scaled in deep stacks; the stack then needs a final LN.
+    post-norm: LN(x + drop(f(x)))  -- the original paper.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pre = cfg.norm == "pre"
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def sub_in(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        return norm(x) if self.pre else x
+
+    def sub_out(self, x: torch.Tensor, y: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        x = x + self.dropout(y)
+        return x if self.pre else norm(x)
+
+
+class EncoderLayer(Block):
+    """Self-attention over the (unpadded) source, then the feed-forward network."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        d = cfg.embed_dim
+        self.attn = MultiHeadAttention(d, cfg.heads, cfg.attention_dropout)
+        self.ff = FeedForward(d, cfg.ff_dim)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.sub_in(x, self.norm1)
+        x = self.sub_out(x, self.attn(h, *self.attn.keys_values(h), mask), self.norm1)
+        return self.sub_out(x, self.ff(self.sub_in(x, self.norm2)), self.norm2)
+
+
+class DecoderLayer(Block):
+    """Causal self-attention, cross-attention over the source, feed-forward network."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        d = cfg.embed_dim
+        self.self_attn = MultiHeadAttention(d, cfg.heads, cfg.attention_dropout)
+        self.cross_attn = MultiHeadAttention(d, cfg.heads, cfg.attention_dropout)
+        self.ff = FeedForward(d, cfg.ff_dim)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, cross: KV, src_mask: torch.Tensor, cache: KV | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
+        """``cache`` None: ``x`` (B, T, D) is a whole target prefix, attended causally.
+        Otherwise ``x`` (B, 1, D) is the next position and ``cache`` holds the self-attention
+        K/V of all earlier ones: no mask is needed, since they all precede it.
+        Returns the output, the K/V of all positions so far, and (if ``need_weights``) the
+        head-averaged cross-attention weights (B, T, S)."""
+        h = self.sub_in(x, self.norm1)
+        k, v = self.self_attn.keys_values(h)
+        if cache is not None:
+            assert x.size(1) == 1, "cached decoding feeds one position at a time"
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        x = self.sub_out(x, self.self_attn(h, k, v, is_causal=cache is None), self.norm1)
+        h = self.sub_in(x, self.norm2)
+        x = self.sub_out(x, self.cross_attn(h, *cross, src_mask), self.norm2)
+        weights = self.cross_attn.weights(h, cross[0], src_mask) if need_weights else None
+        x = self.sub_out(x, self.ff(self.sub_in(x, self.norm3)), self.norm3)
+        return x, (k, v), weights
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, table: nn.Embedding) -> None:
+        super().__init__()
+        self.embed = Embedder(cfg, table)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.norm = nn.LayerNorm(cfg.embed_dim) if cfg.norm == "pre" else nn.Identity()
+
+    def forward(self, src: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """src (B, S) ids, mask (B, S) True = real token -> memory (B, S, D)."""
+        self.embed.positions.check(src.size(1))
+        x = self.embed(src, torch.arange(src.size(1), device=src.device))
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.norm(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, table: nn.Embedding) -> None:
+        super().__init__()
+        self.embed = Embedder(cfg, table)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.norm = nn.LayerNorm(cfg.embed_dim) if cfg.norm == "pre" else nn.Identity()
+
+    def cross_keys_values(self, memory: torch.Tensor) -> tuple[KV, ...]:
+        """Every layer's cross-attention K/V of the source: computed once per sentence."""
+        return tuple(layer.cross_attn.keys_values(memory) for layer in self.layers)
+
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, enc: State, cache: tuple[KV, ...] | None = None,
+                attention_layer: int | None = None) -> tuple[torch.Tensor, tuple[KV, ...], torch.Tensor | None]:
+        """-> features (B, T, D), the self-attention K/V of every layer, and the cross-attention
+        weights of layer ``attention_layer`` (None: not computed)."""
+        x = self.embed(tokens, pos)
+        want = None if attention_layer is None else attention_layer % len(self.layers)
+        new_cache, weights = [], None
+        for i, layer in enumerate(self.layers):
+            x, kv, w = layer(x, enc["cross"][i], enc["mask"], None if cache is None else cache[i], i == want)
+            new_cache.append(kv)
+            weights = w if w is not None else weights
+        return self.norm(x), tuple(new_cache), weights
+
+
+class TransformerSeq2Seq(Seq2SeqModel):
+    """Encoder-decoder Transformer.
+
+    enc: ``{"memory": (B, S, D), "mask": (B, S) True = real, "cross": per layer (K, V)}``;
+    decoder state: ``{"pos": (B,) index of the next position, "self": per layer (K, V) of the
+    positions so far, each (B, heads, t, d_head)}``. Set ``return_attention`` to get the
+    cross-attention weights of decoder layer ``attention_layer`` from ``decode_step``.
+    """
+
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
+        super().__init__()
+        if cfg.share_embeddings and src_vocab != tgt_vocab:
+            raise ValueError(f"model.share_embeddings needs one vocabulary for both sides, but the source has "
+                             f"{src_vocab} tokens and the target {tgt_vocab} (use tokenizer.joint: true)")
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.heads, self.d_head = cfg.heads, cfg.embed_dim // cfg.heads
+        tgt_table = nn.Embedding(tgt_vocab, cfg.embed_dim, padding_idx=PAD)
+        src_table = tgt_table if cfg.share_embeddings else nn.Embedding(src_vocab, cfg.embed_dim, padding_idx=PAD)
+        self.encoder = Encoder(cfg, src_table)
+        self.decoder = Decoder(cfg, tgt_table)
+        self.output = nn.Linear(cfg.embed_dim, tgt_vocab, bias=False)
+        self.attention_layer: int = -1  # whose cross-attention decode_step exposes ...
+        self.return_attention: bool = False  # ... when asked for (it costs an extra softmax)
+        self._init_weights(cfg.embed_dim)
+        if cfg.tie_embeddings:
+            self.output.weight = tgt_table.weight
+
+    def _init_weights(self, dim: int) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):  # tokens and learned positions
+                nn.init.normal_(m.weight, mean=0.0, std=dim**-0.5)
+                if m.padding_idx is not None:
+                    with torch.no_grad():
+                        m.weight[m.padding_idx].zero_()
+
+    # -- interface -------------------------------------------------------------------------
+    def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
+        mask = torch.arange(src.size(1), device=src.device)[None, :] < src_lens[:, None]
+        memory = self.encoder(src, mask)
+        return {"memory": memory, "mask": mask, "cross": self.decoder.cross_keys_values(memory)}
+
+    def init_state(self, enc: State) -> State:
+        memory = enc["memory"]
+        empty = memory.new_zeros(memory.size(0), self.heads, 0, self.d_head)
+        return {
+            "pos": torch.zeros(memory.size(0), dtype=torch.long, device=memory.device),
+            "self": tuple((empty, empty) for _ in self.decoder.layers),
+        }
+
+    def decode_step(self, prev: torch.Tensor, enc: State, state: State) -> StepOutput:
+        self.decoder.embed.positions.check(state["self"][0][0].size(2) + 1)
+        layer = self.attention_layer if self.return_attention else None
+        feats, cache, attn = self.decoder(prev[:, None], state["pos"][:, None], enc, state["self"], layer)
+        new_state = {"pos": state["pos"] + 1, "self": cache}
+        return StepOutput(self.output(feats[:, 0]), new_state, None if attn is None else attn[:, 0])
+
+    def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self.output(self._teacher_forced(tgt_in, self.encode(src, src_lens)))
+
+    # -- without the cache (a reference for tests) --------------------------------------------
+    def decode_step_uncached(self, prefix: torch.Tensor, enc: State) -> torch.Tensor:
+        """Next-token logits (B, V) after ``prefix`` (B, t) = BOS + tokens so far, recomputing
+        the whole prefix: what ``decode_step`` must equal, at O(t^2) cost per step."""
+        return self.output(self._teacher_forced(prefix, enc)[:, -1])
+
+    def _teacher_forced(self, tgt_in: torch.Tensor, enc: State) -> torch.Tensor:
+        self.decoder.embed.positions.check(tgt_in.size(1))
+        feats, _, _ = self.decoder(tgt_in, torch.arange(tgt_in.size(1), device=tgt_in.device), enc)
+        return feats
