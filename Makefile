@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-g2p clean
+.PHONY: demo test install bench-g2p bench-multi30k clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Benchmarks (long; not part of `make test`): train what is missing, evaluate, print tables.
 bench-g2p: $(STAMP)
-	$(PY) bench/g2p.py
+	$(PY) bench/g2p.py configs/g2p-rnn.yaml
+
+bench-multi30k: $(STAMP)
+	$(PY) bench/multi30k.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

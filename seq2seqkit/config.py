@@ -115,6 +115,12 @@ class ModelConfig(_Section):
     max_positions: int = Field(1024, ge=1)
     attention_dropout: float = Field(0.1, ge=0, lt=1)
 
+    @model_validator(mode="after")
+    def _family_options(self) -> ModelConfig:
+        if self.share_embeddings and self.family != "transformer":
+            raise ValueError("share_embeddings is only implemented for family 'transformer'")
+        return self
+
 
 # ------------------------------------------------------------------------- training
 class TeacherForcingConfig(_Section):

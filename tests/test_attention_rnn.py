@@ -8,7 +8,7 @@ import torch
 
 from seq2seqkit.config import ModelConfig
 from seq2seqkit.data.dataset import pad_sources
-from seq2seqkit.data.tokenizers import BOS, EOS, PAD
+from seq2seqkit.data.tokenizers import PAD
 from seq2seqkit.errors import ConfigError
 from seq2seqkit.evaluate import evaluate_model, load_eval_set
 from seq2seqkit.models import build_model
@@ -17,7 +17,7 @@ from seq2seqkit.search import beam_search, greedy_search
 from seq2seqkit.training import Trainer, token_loss
 from seq2seqkit.translate import Translator
 
-from conftest import tiny_config, write_reverse_task
+from conftest import batch, tiny_config, write_reverse_task
 
 # Each attention with each cell, input feeding on and off, plus deep / unidirectional / tied.
 VARIANTS = [
@@ -37,17 +37,6 @@ def make(**kw) -> torch.nn.Module:
     return build_model(cfg, src_vocab=20, tgt_vocab=15).eval()
 
 
-def batch(seqs_src, seqs_tgt):
-    src, lens = pad_sources(seqs_src)
-    t = max(len(x) for x in seqs_tgt) + 1
-    tin = torch.full((len(seqs_tgt), t), PAD)
-    tout = torch.full((len(seqs_tgt), t), PAD)
-    for i, x in enumerate(seqs_tgt):
-        tin[i, 0] = BOS
-        tin[i, 1 : len(x) + 1] = torch.tensor(x)
-        tout[i, : len(x)] = torch.tensor(x)
-        tout[i, len(x)] = EOS
-    return src, lens, tin, tout
 
 
 SRC = [[5, 6, 7, 8, 9], [10, 11]]  # lengths 6 and 3 with EOS: the second row has 3 padding columns

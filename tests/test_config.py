@@ -221,3 +221,15 @@ def test_dump_load_round_trip(tmp_path: Path):
     assert again.training.betas == (0.8, 0.9)
     assert again.training.max_steps == 100
     assert dump_config(again) == text
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "seq2seqkit" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_configs_validate_and_build(path):
+    """Every config in configs/ loads, and its model builds (tiny vocabularies)."""
+    from seq2seqkit.models import build_model
+
+    cfg = load_config(path)
+    assert cfg.model.family in path.stem or cfg.model.family == "rnn"
+    model = build_model(cfg.model, 40, 40)
+    assert model.num_parameters() > 0

@@ -8,6 +8,7 @@ import torch
 
 from seq2seqkit.config import ModelConfig, TeacherForcingConfig
 from seq2seqkit.data.dataset import pad_sources
+from conftest import batch
 from seq2seqkit.data.tokenizers import BOS, EOS, PAD
 from seq2seqkit.models import build_model
 from seq2seqkit.search import greedy_search, max_lengths
@@ -28,17 +29,6 @@ def make(**kw) -> torch.nn.Module:
     return build_model(cfg, src_vocab=20, tgt_vocab=15).eval()
 
 
-def batch(seqs_src, seqs_tgt):
-    src, lens = pad_sources(seqs_src)
-    t = max(len(x) for x in seqs_tgt) + 1
-    tin = torch.full((len(seqs_tgt), t), PAD)
-    tout = torch.full((len(seqs_tgt), t), PAD)
-    for i, x in enumerate(seqs_tgt):
-        tin[i, 0] = BOS
-        tin[i, 1 : len(x) + 1] = torch.tensor(x)
-        tout[i, : len(x)] = torch.tensor(x)
-        tout[i, len(x)] = EOS
-    return src, lens, tin, tout
 
 
 SRC = [[5, 6, 7, 8, 9], [10, 11]]

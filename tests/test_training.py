@@ -17,11 +17,9 @@ import yaml
 from seq2seqkit.checkpoint import load_checkpoint
 from seq2seqkit.config import dump_config
 from seq2seqkit.errors import UserError
-from seq2seqkit.evaluate import evaluate_model, load_eval_set
 from seq2seqkit.training import Trainer, load_for_resume
-from seq2seqkit.translate import Translator
 
-from conftest import tiny_config, write_reverse_task
+from conftest import tiny_config, train_reverse_and_score
 
 
 def train_losses(model_dir: Path) -> list[tuple[int, float]]:
@@ -32,13 +30,8 @@ def train_losses(model_dir: Path) -> list[tuple[int, float]]:
 def test_reverse_task_is_learned(tmp_path):
     """The plain encoder-decoder learns to reverse short strings (>= 95% exact match)."""
     cfg = tiny_config(tmp_path, max_steps=400, validate_every=100)
-    start = time.perf_counter()
-    Trainer(cfg).train()
-    elapsed = time.perf_counter() - start
-    test = write_reverse_task(tmp_path / "test", 300, seed=3)
-    scores, _ = evaluate_model(Translator.load(cfg.output_dir), load_eval_set(*test), ["exact"])
-    assert scores.values["exact"] >= 95.0, scores.format()
-    print(f"reverse task: {scores.values['exact']:.1f}% exact in {elapsed:.1f}s")
+    exact, _ = train_reverse_and_score(cfg, tmp_path)
+    assert exact >= 95.0
 
 
 def _resumable_cfg(tmp_path, **training):

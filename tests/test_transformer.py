@@ -4,7 +4,6 @@ distribution over real source tokens, embeddings are shared when asked, and it l
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -12,15 +11,13 @@ import torch.nn.functional as F
 
 from seq2seqkit.config import ModelConfig
 from seq2seqkit.data.dataset import pad_sources
+from conftest import batch, tiny_config, train_reverse_and_score
 from seq2seqkit.data.tokenizers import BOS, EOS, PAD
-from seq2seqkit.evaluate import evaluate_model, load_eval_set
 from seq2seqkit.models import build_model, select
 from seq2seqkit.models.transformer import TransformerSeq2Seq
 from seq2seqkit.search import greedy_search, max_lengths
-from seq2seqkit.training import Trainer, token_loss
-from seq2seqkit.translate import Translator
+from seq2seqkit.training import token_loss
 
-from conftest import tiny_config, write_reverse_task
 
 VARIANTS = [
     dict(norm="pre", positions="sinusoidal"),
@@ -42,17 +39,6 @@ def make(src_vocab: int = 20, tgt_vocab: int = 15, **kw) -> TransformerSeq2Seq:
     return model.eval()
 
 
-def batch(seqs_src, seqs_tgt):
-    src, lens = pad_sources(seqs_src)
-    t = max(len(x) for x in seqs_tgt) + 1
-    tin = torch.full((len(seqs_tgt), t), PAD)
-    tout = torch.full((len(seqs_tgt), t), PAD)
-    for i, x in enumerate(seqs_tgt):
-        tin[i, 0] = BOS
-        tin[i, 1 : len(x) + 1] = torch.tensor(x)
-        tout[i, : len(x)] = torch.tensor(x)
-        tout[i, len(x)] = EOS
-    return src, lens, tin, tout
 
 
 def cached_logits(model, src, lens, tin) -> torch.Tensor:
@@ -221,10 +207,5 @@ def test_reverse_task_is_learned(tmp_path):
     tc.lr, tc.lr_schedule, tc.warmup_steps, tc.label_smoothing = 2e-3, "inverse_sqrt", 50, 0.1
     tc.early_stopping.metric = "exact"  # keep the checkpoint with the best dev exact match
     tc.num_threads = 1
-    start = time.perf_counter()
-    Trainer(cfg).train()
-    elapsed = time.perf_counter() - start
-    test = write_reverse_task(tmp_path / "test", 300, seed=3)
-    scores, _ = evaluate_model(Translator.load(cfg.output_dir), load_eval_set(*test), ["exact"])
-    assert scores.values["exact"] >= 95.0, scores.format()
-    print(f"transformer reverse task: {scores.values['exact']:.1f}% exact in {elapsed:.1f}s")
+    exact, _ = train_reverse_and_score(cfg, tmp_path)
+    assert exact >= 95.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +117,7 @@ class Batch:
         )
 
 
-def pad_sources(seqs: list[np.ndarray] | list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sources(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id sequences and append EOS: (B, S) ids and (B,) lengths."""
     lens = torch.tensor([len(s) + 1 for s in seqs], dtype=torch.long)
     out = torch.full((len(seqs), int(lens.max())), PAD, dtype=torch.long)
@@ -127,19 +127,24 @@ def pad_sources(seqs: list[np.ndarray] | list[list[int]]) -> tuple[torch.Tensor,
     return out, lens
 
 
-def collate(corpus: EncodedCorpus, indices: np.ndarray) -> Batch:
-    src, src_lens = pad_sources([corpus.src(i) for i in indices])
-    tgts = [corpus.tgt(i) for i in indices]
-    t = max(len(x) for x in tgts) + 1
-    tgt_in = torch.full((len(indices), t), PAD, dtype=torch.long)
-    tgt_out = torch.full((len(indices), t), PAD, dtype=torch.long)
-    for i, x in enumerate(tgts):
-        ids = torch.as_tensor(x.astype(np.int64))
+def make_batch(sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+               indices: np.ndarray | None = None) -> Batch:
+    """Pad id sequences into a :class:`Batch` (EOS on the source, BOS/EOS around the target)."""
+    src, src_lens = pad_sources(sources)
+    t = max(len(x) for x in targets) + 1
+    tgt_in = torch.full((len(targets), t), PAD, dtype=torch.long)
+    tgt_out = torch.full((len(targets), t), PAD, dtype=torch.long)
+    for i, x in enumerate(targets):
+        ids = torch.as_tensor(np.asarray(x, dtype=np.int64))
         tgt_in[i, 0] = BOS
         tgt_in[i, 1 : len(x) + 1] = ids
         tgt_out[i, : len(x)] = ids
         tgt_out[i, len(x)] = EOS
-    return Batch(src, src_lens, tgt_in, tgt_out, indices)
+    return Batch(src, src_lens, tgt_in, tgt_out, np.arange(len(targets)) if indices is None else indices)
+
+
+def collate(corpus: EncodedCorpus, indices: np.ndarray) -> Batch:
+    return make_batch([corpus.src(i) for i in indices], [corpus.tgt(i) for i in indices], indices)
 
 
 def token_batches(
