@@ -71,3 +71,24 @@ def train_reverse_and_score(cfg: Config, tmp_path: Path) -> tuple[float, float]:
     scores, _ = evaluate_model(Translator.load(cfg.output_dir), load_eval_set(*test), ["exact"])
     print(f"{cfg.model.family} reverse task: {scores.values['exact']:.1f}% exact in {elapsed:.1f}s")
     return scores.values["exact"], elapsed
+
+
+def assert_padding_is_inert(model, sources: list[list[int]], targets: list[list[int]]) -> None:
+    """Extra PAD columns do not change the loss of a sentence, and in a batch the
+    per-sentence losses add up (so padding in a neighbour does not leak in either)."""
+    from seq2seqkit.data.tokenizers import PAD
+    from seq2seqkit.training import token_loss
+
+    def loss(b):
+        return token_loss(model(b[0], b[1], b[2]), b[3])
+
+    first = batch(sources[:1], targets[:1])
+    pad = lambda x: torch.cat([x, torch.full((x.size(0), 4), PAD)], dim=1)  # noqa: E731
+    with torch.no_grad():
+        alone = loss(first)
+        padded = loss((pad(first[0]), first[1], pad(first[2]), pad(first[3])))
+        both = loss(batch(sources[:2], targets[:2]))
+        second = loss(batch(sources[1:2], targets[1:2]))
+    torch.testing.assert_close(alone, padded)
+    torch.testing.assert_close(both, alone + second, rtol=1e-5, atol=1e-5)
+    assert alone.item() > 0

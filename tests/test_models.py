@@ -8,12 +8,11 @@ import torch
 
 from seq2seqkit.config import ModelConfig, TeacherForcingConfig
 from seq2seqkit.data.dataset import pad_sources
-from conftest import batch
-from seq2seqkit.data.tokenizers import BOS, EOS, PAD
+from conftest import assert_padding_is_inert, batch
+from seq2seqkit.data.tokenizers import BOS, EOS
 from seq2seqkit.models import build_model
 from seq2seqkit.search import greedy_search, max_lengths
 from seq2seqkit.teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio
-from seq2seqkit.training import token_loss
 
 VARIANTS = [
     dict(cell="gru"),
@@ -55,20 +54,7 @@ def test_forward_equals_step_by_step(kw):
 @pytest.mark.parametrize("kw", VARIANTS)
 def test_padding_does_not_change_the_loss(kw):
     model = make(**kw)
-    src, lens, tin, tout = batch(SRC[:1], TGT[:1])
-    # The same sentence with 4 extra padding columns on both sides.
-    pad = lambda x: torch.cat([x, torch.full((x.size(0), 4), PAD)], dim=1)  # noqa: E731
-    with torch.no_grad():
-        alone = token_loss(model(src, lens, tin), tout)
-        padded = token_loss(model(pad(src), lens, pad(tin)), pad(tout))
-        # ... and inside a batch with a longer sentence: per-sentence losses add up.
-        s2, l2, ti2, to2 = batch(SRC, TGT)
-        both = token_loss(model(s2, l2, ti2), to2)
-        s3, l3, ti3, to3 = batch(SRC[1:], TGT[1:])
-        second = token_loss(model(s3, l3, ti3), to3)
-    torch.testing.assert_close(alone, padded)
-    torch.testing.assert_close(both, alone + second, rtol=1e-5, atol=1e-5)
-    assert alone.item() > 0
+    assert_padding_is_inert(model, SRC, TGT)
 
 
 def test_teacher_forcing_ratio_one_is_the_teacher_forced_pass():

@@ -24,7 +24,7 @@ from ..data.tokenizers import PAD
 from ..errors import ConfigError
 from .attention import AdditiveAttention, Attention, DotAttention, GeneralAttention
 from .base import Seq2SeqModel, State, StepOutput
-from .rnn import RNNS, Bridge, OutputLayer, RNNEncoder
+from .rnn import RNNS, Bridge, OutputLayer, RNNEncoder, bridged_state
 
 
 def build_attention(kind: str, query_dim: int, key_dim: int) -> Attention:
@@ -75,9 +75,7 @@ class AttentionRNNSeq2Seq(Seq2SeqModel):
         return enc
 
     def init_state(self, enc: State) -> State:
-        state = {"h": self.bridge_h(enc["context"])}
-        if self.bridge_c is not None:
-            state["c"] = self.bridge_c(enc["cell"])
+        state = bridged_state(self.bridge_h, self.bridge_c, enc)
         if self.input_feeding:
             state["feed"] = enc["context"].new_zeros(enc["context"].size(0), self.hidden)
         return state

@@ -61,6 +61,14 @@ class Bridge(nn.Module):
         return torch.tanh(self.proj(ctx)).view(ctx.size(0), self.layers, self.hidden)
 
 
+def bridged_state(bridge_h: Bridge, bridge_c: Bridge | None, enc: State) -> dict[str, torch.Tensor]:
+    """The decoder's first state: the bridged context vector (and LSTM cell), batch-first."""
+    state = {"h": bridge_h(enc["context"])}
+    if bridge_c is not None:
+        state["c"] = bridge_c(enc["cell"])
+    return state
+
+
 class OutputLayer(nn.Module):
     """Decoder features -> vocabulary logits through a small 'deep output' layer whose width is
     the embedding size, so that the projection can share the target embedding matrix."""
@@ -108,10 +116,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         return enc
 
     def init_state(self, enc: State) -> State:
-        state = {"h": self.bridge_h(enc["context"])}
-        if self.bridge_c is not None:
-            state["c"] = self.bridge_c(enc["cell"])
-        return state
+        return bridged_state(self.bridge_h, self.bridge_c, enc)
 
     def decode_step(self, prev: torch.Tensor, enc: State, state: State) -> StepOutput:
         logits, new_state = self._decode(prev.unsqueeze(1), enc, state)
