@@ -180,8 +180,14 @@ class Trainer:
         """Drop log lines written after the checkpoint we (re)start from: they will be redone."""
         if not self.log_file.exists():
             return
-        keep = [ln for ln in self.log_file.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= self.progress.step]
+        keep = []
+        for line in self.log_file.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by the crash we resume from
+                continue
+            if entry.get("step", 0) <= self.progress.step:
+                keep.append(line)
         atomic_write_text(self.log_file, "".join(k + "\n" for k in keep))
 
     def _finished(self) -> bool:

@@ -23,7 +23,8 @@ from conftest import tiny_config, train_reverse_and_score
 
 
 def train_losses(model_dir: Path) -> list[tuple[int, float]]:
-    lines = (model_dir / "train_log.jsonl").read_text().splitlines()
+    # Complete lines only: a running trainer may be half-way through appending one.
+    lines = (model_dir / "train_log.jsonl").read_text().split("\n")[:-1]
     return [(e["step"], e["loss"]) for e in map(json.loads, lines) if e["kind"] == "train"]
 
 
@@ -129,3 +130,14 @@ def test_existing_model_is_never_overwritten(tmp_path):
     assert (Path(cfg.output_dir) / "checkpoints" / "last.pt").read_bytes() == before
     saved = yaml.safe_load((Path(cfg.output_dir) / "config.yaml").read_text())
     assert saved["training"]["max_steps"] == 3
+
+
+def test_resume_survives_a_torn_log_line(tmp_path):
+    """A crash can leave half a JSON line at the end of the log: resuming drops it."""
+    cfg = tiny_config(tmp_path, max_steps=10, log_every=5)
+    Trainer(cfg).train()
+    log_file = Path(cfg.output_dir) / "train_log.jsonl"
+    with log_file.open("a") as f:
+        f.write('{"kind": "train", "step": 11, "lo')
+    Trainer(load_for_resume(cfg.output_dir, ["training.max_steps=15"]), resume=True).train()
+    assert [s for s, _ in train_losses(Path(cfg.output_dir))] == [5, 10, 15]
