@@ -151,7 +151,9 @@ class Trainer:
         random.seed(seed)
         torch.manual_seed(seed)
 
-    def _load_dev(self) -> tuple[EncodedCorpus | None, list[str], list[list[str]]]:
+    def _load_dev(self) -> tuple[EncodedCorpus | None, list[list[int]], list[list[str]]]:
+        """The dev set twice over: filtered ids for the losses, and the sources (encoded once,
+        here, not at every validation) with their references for the output metrics."""
         dev = self.cfg.data.dev
         if not dev.is_set:
             return None, [], []
@@ -162,7 +164,7 @@ class Trainer:
         else:
             sources, refs = [s for s, _ in pairs], [[t] for _, t in pairs]
         cap = self.cfg.data.dev_max_examples
-        return encoded, sources[:cap], refs[:cap]
+        return encoded, [self.src_tok.encode(x) for x in sources[:cap]], refs[:cap]
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -331,7 +333,10 @@ class Trainer:
         if tc.exposure_bias:
             values["free_loss"] = self.dev_loss(0.0)
             values["exposure_gap"] = values["free_loss"] - loss
-        hyps = translate_ids(self.model, [self.src_tok.encode(s) for s in self.dev_sources], self.cfg.search, self.device)
+        # Validation decodes deterministically: sampling would draw from the global RNG and make
+        # a resumed run diverge from an uninterrupted one.
+        search = self.cfg.search.model_copy(update={"sample": False, "nbest": 1})
+        hyps = translate_ids(self.model, self.dev_sources, search, self.device)
         texts = [self.tgt_tok.decode(h.tokens) for h in hyps]
         scores = M.score(texts, self.dev_refs, self.cfg.evaluation.metrics)
         values.update(scores.values)

@@ -141,3 +141,16 @@ def test_resume_survives_a_torn_log_line(tmp_path):
         f.write('{"kind": "train", "step": 11, "lo')
     Trainer(load_for_resume(cfg.output_dir, ["training.max_steps=15"]), resume=True).train()
     assert [s for s, _ in train_losses(Path(cfg.output_dir))] == [5, 10, 15]
+
+
+def test_validation_is_deterministic_even_when_the_config_samples(tmp_path):
+    """Validation never draws from the global RNG (so resuming stays exact), even if the
+    model's search config asks for sampling, which is meant for translate-time use."""
+    cfg = tiny_config(tmp_path, max_steps=20)
+    cfg.search.sample = True
+    trainer = Trainer(cfg)
+    trainer.train()
+    before = torch.get_rng_state()
+    first = trainer._validate()
+    assert torch.equal(before, torch.get_rng_state())
+    assert trainer._validate() == first
