@@ -169,6 +169,28 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    """Average the weights of the last N epoch checkpoints into checkpoints/NAME.pt."""
+    from .checkpoint import average_checkpoints, epoch_checkpoints, save_checkpoint
+
+    ckpt_dir = Path(args.model) / "checkpoints"
+    if args.output in ("best", "last") or args.output.startswith("epoch-"):
+        raise UserError(f"--output {args.output}: would overwrite a training checkpoint; choose another name")
+    found = epoch_checkpoints(ckpt_dir)
+    if not found:
+        raise UserError(f"{ckpt_dir}: no epoch-N.pt checkpoints (train with training.keep_epoch_checkpoints=N)")
+    if args.last > len(found):
+        raise UserError(f"{ckpt_dir}: --last {args.last} asked, but only {len(found)} epoch checkpoints are kept "
+                        f"({', '.join(p.name for p in found)})")
+    if args.last < 1:
+        raise UserError(f"--last {args.last}: must be at least 1")
+    chosen = found[-args.last:]
+    out = ckpt_dir / f"{args.output}.pt"
+    save_checkpoint({"model": average_checkpoints(chosen), "averaged": [p.name for p in chosen]}, out)
+    print(f"{out}: mean of {', '.join(p.name for p in chosen)}  (use it with --checkpoint {args.output})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the embedded G2P task with the quick config, then score its test split."""
     from .config import load_config
@@ -217,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(sp: argparse.ArgumentParser, required: bool) -> None:
         sp.add_argument("-m", "--model", required=required, metavar="MODEL_DIR")
-        sp.add_argument("--checkpoint", default="best", help="best, last, or a .pt path (default: best)")
+        sp.add_argument("--checkpoint", default="best", help="best, last, averaged (see `s2s average`), or a .pt path (default: best)")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     def search_args(sp: argparse.ArgumentParser) -> None:
@@ -262,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("dataset", choices=["cmudict"])
     pr.add_argument("out_dir", nargs="?", help="where to write train/dev/test.tsv (default: the cache)")
     pr.set_defaults(fn=cmd_prepare)
+
+    av = sub.add_parser("average", help="average the last epochs' weights (checkpoint averaging)")
+    av.add_argument("model", metavar="MODEL_DIR")
+    av.add_argument("--last", type=int, default=5, metavar="N", help="how many of the last epochs (default: 5)")
+    av.add_argument("--output", default="averaged", metavar="NAME", help="writes checkpoints/NAME.pt (default: averaged)")
+    av.set_defaults(fn=cmd_average)
 
     de = sub.add_parser("demo", help="train and evaluate the embedded G2P task (quick config)")
     de.add_argument("--output-dir", default="runs/demo")

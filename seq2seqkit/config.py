@@ -163,6 +163,7 @@ class TrainingConfig(_Section):
     teacher_forcing: TeacherForcingConfig = TeacherForcingConfig()
     validate_every: int = Field(0, ge=0)  # steps; 0 = at the end of every epoch
     checkpoint_every: int = Field(200, ge=1)  # steps between 'last' checkpoints
+    keep_epoch_checkpoints: int = Field(0, ge=0)  # weights of the last N epochs, for `s2s average`
     log_every: int = Field(50, ge=1)
     exposure_bias: bool = True  # also compute free-running validation loss
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import metrics as M
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, save_checkpoint
 from .config import Config, TrainingConfig, dump_config, from_dict, apply_overrides
 from .data.corpus import iter_examples
 from .data.dataset import EncodedCorpus, collate, corpus_texts, encode_corpus, token_batches
@@ -39,6 +39,7 @@ from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokeni
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
 from .tasks import resolve_dataset
+from .runtime import keep_freed_memory
 from .teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio
 from .translate import resolve_device, translate_ids
 
@@ -109,6 +110,7 @@ class Trainer:
         tc = cfg.training
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
+        keep_freed_memory()
         self.device = resolve_device(tc.device)
         self._seed(tc.seed)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -232,6 +234,13 @@ class Trainer:
             "rng": rng,
         }, self.ckpt_dir / f"{name}.pt")
 
+    def _save_epoch_weights(self) -> None:
+        """Weights only, as ``epoch-N.pt``; the oldest beyond ``keep_epoch_checkpoints`` are removed."""
+        save_checkpoint({"model": self.model.state_dict(), "progress": asdict(self.progress)},
+                        self.ckpt_dir / f"epoch-{self.progress.epoch}.pt")
+        for old in epoch_checkpoints(self.ckpt_dir)[:-self.cfg.training.keep_epoch_checkpoints]:
+            old.unlink(missing_ok=True)
+
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Train until epochs/max_steps/early stopping; returns the final validation numbers."""
@@ -263,6 +272,8 @@ class Trainer:
                         p.done, validate = True, True
                     if validate and self.dev_data is not None:
                         last_val = self._validate()
+                    if end_of_epoch and tc.keep_epoch_checkpoints:
+                        self._save_epoch_weights()
                     if validate or p.step % tc.checkpoint_every == 0 or end_of_epoch:
                         self._save("last")
                     if p.done or end_of_epoch:
