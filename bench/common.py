@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from seq2seqkit.checkpoint import load_checkpoint
+from seq2seqkit.checkpoint import epoch_checkpoints, load_checkpoint, write_average
 from seq2seqkit.config import Config
-from seq2seqkit.training import Trainer, load_for_resume
+from seq2seqkit.evaluate import EvalSet, evaluate_model
+from seq2seqkit.training import LOWER_IS_BETTER, Trainer, load_for_resume
+from seq2seqkit.translate import Translator
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "BENCHMARKS.md"
@@ -49,6 +51,24 @@ def ensure_trained(cfg: Config, train: bool = True) -> dict:
         elif not load_checkpoint(last)["progress"]["done"]:
             Trainer(load_for_resume(out, []), resume=True).train()
     return load_checkpoint(last)["progress"]
+
+
+def select_checkpoint(cfg: Config, dev: EvalSet, metric: str) -> tuple[str, dict[str, float]]:
+    """Choose between the best single checkpoint and the average of the kept epoch checkpoints
+    (written here as ``checkpoints/averaged.pt``) by greedy ``metric`` on the dev set, so the
+    test set plays no part in the choice. Returns the name to load and each candidate's score."""
+    kept = epoch_checkpoints(Path(cfg.output_dir) / "checkpoints")
+    candidates = ["best"]
+    if len(kept) >= 2:
+        write_average(Path(cfg.output_dir), len(kept))
+        candidates.append("averaged")
+    dev_scores = {}
+    for name in candidates:
+        tr = Translator.load(cfg.output_dir, checkpoint=name)
+        tr.cfg.search = tr.cfg.search.model_copy(update={"beam_size": 1, "nbest": 1, "sample": False})
+        dev_scores[name] = evaluate_model(tr, dev, [metric])[0].values[metric]
+    pick = (min if metric in LOWER_IS_BETTER else max)(candidates, key=lambda n: dev_scores[n])
+    return pick, dev_scores
 
 
 def duration(seconds: float) -> str:

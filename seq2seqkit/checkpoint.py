@@ -104,3 +104,23 @@ def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
     found = [(int(p.stem.split("-", 1)[1]), p) for p in ckpt_dir.glob("epoch-*.pt")
              if p.stem.split("-", 1)[1].isdigit()]
     return [p for _, p in sorted(found)]
+
+
+def write_average(model_dir: Path, last: int, name: str = "averaged") -> tuple[Path, list[Path]]:
+    """Write ``MODEL_DIR/checkpoints/NAME.pt``, the mean of the last ``last`` epoch checkpoints;
+    returns its path and the files averaged. Loadable as ``Translator.load(..., checkpoint=NAME)``."""
+    ckpt_dir = Path(model_dir) / "checkpoints"
+    if name in ("best", "last") or name.startswith("epoch-"):
+        raise UserError(f"--output {name}: would overwrite a training checkpoint; choose another name")
+    if last < 1:
+        raise UserError(f"--last {last}: must be at least 1")
+    found = epoch_checkpoints(ckpt_dir)
+    if not found:
+        raise UserError(f"{ckpt_dir}: no epoch-N.pt checkpoints (train with training.keep_epoch_checkpoints=N)")
+    if last > len(found):
+        raise UserError(f"{ckpt_dir}: --last {last} asked, but only {len(found)} epoch checkpoints are kept "
+                        f"({', '.join(p.name for p in found)})")
+    chosen = found[-last:]
+    out = ckpt_dir / f"{name}.pt"
+    save_checkpoint({"model": average_checkpoints(chosen), "averaged": [p.name for p in chosen]}, out)
+    return out, chosen

@@ -1,4 +1,4 @@
-"""The ``s2s`` command line: train, translate, evaluate, check-data, prepare, demo.
+"""The ``s2s`` command line: train, translate, evaluate, average, export, check-data, prepare, demo.
 
 User errors (bad files, bad config keys, bad arguments) print one line on stderr and exit
 with status 2; ``--debug`` shows the traceback instead.
@@ -101,12 +101,25 @@ def save_attention_plot(tr: Translator, text: str, hyp: Hypothesis, path: Path) 
                    [tr.tgt_tok.id_to_piece(t) for t in hyp.tokens] + eos, path)
 
 
+def load_translator(args: argparse.Namespace) -> Translator:
+    """The model of ``-m``, run by PyTorch or (``--engine ctranslate2``) by CTranslate2."""
+    if args.engine == "ctranslate2":
+        from .ct2 import CTranslate2Translator
+
+        return CTranslate2Translator.load(args.model, device=args.device, compute_type=args.compute_type)
+    from .translate import Translator
+
+    return Translator.load(args.model, checkpoint=args.checkpoint, device=args.device)
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_open
-    from .translate import Translator, chunked, ranking_score
+    from .translate import chunked, ranking_score
 
-    tr = Translator.load(args.model, checkpoint=args.checkpoint, device=args.device)
+    tr = load_translator(args)
     apply_search_flags(tr, args)
+    if args.plot_attention and args.engine == "ctranslate2":
+        raise UserError("--plot-attention: not available with --engine ctranslate2 (use the PyTorch model directory)")
     plot_dir = Path(args.plot_attention) if args.plot_attention else None
     if plot_dir:
         enable_attention(tr.model, args.attention_layer)
@@ -136,9 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = args.metrics or ["bleu", "chrf"]
         print(M.score(data.sources, data.refs, metrics).format())
         return 0
-    from .translate import Translator
-
-    tr = Translator.load(args.model, checkpoint=args.checkpoint, device=args.device)
+    tr = load_translator(args)
     apply_search_flags(tr, args)
     if not args.src:
         raise UserError("evaluate: --src is required with -m (a TSV/JSONL file, or a text file with --ref)")
@@ -171,23 +182,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_average(args: argparse.Namespace) -> int:
     """Average the weights of the last N epoch checkpoints into checkpoints/NAME.pt."""
-    from .checkpoint import average_checkpoints, epoch_checkpoints, save_checkpoint
+    from .checkpoint import write_average
 
-    ckpt_dir = Path(args.model) / "checkpoints"
-    if args.output in ("best", "last") or args.output.startswith("epoch-"):
-        raise UserError(f"--output {args.output}: would overwrite a training checkpoint; choose another name")
-    found = epoch_checkpoints(ckpt_dir)
-    if not found:
-        raise UserError(f"{ckpt_dir}: no epoch-N.pt checkpoints (train with training.keep_epoch_checkpoints=N)")
-    if args.last > len(found):
-        raise UserError(f"{ckpt_dir}: --last {args.last} asked, but only {len(found)} epoch checkpoints are kept "
-                        f"({', '.join(p.name for p in found)})")
-    if args.last < 1:
-        raise UserError(f"--last {args.last}: must be at least 1")
-    chosen = found[-args.last:]
-    out = ckpt_dir / f"{args.output}.pt"
-    save_checkpoint({"model": average_checkpoints(chosen), "averaged": [p.name for p in chosen]}, out)
+    out, chosen = write_average(Path(args.model), args.last, args.output)
     print(f"{out}: mean of {', '.join(p.name for p in chosen)}  (use it with --checkpoint {args.output})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Convert a trained Transformer into a CTranslate2 model directory."""
+    from .ct2 import export_ctranslate2
+
+    out = export_ctranslate2(args.model, args.out_dir, checkpoint=args.checkpoint,
+                             quantization=args.quantization, force=args.force)
+    print(f"{out}: CTranslate2 model ({args.quantization or 'float32'} weights); "
+          f"try: s2s translate -m {out} --engine ctranslate2")
     return 0
 
 
@@ -241,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-m", "--model", required=required, metavar="MODEL_DIR")
         sp.add_argument("--checkpoint", default="best", help="best, last, averaged (see `s2s average`), or a .pt path (default: best)")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        sp.add_argument("--engine", default="torch", choices=["torch", "ctranslate2"],
+                        help="decode with PyTorch (default) or CTranslate2 (-m then names an `s2s export` directory)")
+        sp.add_argument("--compute-type", default="default", metavar="TYPE",
+                        help="with --engine ctranslate2: int8, int8_float32, float32, ... (default: as exported)")
 
     def search_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--beam", type=int, metavar="N", help="beam size (1: greedy search)")
@@ -290,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--last", type=int, default=5, metavar="N", help="how many of the last epochs (default: 5)")
     av.add_argument("--output", default="averaged", metavar="NAME", help="writes checkpoints/NAME.pt (default: averaged)")
     av.set_defaults(fn=cmd_average)
+
+    ex = sub.add_parser("export", help="convert a trained Transformer for another inference engine")
+    ex.add_argument("--format", required=True, choices=["ctranslate2"])
+    ex.add_argument("model", metavar="MODEL_DIR")
+    ex.add_argument("out_dir", metavar="OUT_DIR")
+    ex.add_argument("--checkpoint", default="best", help="best, last, averaged, or a .pt path (default: best)")
+    ex.add_argument("--quantization", choices=["int8", "int8_float32", "int16", "float16", "bfloat16", "float32"],
+                    help="store the weights quantized (default: float32)")
+    ex.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    ex.set_defaults(fn=cmd_export)
 
     de = sub.add_parser("demo", help="train and evaluate the embedded G2P task (quick config)")
     de.add_argument("--output-dir", default="runs/demo")

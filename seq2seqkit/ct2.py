@@ -1,0 +1,261 @@
+"""Export a trained Transformer to CTranslate2, for its fast (and int8) C++ inference.
+
+The conversion goes through CTranslate2's own converter API: a ``TransformerSpec`` (the
+library's description of an encoder-decoder Transformer) is filled with this model's weights,
+then ``Converter.convert`` validates it, optionally quantizes it (int8, int16, float16, ...)
+and writes ``model.bin``, ``config.json`` and the vocabularies. Our ``config.yaml`` and
+tokenizers are copied next to them, so an exported directory is usable on its own:
+``s2s translate -m OUT_DIR --engine ctranslate2``.
+
+How our Transformer maps onto the spec:
+
+* q/k/v/out projections -> the spec's fused linears (self-attention: one [q;k;v] matrix;
+  cross-attention: q, then one [k;v] matrix), each sublayer's LayerNorm, FFN w1/w2;
+* pre-norm's final LayerNorms; post-norm has none (``pre_norm=False``);
+* token embeddings times sqrt(d_model) (``scale_embeddings``), plus a position table written
+  out explicitly (our sinusoid's frequencies differ from CTranslate2's built-in one, and
+  learned positions are a table anyway): position 0 is the first source token and the
+  decoder's start token, as in our model;
+* the output projection (tied or not; no bias); LayerNorm epsilon 1e-5 (PyTorch's default);
+* the source gets ``</s>`` appended (``add_source_eos``), as our batches do.
+
+Only the Transformer family exists in CTranslate2's vocabulary of models: the RNN families
+have no spec there, and exporting one is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, load_config
+from .data.tokenizers import BOS, EOS, MANIFEST, PAD, UNK, Tokenizer, load_tokenizers
+from .errors import UserError
+from .models.transformer import TransformerSeq2Seq
+from .search import Hypothesis
+from .translate import Translator
+
+POSITION_ROWS = 1024  # rows of the exported sinusoid table: the longest sequence CTranslate2 can then handle
+
+
+def _ctranslate2() -> Any:
+    try:
+        import ctranslate2
+    except ImportError:
+        raise UserError("the ctranslate2 package is not installed: pip install 'seq2seq-kit[ctranslate2]'") from None
+    return ctranslate2
+
+
+def vocabulary(tok: Tokenizer) -> list[str]:
+    """Token strings by id: CTranslate2 speaks in token strings, so ids map through these."""
+    tokens = [tok.id_to_piece(i) for i in range(tok.vocab_size)]
+    if len(set(tokens)) != len(tokens):
+        dup = next(t for i, t in enumerate(tokens) if t in tokens[:i])
+        raise UserError(f"vocabulary has the token {dup!r} twice: CTranslate2 needs unique token strings")
+    return tokens
+
+
+def _linear(spec: Any, layer: torch.nn.Linear) -> None:
+    spec.weight = layer.weight.detach().float()
+    if layer.bias is not None:
+        spec.bias = layer.bias.detach().float()
+
+
+def _fused(spec: Any, layers: list[torch.nn.Linear]) -> None:
+    spec.weight = torch.cat([layer.weight.detach().float() for layer in layers])
+    spec.bias = torch.cat([layer.bias.detach().float() for layer in layers])
+
+
+def _norm(spec: Any, norm: torch.nn.LayerNorm) -> None:
+    spec.gamma = norm.weight.detach().float()
+    spec.beta = norm.bias.detach().float()
+
+
+def _inputs(spec: Any, embed: Any) -> None:
+    """Embedding table, position table, sqrt(d) scaling."""
+    table = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings
+    table.weight = embed.table.weight.detach().float()
+    spec.scale_embeddings = True
+    positions = embed.positions
+    rows = positions.max_positions if positions.kind == "learned" else max(POSITION_ROWS, positions.max_positions)
+    with torch.no_grad():
+        spec.position_encodings.encodings = positions(torch.arange(rows)).float()
+
+
+def transformer_spec(model: TransformerSeq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, pre_norm: bool) -> Any:
+    """A filled ``ctranslate2.specs.TransformerSpec`` with this model's weights and vocabularies."""
+    _ctranslate2()
+    from ctranslate2.specs import transformer_spec as ts
+
+    enc, dec = model.encoder, model.decoder
+    spec = ts.TransformerSpec.from_config((len(enc.layers), len(dec.layers)), model.heads, pre_norm=pre_norm)
+    spec.config.layer_norm_epsilon = enc.layers[0].norm1.eps
+    spec.config.add_source_eos = True
+    specials = {UNK: "unk_token", BOS: "bos_token", EOS: "eos_token"}
+    src_vocab, tgt_vocab = vocabulary(src_tok), vocabulary(tgt_tok)
+    for idx, key in specials.items():
+        setattr(spec.config, key, tgt_vocab[idx])
+    spec.config.decoder_start_token = tgt_vocab[BOS]
+    if src_vocab[EOS] != tgt_vocab[EOS] or src_vocab[UNK] != tgt_vocab[UNK] or src_vocab[PAD] != tgt_vocab[PAD]:
+        raise UserError("source and target vocabularies name their special tokens differently")
+
+    _inputs(spec.encoder, enc.embed)
+    for layer_spec, layer in zip(spec.encoder.layer, enc.layers):
+        a = layer.attn
+        _fused(layer_spec.self_attention.linear[0], [a.q_proj, a.k_proj, a.v_proj])
+        _linear(layer_spec.self_attention.linear[1], a.out_proj)
+        _norm(layer_spec.self_attention.layer_norm, layer.norm1)
+        _linear(layer_spec.ffn.linear_0, layer.ff[0])
+        _linear(layer_spec.ffn.linear_1, layer.ff[2])
+        _norm(layer_spec.ffn.layer_norm, layer.norm2)
+    if pre_norm:
+        _norm(spec.encoder.layer_norm, enc.norm)
+
+    _inputs(spec.decoder, dec.embed)
+    for layer_spec, layer in zip(spec.decoder.layer, dec.layers):
+        s, c = layer.self_attn, layer.cross_attn
+        _fused(layer_spec.self_attention.linear[0], [s.q_proj, s.k_proj, s.v_proj])
+        _linear(layer_spec.self_attention.linear[1], s.out_proj)
+        _norm(layer_spec.self_attention.layer_norm, layer.norm1)
+        _linear(layer_spec.attention.linear[0], c.q_proj)
+        _fused(layer_spec.attention.linear[1], [c.k_proj, c.v_proj])
+        _linear(layer_spec.attention.linear[2], c.out_proj)
+        _norm(layer_spec.attention.layer_norm, layer.norm2)
+        _linear(layer_spec.ffn.linear_0, layer.ff[0])
+        _linear(layer_spec.ffn.linear_1, layer.ff[2])
+        _norm(layer_spec.ffn.layer_norm, layer.norm3)
+    if pre_norm:
+        _norm(spec.decoder.layer_norm, dec.norm)
+    _linear(spec.decoder.projection, model.output)
+
+    spec.register_source_vocabulary(src_vocab)
+    spec.register_target_vocabulary(tgt_vocab)
+    return spec
+
+
+def model_files(model_dir: Path) -> list[str]:
+    """config.yaml and the tokenizer files a model directory needs besides its checkpoints."""
+    manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
+    names = {"config.yaml", MANIFEST}
+    for side in ("src", "tgt"):
+        names.update(manifest[side][key] for key in ("model", "vocab") if key in manifest[side])
+    return sorted(names)
+
+
+def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, checkpoint: str = "best",
+                       quantization: str | None = None, force: bool = False) -> Path:
+    """Convert ``MODEL_DIR``'s Transformer into a CTranslate2 model directory ``OUT_DIR``.
+
+    Written into a temporary directory beside ``OUT_DIR`` and renamed into place at the end, so
+    an interrupted export leaves no half-written model, and an existing ``OUT_DIR`` (replaced
+    only with ``force``) stays intact until the new one is complete.
+    """
+    ct2 = _ctranslate2()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.exists() and not force:
+        raise UserError(f"{out_dir} already exists (pass --force to replace it)")
+    tr = Translator.load(model_dir, checkpoint=checkpoint, device="cpu")
+    if not isinstance(tr.model, TransformerSeq2Seq):
+        raise UserError(f"{model_dir}: CTranslate2 runs Transformers only; this model's family is "
+                        f"{tr.cfg.model.family!r}")
+    spec_holder = transformer_spec(tr.model, tr.src_tok, tr.tgt_tok, pre_norm=tr.cfg.model.norm == "pre")
+
+    class _Converter(ct2.converters.Converter):
+        def _load(self) -> Any:
+            return spec_holder
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _Converter().convert(str(staging), quantization=quantization, force=True)
+        for name in model_files(model_dir):
+            shutil.copy2(model_dir / name, staging / name)
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+        staging.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def is_ctranslate2_dir(path: str | Path) -> bool:
+    return (Path(path) / "model.bin").is_file() and (Path(path) / "config.json").is_file()
+
+
+class CTranslate2Translator(Translator):
+    """A :class:`~seq2seqkit.translate.Translator` whose decoding runs in CTranslate2.
+
+    Tokenization, batching by length, n-best handling and detokenization stay ours; only the
+    search itself (greedy, beam, sampling) runs in the C++ engine. Length caps follow ours per
+    batch: ``max_len_a * longest source + max_len_b``. The length penalty is passed as is, but
+    CTranslate2 divides by ``length ** alpha`` where ours is GNMT's ``((5 + length) / 6) ** alpha``,
+    (measured: its scores are ours divided by (tokens + EOS) ** alpha), so with alpha > 0 the two
+    can rank long and short hypotheses differently; at alpha 0 both rank by log-probability.
+    """
+
+    def __init__(self, engine: Any, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config) -> None:
+        self.engine, self.src_tok, self.tgt_tok, self.cfg = engine, src_tok, tgt_tok, cfg
+        self.model = None  # no PyTorch model: translate/nbest/translate_stream go through nbest_hypotheses
+        self.device = torch.device("cpu")
+        self._src_vocab, self._tgt_index = vocabulary(src_tok), {t: i for i, t in enumerate(vocabulary(tgt_tok))}
+
+    @classmethod
+    def load(cls, model_dir: str | Path, checkpoint: str = "best", device: str = "auto",  # type: ignore[override]
+             compute_type: str = "default", threads: int = 0) -> CTranslate2Translator:
+        """Load an exported directory (``s2s export --format ctranslate2``); ``checkpoint`` is
+        fixed at export time and ignored here. ``threads`` 0: CTranslate2's default."""
+        ct2 = _ctranslate2()
+        model_dir = Path(model_dir)
+        if not is_ctranslate2_dir(model_dir):
+            raise UserError(f"{model_dir}: not a CTranslate2 model directory (no model.bin/config.json); create one "
+                            f"with 's2s export --format ctranslate2 MODEL_DIR OUT_DIR'")
+        cfg = load_config(model_dir / "config.yaml")
+        src_tok, tgt_tok = load_tokenizers(model_dir)
+        dev = "cuda" if device == "cuda" or (device == "auto" and ct2.get_cuda_device_count() > 0) else "cpu"
+        try:
+            engine = ct2.Translator(str(model_dir), device=dev, compute_type=compute_type, intra_threads=threads)
+        except (ValueError, RuntimeError) as e:
+            raise UserError(f"{model_dir}: CTranslate2 cannot load it ({e})") from None
+        return cls(engine, src_tok, tgt_tok, cfg)
+
+    def _hypothesis(self, tokens: list[str], score: float, alpha: float) -> Hypothesis:
+        """CTranslate2's beam score is the log-probability / (length + EOS) ** alpha: undo it for
+        ``score`` (the log-probability, as in ours) and keep it as ``norm_score`` (its ranking)."""
+        ids = [self._tgt_index[t] for t in tokens]
+        if not alpha:
+            return Hypothesis(tokens=ids, score=score)
+        return Hypothesis(tokens=ids, score=score * (len(ids) + 1) ** alpha, norm_score=score)
+
+    def nbest_hypotheses(self, texts: Sequence[str]) -> list[list[Hypothesis]]:
+        s = self.cfg.search
+        encoded = [self.src_tok.encode(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        out: list[list[Hypothesis]] = [[] for _ in texts]
+        options: dict[str, Any] = dict(
+            beam_size=1 if s.sample else s.beam_size, num_hypotheses=s.nbest, length_penalty=s.length_penalty,
+            return_scores=True, max_input_length=0, patience=1,
+        )
+        if s.sample:
+            options.update(sampling_topk=s.top_k or 0, sampling_topp=s.top_p, sampling_temperature=s.temperature)
+        for start in range(0, len(order), s.batch_size):
+            idx = order[start : start + s.batch_size]
+            batch = [[self._src_vocab[t] for t in encoded[i]] for i in idx]
+            longest = max(len(b) for b in batch)
+            results = self.engine.translate_batch(batch, max_decoding_length=int(longest * s.max_len_a) + s.max_len_b,
+                                                  **options)
+            for i, res in zip(idx, results):
+                out[i] = [self._hypothesis(hyp, score, options["length_penalty"] if options["beam_size"] > 1 else 0.0)
+                          for hyp, score in zip(res.hypotheses, res.scores)]
+        return out
