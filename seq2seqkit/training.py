@@ -34,7 +34,7 @@ from . import metrics as M
 from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, save_checkpoint
 from .config import Config, TrainingConfig, dump_config, from_dict, apply_overrides
 from .data.corpus import iter_examples
-from .data.dataset import EncodedCorpus, collate, corpus_texts, encode_corpus, token_batches
+from .data.dataset import Batch, EncodedCorpus, collate, corpus_texts, encode_corpus, token_batches
 from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokenizers
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
@@ -146,6 +146,7 @@ class Trainer:
         self._truncate_log()
         self.tb = None
         self._signatures_shown = False
+        self._clock = time.perf_counter()  # train_seconds counts from here (and from each train())
 
     # -- setup helpers -------------------------------------------------------------------------
     @staticmethod
@@ -219,7 +220,8 @@ class Trainer:
         self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.progress.step + 1)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _save(self, name: str) -> None:
+    def save(self, name: str) -> None:
+        """Write checkpoints/NAME.pt: weights, optimizer, scheduler, progress and RNG states."""
         now = time.perf_counter()
         self.progress.train_seconds += now - self._clock
         self._clock = now
@@ -257,7 +259,7 @@ class Trainer:
                 t0, tokens0 = time.perf_counter(), 0
                 for idx in batches[p.batch_in_epoch:]:
                     batch = collate(self.train_data, idx).to(self.device)
-                    loss = self._train_step(batch)
+                    loss = self.train_step(batch)
                     tokens0 += batch.n_tokens
                     p.batch_in_epoch += 1
                     bar.update()
@@ -275,13 +277,13 @@ class Trainer:
                     if end_of_epoch and tc.keep_epoch_checkpoints:
                         self._save_epoch_weights()
                     if validate or p.step % tc.checkpoint_every == 0 or end_of_epoch:
-                        self._save("last")
+                        self.save("last")
                     if p.done or end_of_epoch:
                         break
                 bar.close()
             if p.epoch >= tc.epochs:
                 p.done = True
-            self._save("last")
+            self.save("last")
         if self.tb is not None:
             self.tb.close()
         return last_val
@@ -289,7 +291,9 @@ class Trainer:
     def _lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def _train_step(self, batch) -> float:
+    def train_step(self, batch: Batch) -> float:
+        """One optimizer update on ``batch`` (already on the device); returns its per-token loss.
+        Public so that benchmarks time exactly what training runs."""
         tc, p = self.cfg.training, self.progress
         self.model.train()
         ratio = teacher_forcing_ratio(tc.teacher_forcing, p.step)
@@ -360,7 +364,7 @@ class Trainer:
         improved = p.best is None or (current < p.best if lower else current > p.best)
         if improved:
             p.best, p.best_step, p.bad_validations = current, p.step, 0
-            self._save("best")
+            self.save("best")
         else:
             p.bad_validations += 1
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
