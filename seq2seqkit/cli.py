@@ -129,6 +129,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
         for chunk in chunked(_input_lines(args.input), 2000):
             for text, hyps in zip(chunk, tr.nbest_hypotheses(chunk)):
                 count += 1
+                if plot_dir and hyps[0].attention is None:  # the plain encoder-decoder: one context vector
+                    print(f"s2s: warning: --plot-attention: model family {tr.cfg.model.family!r} has no attention: "
+                          f"no heatmaps written", file=sys.stderr)
+                    plot_dir = None
                 if plot_dir:
                     save_attention_plot(tr, text, hyps[0], plot_dir / f"{count:04d}.png")
                 for h in hyps if show_scores else hyps[:1]:

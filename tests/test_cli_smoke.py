@@ -115,8 +115,12 @@ def test_translate_bad_search_flags_and_plots_without_attention(model_dir, tmp_p
     src = tmp_path / "in.txt"
     src.write_text("a b c\n")
     plots = tmp_path / "plots"
-    for flags, message in [(["--plot-attention", str(plots)], "model family 'rnn' has no attention to plot"),
-                           (["--beam", "0"], "--beam: "),
+    # A plain encoder-decoder has no attention: it still translates, says why there are no plots.
+    assert main(["translate", "-m", str(model_dir), "-i", str(src), "--beam", "5", "--plot-attention", str(plots)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1
+    assert "model family 'rnn' has no attention: no heatmaps written" in err
+    for flags, message in [(["--beam", "0"], "--beam: "),
                            (["--beam", "2", "--nbest", "3"], "search flags: nbest cannot exceed beam_size")]:
         assert main(["-q", "translate", "-m", str(model_dir), "-i", str(src), *flags]) == 2
         out, err = capsys.readouterr()
