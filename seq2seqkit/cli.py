@@ -39,6 +39,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, resume=bool(args.resume))
     trainer.train()
+    if trainer.stopped:  # SIGINT/SIGTERM: checkpoint of the last finished update saved
+        print(f"s2s: stopped at step {trainer.progress.step}; continue with: s2s train --resume {cfg.output_dir}",
+              file=sys.stderr)
+        return 143 if trainer.stopped == "SIGTERM" else 130
     print(f"model directory: {cfg.output_dir}")
     return 0
 

@@ -20,6 +20,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,6 +96,32 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainingConfig) -> torch.op
     return torch.optim.lr_scheduler.LambdaLR(opt, fn)
 
 
+class StopRequest:
+    """While active, SIGINT/SIGTERM only record a request (``requested`` = the signal's name) that
+    the training loop honours between updates; a second signal raises KeyboardInterrupt as usual.
+    Handlers are installed only in the main thread (signals cannot be caught elsewhere)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        log.warning("%s: finishing the current update, then saving a checkpoint (again to abort now)", self.requested)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class Trainer:
     """Sets up a run in ``cfg.output_dir`` (new, or resumed from it) and trains it."""
 
@@ -147,6 +175,7 @@ class Trainer:
         self.tb = None
         self._signatures_shown = False
         self._clock = time.perf_counter()  # train_seconds counts from here (and from each train())
+        self.stopped: str | None = None  # "SIGINT"/"SIGTERM" if train() stopped early on it (checkpoint saved)
 
     # -- setup helpers -------------------------------------------------------------------------
     @staticmethod
@@ -245,13 +274,17 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        """Train until epochs/max_steps/early stopping; returns the final validation numbers."""
+        """Train until epochs/max_steps/early stopping; returns the final validation numbers.
+
+        SIGINT (Ctrl-C) or SIGTERM stop it at the end of the current update with a checkpoint
+        of exactly that step (``stopped`` becomes True), so ``--resume`` continues as if never
+        stopped; a second signal interrupts at once (the last periodic checkpoint remains)."""
         tc, p = self.cfg.training, self.progress
         self._clock = time.perf_counter()
         self._open_tensorboard()
         last_val: dict[str, float] = {}
-        with logging_redirect_tqdm():
-            while not p.done and p.epoch < tc.epochs:
+        with logging_redirect_tqdm(), StopRequest() as stop:
+            while not p.done and p.epoch < tc.epochs and not stop.requested:
                 batches = token_batches(self.train_data.src_lens, self.train_data.tgt_lens,
                                         tc.batch_tokens, tc.seed, p.epoch)
                 bar = tqdm(total=len(batches), initial=p.batch_in_epoch, desc=f"epoch {p.epoch + 1}/{tc.epochs}",
@@ -276,14 +309,18 @@ class Trainer:
                         last_val = self._validate()
                     if end_of_epoch and tc.keep_epoch_checkpoints:
                         self._save_epoch_weights()
-                    if validate or p.step % tc.checkpoint_every == 0 or end_of_epoch:
+                    if validate or p.step % tc.checkpoint_every == 0 or end_of_epoch or stop.requested:
                         self.save("last")
-                    if p.done or end_of_epoch:
+                    if p.done or end_of_epoch or stop.requested:
                         break
                 bar.close()
             if p.epoch >= tc.epochs:
                 p.done = True
             self.save("last")
+        self.stopped = None if p.done else stop.requested
+        if self.stopped:
+            log.info("stopped by %s at step %d; checkpoint saved: continue with 's2s train --resume %s'",
+                     stop.requested, p.step, self.out)
         if self.tb is not None:
             self.tb.close()
         return last_val

@@ -95,6 +95,37 @@ def test_sigkill_then_resume_logs_the_same_losses(tmp_path):
     assert train_losses(killed_dir)[-1][0] == 120
 
 
+def test_sigterm_stops_at_an_update_with_its_checkpoint_and_resume_continues(tmp_path):
+    """SIGTERM: the run finishes its update, saves exactly that step and exits 143; resuming
+    logs what an uninterrupted run logs (same as after SIGKILL, but nothing is redone)."""
+    def config_file(sub: str) -> Path:
+        cfg = _resumable_cfg(tmp_path / sub, max_steps=120, checkpoint_every=1000, num_threads=1)
+        path = tmp_path / f"{sub}.yaml"
+        path.write_text(dump_config(cfg))
+        return path
+
+    cmd = [sys.executable, "-m", "seq2seqkit.cli", "-q", "train"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(cmd + [str(config_file("straight"))], check=True, env=env, capture_output=True)
+    stopped_dir = tmp_path / "stopped" / "model"
+    proc = subprocess.Popen(cmd + [str(config_file("stopped"))], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = train_losses(stopped_dir) if (stopped_dir / "train_log.jsonl").exists() else []
+        if done and done[-1][0] >= 45:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    step = load_checkpoint(stopped_dir / "checkpoints" / "last.pt")["progress"]["step"]
+    assert 45 <= step < 120  # saved where it stopped, though no periodic checkpoint was due
+    assert f"stopped at step {step}; continue with: s2s train --resume" in err
+    subprocess.run(cmd + ["--resume", str(stopped_dir)], check=True, env=env, capture_output=True)
+    assert train_losses(stopped_dir) == train_losses(tmp_path / "straight" / "model")
+
+
 def test_log_has_teacher_forcing_and_exposure_gap(tmp_path):
     cfg = _resumable_cfg(tmp_path, max_steps=30)
     Trainer(cfg).train()
