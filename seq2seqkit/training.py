@@ -334,9 +334,10 @@ class Trainer:
         tc, p = self.cfg.training, self.progress
         self.model.train()
         ratio = teacher_forcing_ratio(tc.teacher_forcing, p.step)
-        logits = decode_with_teacher_forcing(self.model, batch.src, batch.src_lens, batch.tgt_in, ratio)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            logits = decode_with_teacher_forcing(self.model, batch.src, batch.src_lens, batch.tgt_in, ratio)
         n = batch.n_tokens
-        loss_sum = token_loss(logits, batch.tgt_out, tc.label_smoothing)
+        loss_sum = token_loss(logits, batch.tgt_out, tc.label_smoothing)  # in fp32
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / n).backward()
         if tc.clip_grad_norm:
