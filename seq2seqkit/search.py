@@ -185,8 +185,13 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, 
         if not kept:
             break
         idx = torch.tensor(parents, device=dev)
-        # A parent row belongs to the same sentence, so its encoder row is the right one too.
-        enc, state = select(enc, idx), select(out.state, idx)
+        state = select(out.state, idx)
+        if len(kept) < len(sents):
+            # The K rows of a sentence share one encoder output, so reordering beams never
+            # touches it: only when sentences leave the batch are their rows dropped.
+            still = set(kept)
+            rows = [j * k + b for j, i in enumerate(sents) if i in still for b in range(k)]
+            enc = select(enc, torch.tensor(rows, device=dev))
         attn = attn.index_select(0, idx) if attn is not None else None
         seqs = [seqs[r] + [t] for r, t in zip(parents, next_tokens)]
         prev = torch.tensor(next_tokens, device=dev)
