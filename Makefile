@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-g2p bench-multi30k clean
+.PHONY: demo test install bench-g2p bench-multi30k bench-speed clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench-g2p: $(STAMP)
 
 bench-multi30k: $(STAMP)
 	$(PY) bench/multi30k.py
+
+# Training/decoding speed beside JoeyNMT 2.3.0 (own venv under ~/.cache/seq2seqkit/bench) and CTranslate2.
+bench-speed: $(STAMP)
+	$(PY) bench/speed.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -11,7 +11,7 @@ holds a finished run is evaluated as it is; an unfinished one is resumed. The ch
 scored is the best single one or the average of the kept epoch checkpoints, whichever has the
 higher greedy BLEU on the config's ``data.dev`` (val; the test set plays no part). It is
 scored on ``data.test`` (test_2016_flickr) with greedy search and with beam search (beam 5,
-GNMT length penalty ``--length-penalty``): sacreBLEU (13a tokenization) and chrF on cased,
+GNMT length penalty ``--length-penalty``, by default the best on val): sacreBLEU (13a tokenization) and chrF on cased,
 detokenized output, with their signatures. A second table and a PNG give
 corpus BLEU of the greedy output by source length in whitespace words (``--buckets``).
 """
@@ -44,6 +44,7 @@ DEFAULT_PLOT = REPO / "bench" / "multi30k-bleu-by-length.png"
 # so these give every bucket 100-280 sentences; ``--buckets 10,15,20,25`` gives the classic
 # wider ones, whose top buckets then hold only a few dozen sentences.
 DEFAULT_BUCKETS = "8,10,12,15"
+LENGTH_PENALTIES = [0.0, 0.5, 1.0, 1.5]  # GNMT alphas tried on val when --length-penalty is not given
 
 
 def model_label(cfg: Config) -> str:
@@ -79,7 +80,18 @@ def decode(tr: Translator, sources: list[str], search: SearchConfig) -> tuple[li
     return hyps, time.perf_counter() - start
 
 
-def run(config: str, train: bool, beam: int, length_penalty: float, limit: int | None,
+def tune_length_penalty(tr: Translator, dev, beam: int, alphas: list[float]) -> tuple[float, dict[float, float]]:
+    """The GNMT alpha with the best beam-search BLEU on the dev set (val), and each one's BLEU."""
+    base = tr.cfg.search.model_dump()
+    bleu = {}
+    for alpha in alphas:
+        hyps, _ = decode(tr, dev.sources, SearchConfig(**{**base, "beam_size": beam, "nbest": 1, "sample": False,
+                                                            "length_penalty": alpha}))
+        bleu[alpha] = M.score(hyps, dev.refs, ["bleu"]).values["bleu"]
+    return max(alphas, key=lambda a: bleu[a]), bleu
+
+
+def run(config: str, train: bool, beam: int, length_penalty: float | None, limit: int | None,
         buckets: list[tuple[int, int | None]]) -> dict:
     cfg = load_config(config)
     if not cfg.data.test.is_set:
@@ -87,10 +99,15 @@ def run(config: str, train: bool, beam: int, length_penalty: float, limit: int |
     progress = ensure_trained(cfg, train)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
-    checkpoint, dev_bleu = "best", {}
-    if cfg.data.dev.is_set:
-        checkpoint, dev_bleu = select_checkpoint(cfg, load_eval_set(*cfg.data.dev.files(), fmt=cfg.data.dev.format), "bleu")
+    checkpoint, dev_bleu, alpha_bleu = "best", {}, {}
+    dev = load_eval_set(*cfg.data.dev.files(), fmt=cfg.data.dev.format) if cfg.data.dev.is_set else None
+    if dev is not None:
+        checkpoint, dev_bleu = select_checkpoint(cfg, dev, "bleu")
     tr = Translator.load(cfg.output_dir, checkpoint=checkpoint)
+    if length_penalty is None:
+        if dev is None:
+            sys.exit(f"{config}: no data.dev to tune the length penalty on; pass --length-penalty")
+        length_penalty, alpha_bleu = tune_length_penalty(tr, dev, beam, LENGTH_PENALTIES)
     test = cfg.data.test
     data = load_eval_set(*test.files(), fmt=test.format)
     sources, refs = data.sources[:limit], data.refs[:limit]
@@ -112,7 +129,7 @@ def run(config: str, train: bool, beam: int, length_penalty: float, limit: int |
 
     return {
         "config": config, "name": cfg.name, "model": model_label(tr.cfg), "params": tr.model.num_parameters(),
-        "checkpoint": checkpoint, "dev_bleu": dev_bleu, "steps": progress["step"], "epochs": progress["epoch"], "train_s": progress.get("train_seconds", 0.0),
+        "checkpoint": checkpoint, "dev_bleu": dev_bleu, "alpha": length_penalty, "alpha_bleu": alpha_bleu, "steps": progress["step"], "epochs": progress["epoch"], "train_s": progress.get("train_seconds", 0.0),
         "sentences": len(sources), "test_size": len(data.sources), "test": test.src or test.path,
         "bleu_greedy": s_greedy.values["bleu"], "bleu_beam": s_beam.values["bleu"],
         "chrf_greedy": s_greedy.values["chrf"], "chrf_beam": s_beam.values["chrf"],
@@ -122,12 +139,12 @@ def run(config: str, train: bool, beam: int, length_penalty: float, limit: int |
 
 def scores_table(rows: list[dict], beam: int) -> str:
     head = (f"| model | config | parameters | steps (epochs) | training time | checkpoint (val BLEU) | BLEU greedy "
-            f"| BLEU beam {beam} | chrF greedy | chrF beam {beam} | decoding greedy / beam {beam} |\n")
+            f"| BLEU beam {beam} (α) | chrF greedy | chrF beam {beam} | decoding greedy / beam {beam} |\n")
     head += "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n"
     return head + "".join(
         f"| {r['model']} | `{r['config']}` | {r['params']:,} | {r['steps']} ({r['epochs']}) | {duration(r['train_s'])} | "
         f"{checkpoint_cell(r)} | "
-        f"{r['bleu_greedy']:.2f} | {r['bleu_beam']:.2f} | {r['chrf_greedy']:.2f} | {r['chrf_beam']:.2f} | "
+        f"{r['bleu_greedy']:.2f} | {r['bleu_beam']:.2f} (α {r['alpha']:g}) | {r['chrf_greedy']:.2f} | {r['chrf_beam']:.2f} | "
         f"{r['greedy_s']:.1f} s / {r['beam_s']:.1f} s |\n"
         for r in rows
     )
@@ -182,8 +199,9 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="only evaluate existing model directories")
     ap.add_argument("--record", action="store_true", help="append the tables to BENCHMARKS.md")
     ap.add_argument("--beam", type=int, default=5, help="beam size of the beam-search evaluation (default 5)")
-    ap.add_argument("--length-penalty", type=float, default=1.0,
-                    help="GNMT length penalty alpha for beam search (default 1.0; 0 ranks by raw log-probability)")
+    ap.add_argument("--length-penalty", type=float, default=None,
+                    help=f"GNMT length penalty alpha for beam search (0 ranks by raw log-probability); default: "
+                         f"the best on val of {LENGTH_PENALTIES}")
     ap.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N test sentences")
     ap.add_argument("--buckets", type=parse_buckets, default=parse_buckets(DEFAULT_BUCKETS), metavar="B1,B2,...",
                     help=f"upper bounds of the source-length buckets in words (default {DEFAULT_BUCKETS})")
@@ -202,7 +220,8 @@ def main() -> None:
     size = (f"first {rows[0]['sentences']} of {rows[0]['test_size']}" if rows[0]["sentences"] < rows[0]["test_size"]
             else str(rows[0]["sentences"]))
     scores = (f"Test set `{rows[0]['test']}` ({size} sentences); beam {args.beam} with "
-              f"length penalty {args.length_penalty:g}. Checkpoint: the best single one (by val BLEU during "
+              f"length penalty {'tuned on val' if args.length_penalty is None else f'{args.length_penalty:g}'}. "
+              f"Checkpoint: the best single one (by val BLEU during "
               f"training) or the average of the last kept epochs, whichever scores higher on val (greedy).  \n"
               + "".join(f"{k} signature: `{v}`  \n" for k, v in rows[0]["signatures"].items())
               + "\n" + scores_table(rows, args.beam))
