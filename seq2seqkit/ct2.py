@@ -1,4 +1,5 @@
-"""Export a trained Transformer to CTranslate2, for its fast (and int8) C++ inference.
+"""CTranslate2 interop: export a trained Transformer for its fast (and int8) C++ inference,
+and decode with the export (:class:`CTranslate2Translator`, ``--engine ctranslate2``).
 
 The conversion goes through CTranslate2's own converter API: a ``TransformerSpec`` (the
 library's description of an encoder-decoder Transformer) is filled with this model's weights,
