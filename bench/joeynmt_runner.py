@@ -91,7 +91,8 @@ def joey_config(family: str, data: Path, spm_model: Path, vocab: Path, model_dir
         training = {"optimizer": "adam", "learning_rate": 0.001, "label_smoothing": 0.1}
     training.update({
         "random_seed": 1234, "normalization": "tokens", "batch_size": batch_tokens, "batch_type": "token",
-        "epochs": 1000, "max_updates": updates, "logging_freq": log_every, "validation_freq": 10 * updates + 1,
+        "epochs": 1000, "updates": updates,  # JoeyNMT 2.3.0 reads max_updates from `updates`
+        "logging_freq": log_every, "validation_freq": 10 * updates + 1,
         "learning_rate_min": 1e-9,  # JoeyNMT stops training when lr < this: warm-up starts near 0
         "clip_grad_norm": 1.0, "model_dir": str(model_dir), "overwrite": True, "shuffle": True, "use_cuda": False,
         "num_workers": 0, "keep_best_ckpts": 1, "eval_metrics": ["bleu"], "early_stopping_metric": "loss",
@@ -113,7 +114,7 @@ def train(config: dict, path: Path, time_file: Path) -> tuple[list[tuple[int, fl
     import yaml
 
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    cmd = ["/usr/bin/time", "-f", "%M", "-o", str(time_file), str(PY), "-m", "joeynmt", "train", str(path)]
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", str(time_file), str(PY), "-m", "joeynmt", "train", str(path), "--skip-test"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:

@@ -30,6 +30,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,7 @@ def our_trainer(family: str, out: Path, extra: list[str] | None = None):
     from seq2seqkit.config import load_config
     from seq2seqkit.training import Trainer
 
+    shutil.rmtree(out, ignore_errors=True)  # the bench's own scratch run: always from scratch
     overrides = [f"output_dir={out}", "data.dev.src=null", "data.dev.tgt=null", "data.test.src=null",
                  "data.test.tgt=null", *(extra or [])]
     cfg = load_config(REPO / CONFIGS[family], overrides)
