@@ -78,6 +78,19 @@ def _norm(spec: Any, norm: torch.nn.LayerNorm) -> None:
     spec.beta = norm.bias.detach().float()
 
 
+def _self_attention(spec: Any, attn: Any, norm: torch.nn.LayerNorm) -> None:
+    """Our q/k/v projections as the spec's one fused [q; k; v] linear, then out and the norm."""
+    _fused(spec.linear[0], [attn.q_proj, attn.k_proj, attn.v_proj])
+    _linear(spec.linear[1], attn.out_proj)
+    _norm(spec.layer_norm, norm)
+
+
+def _feed_forward(spec: Any, ff: torch.nn.Sequential, norm: torch.nn.LayerNorm) -> None:
+    _linear(spec.linear_0, ff[0])
+    _linear(spec.linear_1, ff[2])
+    _norm(spec.layer_norm, norm)
+
+
 def _inputs(spec: Any, embed: Any) -> None:
     """Embedding table, position table, sqrt(d) scaling."""
     table = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings
@@ -108,29 +121,20 @@ def transformer_spec(model: TransformerSeq2Seq, src_tok: Tokenizer, tgt_tok: Tok
 
     _inputs(spec.encoder, enc.embed)
     for layer_spec, layer in zip(spec.encoder.layer, enc.layers):
-        a = layer.attn
-        _fused(layer_spec.self_attention.linear[0], [a.q_proj, a.k_proj, a.v_proj])
-        _linear(layer_spec.self_attention.linear[1], a.out_proj)
-        _norm(layer_spec.self_attention.layer_norm, layer.norm1)
-        _linear(layer_spec.ffn.linear_0, layer.ff[0])
-        _linear(layer_spec.ffn.linear_1, layer.ff[2])
-        _norm(layer_spec.ffn.layer_norm, layer.norm2)
+        _self_attention(layer_spec.self_attention, layer.attn, layer.norm1)
+        _feed_forward(layer_spec.ffn, layer.ff, layer.norm2)
     if pre_norm:
         _norm(spec.encoder.layer_norm, enc.norm)
 
     _inputs(spec.decoder, dec.embed)
     for layer_spec, layer in zip(spec.decoder.layer, dec.layers):
-        s, c = layer.self_attn, layer.cross_attn
-        _fused(layer_spec.self_attention.linear[0], [s.q_proj, s.k_proj, s.v_proj])
-        _linear(layer_spec.self_attention.linear[1], s.out_proj)
-        _norm(layer_spec.self_attention.layer_norm, layer.norm1)
+        _self_attention(layer_spec.self_attention, layer.self_attn, layer.norm1)
+        c = layer.cross_attn
         _linear(layer_spec.attention.linear[0], c.q_proj)
         _fused(layer_spec.attention.linear[1], [c.k_proj, c.v_proj])
         _linear(layer_spec.attention.linear[2], c.out_proj)
         _norm(layer_spec.attention.layer_norm, layer.norm2)
-        _linear(layer_spec.ffn.linear_0, layer.ff[0])
-        _linear(layer_spec.ffn.linear_1, layer.ff[2])
-        _norm(layer_spec.ffn.layer_norm, layer.norm3)
+        _feed_forward(layer_spec.ffn, layer.ff, layer.norm3)
     if pre_norm:
         _norm(spec.decoder.layer_norm, dec.norm)
     _linear(spec.decoder.projection, model.output)

@@ -65,32 +65,40 @@ def test_resume_gives_the_same_parameters_and_losses(tmp_path):
     assert train_losses(Path(straight.output_dir)) == train_losses(Path(halves.output_dir))
 
 
-def test_sigkill_then_resume_logs_the_same_losses(tmp_path):
-    """A run killed with SIGKILL mid-epoch and resumed logs what an uninterrupted run logs."""
-    def config_file(sub: str) -> Path:
-        cfg = _resumable_cfg(tmp_path / sub, max_steps=120, checkpoint_every=10, num_threads=1)
-        path = tmp_path / f"{sub}.yaml"
-        path.write_text(dump_config(cfg))
-        return path
+CLI_TRAIN = [sys.executable, "-m", "seq2seqkit.cli", "-q", "train"]
+CLI_ENV = {**os.environ, "PYTHONHASHSEED": "0"}
 
-    cmd = [sys.executable, "-m", "seq2seqkit.cli", "-q", "train"]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(cmd + [str(config_file("straight"))], check=True, env=env, capture_output=True)
 
-    killed_dir = tmp_path / "killed" / "model"
-    proc = subprocess.Popen(cmd + [str(config_file("killed"))], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _cli_config(tmp_path: Path, sub: str, checkpoint_every: int) -> Path:
+    cfg = _resumable_cfg(tmp_path / sub, max_steps=120, checkpoint_every=checkpoint_every, num_threads=1)
+    path = tmp_path / f"{sub}.yaml"
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def _start_and_signal(config: Path, model_dir: Path, sig: signal.Signals) -> tuple[int, str]:
+    """Start a CLI training run, send ``sig`` once it has logged step 45; its exit code and stderr."""
+    proc = subprocess.Popen(CLI_TRAIN + [str(config)], env=CLI_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
-        done = train_losses(killed_dir) if (killed_dir / "train_log.jsonl").exists() else []
+        done = train_losses(model_dir) if (model_dir / "train_log.jsonl").exists() else []
         if done and done[-1][0] >= 45:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def test_sigkill_then_resume_logs_the_same_losses(tmp_path):
+    """A run killed with SIGKILL mid-epoch and resumed logs what an uninterrupted run logs."""
+    subprocess.run(CLI_TRAIN + [str(_cli_config(tmp_path, "straight", 10))], check=True, env=CLI_ENV, capture_output=True)
+    killed_dir = tmp_path / "killed" / "model"
+    _start_and_signal(_cli_config(tmp_path, "killed", 10), killed_dir, signal.SIGKILL)
     ckpt = load_checkpoint(killed_dir / "checkpoints" / "last.pt")
     assert 0 < ckpt["progress"]["step"] < 120  # really killed mid-run
-    subprocess.run(cmd + ["--resume", str(killed_dir)], check=True, env=env, capture_output=True)
+    subprocess.run(CLI_TRAIN + ["--resume", str(killed_dir)], check=True, env=CLI_ENV, capture_output=True)
     assert train_losses(killed_dir) == train_losses(tmp_path / "straight" / "model")
     assert train_losses(killed_dir)[-1][0] == 120
 
@@ -98,31 +106,15 @@ def test_sigkill_then_resume_logs_the_same_losses(tmp_path):
 def test_sigterm_stops_at_an_update_with_its_checkpoint_and_resume_continues(tmp_path):
     """SIGTERM: the run finishes its update, saves exactly that step and exits 143; resuming
     logs what an uninterrupted run logs (same as after SIGKILL, but nothing is redone)."""
-    def config_file(sub: str) -> Path:
-        cfg = _resumable_cfg(tmp_path / sub, max_steps=120, checkpoint_every=1000, num_threads=1)
-        path = tmp_path / f"{sub}.yaml"
-        path.write_text(dump_config(cfg))
-        return path
-
-    cmd = [sys.executable, "-m", "seq2seqkit.cli", "-q", "train"]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(cmd + [str(config_file("straight"))], check=True, env=env, capture_output=True)
+    subprocess.run(CLI_TRAIN + [str(_cli_config(tmp_path, "straight", 1000))], check=True, env=CLI_ENV,
+                   capture_output=True)
     stopped_dir = tmp_path / "stopped" / "model"
-    proc = subprocess.Popen(cmd + [str(config_file("stopped"))], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        done = train_losses(stopped_dir) if (stopped_dir / "train_log.jsonl").exists() else []
-        if done and done[-1][0] >= 45:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143
+    code, err = _start_and_signal(_cli_config(tmp_path, "stopped", 1000), stopped_dir, signal.SIGTERM)
+    assert code == 143
     step = load_checkpoint(stopped_dir / "checkpoints" / "last.pt")["progress"]["step"]
     assert 45 <= step < 120  # saved where it stopped, though no periodic checkpoint was due
     assert f"stopped at step {step}; continue with: s2s train --resume" in err
-    subprocess.run(cmd + ["--resume", str(stopped_dir)], check=True, env=env, capture_output=True)
+    subprocess.run(CLI_TRAIN + ["--resume", str(stopped_dir)], check=True, env=CLI_ENV, capture_output=True)
     assert train_losses(stopped_dir) == train_losses(tmp_path / "straight" / "model")
 
 
