@@ -69,10 +69,8 @@ def our_trainer(family: str, out: Path, extra: list[str] | None = None):
     shutil.rmtree(out, ignore_errors=True)  # the bench's own scratch run: always from scratch
     overrides = [f"output_dir={out}", "data.dev.src=null", "data.dev.tgt=null", "data.test.src=null",
                  "data.test.tgt=null", *(extra or [])]
-    cfg = load_config(REPO / CONFIGS[family], overrides)
-    for split in (cfg.data.train,):  # the configs name the data relative to the repository root
-        split.src, split.tgt = str(REPO / split.src), str(REPO / split.tgt)
-    return Trainer(cfg)
+    # The configs name the data relative to the repository root: workers run with cwd=REPO.
+    return Trainer(load_config(REPO / CONFIGS[family], overrides))
 
 
 def train_worker(family: str, out: Path, warmup: int, steps: int, flop_samples: int = 8) -> dict:

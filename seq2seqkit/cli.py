@@ -94,12 +94,12 @@ def enable_attention(model: object, layer: int | None) -> None:
 
 
 def save_attention_plot(tr: Translator, text: str, hyp: Hypothesis, path: Path) -> None:
-    """Heatmap of the best output's attention, labelled with the tokenizers' own pieces."""
+    """Heatmap of the best output's attention, labelled with the tokenizers' own pieces
+    (``cmd_translate`` has checked that the model returns attention)."""
     from .data.tokenizers import EOS, SPECIALS
     from .plots import plot_attention
 
-    if hyp.attention is None:
-        raise UserError(f"model family {tr.cfg.model.family!r} has no attention to plot")
+    assert hyp.attention is not None
     eos = [SPECIALS[EOS]] if hyp.attention.size(0) > len(hyp.tokens) else []
     plot_attention(hyp.attention, tr.src_tok.pieces(text) + [SPECIALS[EOS]],
                    [tr.tgt_tok.id_to_piece(t) for t in hyp.tokens] + eos, path)

@@ -309,10 +309,10 @@ class Trainer:
                         last_val = self._validate()
                     if end_of_epoch and tc.keep_epoch_checkpoints:
                         self._save_epoch_weights()
-                    if validate or p.step % tc.checkpoint_every == 0 or end_of_epoch or stop.requested:
+                    if validate or p.step % tc.checkpoint_every == 0 or end_of_epoch:
                         self.save("last")
                     if p.done or end_of_epoch or stop.requested:
-                        break
+                        break  # a stop request is saved by the save("last") after the loop
                 bar.close()
             if p.epoch >= tc.epochs:
                 p.done = True
