@@ -25,11 +25,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 CACHE = Path(os.environ.get("S2S_CACHE_DIR", Path.home() / ".cache" / "seq2seqkit")) / "bench"
 VENV = CACHE / "joeynmt-2.3.0-venv"
 PY = VENV / "bin" / "python"
 PACKAGES = [["torch==2.13.0"], ["joeynmt==2.3.0", "sentencepiece==0.1.99", "importlib_metadata"]]
+JOEY_POSITIONS = 5000  # rows of JoeyNMT's PositionalEncoding buffer
 STEP_LOG = re.compile(r"Epoch\s+\d+, Step:\s+(\d+), .*Tokens per Sec:\s+(\d+)")
 
 
@@ -131,6 +133,10 @@ DECODE = textwrap.dedent("""
     torch.set_num_threads(job["threads"]) if job["threads"] else None
     model, data, args = _from_pretrained(job["model_dir"], cfg_file=job["config"])
     hub = TranslatorHubInterface(model, data, args)
+    if job["layer_norm_eps"] is not None:  # imported weights: the epsilon they were trained with
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.eps = job["layer_norm_eps"]
     out = {}
     for name, beam, bs in job["runs"]:
         hub.translate(job["sources"][:bs], beam_size=beam, beam_alpha=1.0)  # warm-up
@@ -142,8 +148,102 @@ DECODE = textwrap.dedent("""
 """)
 
 
+# ----------------------------------------------------------------------------- our weights in JoeyNMT
+def transformer_state(model: Any) -> dict:
+    """Our trained ``TransformerSeq2Seq`` (pre-norm, sinusoidal, shared and tied embeddings)
+    as a JoeyNMT 2.3.0 state dict, rows still in our vocabulary order.
+
+    The two implementations compute the same function: q/k/v/out projections with biases,
+    ReLU feed-forward, pre-norm residuals with a final LayerNorm per stack, embeddings times
+    sqrt(d) plus a position table, an output projection without bias. Only the position table
+    differs in layout (ours: [sin | cos] halves, JoeyNMT: interleaved), so ours is written
+    into JoeyNMT's ``pe`` buffer. This lets the benchmark time both toolkits' decoding on the
+    same trained weights, where the outputs (and so the work done) agree."""
+    import torch
+
+    enc, dec = model.encoder, model.decoder
+    if enc.embed.positions.kind != "sinusoidal" or not model.encoder.layers[0].pre:
+        raise ValueError("the JoeyNMT import handles the pre-norm, sinusoidal Transformer only")
+    sd: dict = {}
+
+    def lin(name: str, layer: Any) -> None:
+        sd[f"{name}.weight"] = layer.weight.detach().clone()
+        if layer.bias is not None:
+            sd[f"{name}.bias"] = layer.bias.detach().clone()
+
+    def attention(name: str, attn: Any) -> None:
+        for ours, theirs in (("q_proj", "q_layer"), ("k_proj", "k_layer"), ("v_proj", "v_layer"), ("out_proj", "output_layer")):
+            lin(f"{name}.{theirs}", getattr(attn, ours))
+
+    def feed_forward(name: str, ff: Any, norm: Any) -> None:
+        lin(f"{name}.layer_norm", norm)
+        lin(f"{name}.pwff_layer.0", ff[0])
+        lin(f"{name}.pwff_layer.3", ff[2])
+
+    for side, stack in (("src", enc), ("trg", dec)):
+        sd[f"{side}_embed.lut.weight"] = stack.embed.table.weight.detach().clone()
+    with torch.no_grad():
+        table = enc.embed.positions(torch.arange(JOEY_POSITIONS)).unsqueeze(0)
+    for i, layer in enumerate(enc.layers):
+        lin(f"encoder.layers.{i}.layer_norm", layer.norm1)
+        attention(f"encoder.layers.{i}.src_src_att", layer.attn)
+        feed_forward(f"encoder.layers.{i}.feed_forward", layer.ff, layer.norm2)
+    for i, layer in enumerate(dec.layers):
+        lin(f"decoder.layers.{i}.x_layer_norm", layer.norm1)
+        attention(f"decoder.layers.{i}.trg_trg_att", layer.self_attn)
+        lin(f"decoder.layers.{i}.dec_layer_norm", layer.norm2)
+        attention(f"decoder.layers.{i}.src_trg_att", layer.cross_attn)
+        feed_forward(f"decoder.layers.{i}.feed_forward", layer.ff, layer.norm3)
+    for name, stack in (("encoder", enc), ("decoder", dec)):
+        sd[f"{name}.pe.pe"] = table.clone()
+        lin(f"{name}.layer_norm", stack.norm)
+    sd["decoder.output_layer.weight"] = model.output.weight.detach().clone()
+    return sd
+
+
+IMPORT = textwrap.dedent("""
+    import json, sys
+    import torch
+    from joeynmt.config import load_config, parse_global_args
+    from joeynmt.model import build_model
+    from joeynmt.vocabulary import build_vocab
+    job = json.loads(sys.stdin.read())
+    args = parse_global_args(load_config(job["config"]), rank=0, mode="translate")
+    src_vocab, trg_vocab = build_vocab(args.data)
+    model = build_model(args.model, src_vocab=src_vocab, trg_vocab=trg_vocab)
+    state = torch.load(job["weights"])
+    ours = {piece: i for i, piece in enumerate(job["pieces"])}
+    for key, vocab in (("src_embed.lut.weight", src_vocab), ("trg_embed.lut.weight", trg_vocab),
+                       ("decoder.output_layer.weight", trg_vocab)):
+        state[key] = state[key][[ours[piece] for piece in vocab._itos]]  # our ids -> JoeyNMT's
+    model.load_state_dict(state, strict=True)
+    torch.save({"model_state": model.state_dict(), "steps": 0}, job["out"])
+""")
+
+
+def import_transformer(model: Any, pieces: list[str], spm_model: Path, data: Path, model_dir: Path) -> Path:
+    """Write our trained Transformer as a JoeyNMT model directory (config, vocabulary,
+    ``imported.ckpt``) and return its config file, ready for :func:`decode`."""
+    import torch
+    import yaml
+
+    clean(model_dir)
+    model_dir.mkdir(parents=True)
+    vocab = write_vocab(pieces, model_dir / "vocab.txt")
+    cfg = joey_config("transformer", data, spm_model, vocab, model_dir, updates=1, log_every=1)
+    cfg_file = model_dir / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    torch.save(transformer_state(model), model_dir / "ours.pt")
+    job = {"config": str(cfg_file), "weights": str(model_dir / "ours.pt"), "pieces": pieces,
+           "out": str(model_dir / "imported.ckpt")}
+    proc = subprocess.run([str(PY), "-c", IMPORT], input=json.dumps(job), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"JoeyNMT import failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return cfg_file
+
+
 def decode(model_dir: Path, config_file: Path, sources: list[str], runs: list[tuple[str, int, int]],
-           threads: int = 0) -> dict:
+           threads: int = 0, layer_norm_eps: float | None = None) -> dict:
     """Time JoeyNMT's own translation entry point on ``sources`` for each (name, beam, batch)."""
     ckpts = sorted(model_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not ckpts:
@@ -154,7 +254,8 @@ def decode(model_dir: Path, config_file: Path, sources: list[str], runs: list[tu
     cfg = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     cfg["testing"]["load_model"] = str(ckpts[-1])
     cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    job = {"model_dir": str(model_dir), "config": str(cfg_file), "sources": sources, "runs": runs, "threads": threads}
+    job = {"model_dir": str(model_dir), "config": str(cfg_file), "sources": sources, "runs": runs, "threads": threads,
+           "layer_norm_eps": layer_norm_eps}
     proc = subprocess.run([str(PY), "-c", DECODE], input=json.dumps(job), capture_output=True, text=True)
     marker = proc.stdout.rfind("@@RESULT@@")
     if proc.returncode != 0 or marker < 0:

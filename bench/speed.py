@@ -15,9 +15,13 @@ Data: Multi30k de->en from ``../shared/data/multi30k``, joint 8k SentencePiece, 
   ``torch.utils.flop_counter`` on sample batches) per second, as a share of the fp32 matrix
   multiply peak measured at the start of the same run.
 * Decoding: test_2016_flickr (batch 64: all 1000 sentences; batch 1: the first ``--batch1``),
-  greedy and beam 5, with the models just trained (the same number of updates for both
-  toolkits), for ours in PyTorch, JoeyNMT's, and our Transformer exported to CTranslate2.
-  Sentences/s, and output tokens/s with each engine's mean output length beside it.
+  greedy and beam 5. The Transformer: one trained model (``--decode-model``, by default
+  ``runs/multi30k-transformer``) decoded by ours in PyTorch, by its CTranslate2 export and by
+  JoeyNMT running the same weights (imported into a JoeyNMT checkpoint), so all three produce
+  the same translations and only the engines differ; without a trained run, and for the
+  attention GRU, each toolkit decodes the model it trained above (a model trained for a few
+  dozen updates emits degenerate lengths, which differ between toolkits: read tokens/s beside
+  the mean length). Sentences/s, tokens/s, and the share of outputs identical to ours.
 * Cost growth (PNG beside the tables): decoding time per sentence against output length (EOS
   suppressed to force the length), with and without the KV cache; training time of one epoch
   against corpus size (1/4, 1/2, all).
@@ -139,21 +143,48 @@ def decode_runs(batch1: int, total: int) -> list[tuple[str, int, int, int]]:
             for bs, n in ((1, min(batch1, total)), (64, total))]
 
 
-def decode_all(engine: str, model_dir: Path, sources: list[str], batch1: int, joey_cfg: Path | None) -> dict:
+def decode_all(engine: str, model_dir: Path, sources: list[str], batch1: int, checkpoint: str = "last",
+               joey_cfg: Path | None = None, layer_norm_eps: float | None = None) -> dict:
     results = {}
     plan = decode_runs(batch1, len(sources))
     for n in sorted({n for *_, n in plan}):
         runs = [(name, beam, bs) for name, beam, bs, m in plan if m == n]
         if engine == "joeynmt":
             assert joey_cfg is not None
-            results.update(joey.decode(model_dir, joey_cfg, sources[:n], runs))
+            results.update(joey.decode(model_dir, joey_cfg, sources[:n], runs, layer_norm_eps=layer_norm_eps))
         else:
             from seq2seqkit.ct2 import CTranslate2Translator
             from seq2seqkit.translate import Translator
 
-            tr = CTranslate2Translator.load(model_dir) if engine == "ctranslate2" else Translator.load(model_dir, "last")
+            tr = CTranslate2Translator.load(model_dir) if engine == "ctranslate2" else Translator.load(model_dir, checkpoint)
             results.update(decode_ours(tr, sources[:n], runs))
     return results
+
+
+def decode_family(family: str, work: Path, sources: list[str], batch1: int, trained: Path | None,
+                  joey_cfg: Path | None) -> dict:
+    """engine -> decode_all results. With ``trained`` (a finished Transformer run) the Transformer
+    rows decode its best checkpoint in every engine: ours, its CTranslate2 export, and JoeyNMT
+    running the same weights (:func:`joeynmt_runner.import_transformer`). Otherwise each engine
+    decodes the model its own toolkit trained above."""
+    from seq2seqkit.ct2 import export_ctranslate2, vocabulary
+    from seq2seqkit.translate import Translator
+
+    model_dir, ckpt = (trained, "best") if family == "transformer" and trained else (work / "ours" / family, "last")
+    out = {"torch": decode_all("torch", model_dir, sources, batch1, ckpt)}
+    if family == "transformer":
+        ct2_dir = export_ctranslate2(model_dir, work / "ct2" / family, checkpoint=ckpt, force=True)
+        out["ctranslate2"] = decode_all("ctranslate2", ct2_dir, sources, batch1)
+    if joey_cfg is None:
+        return out
+    joey_dir, eps = work / "joeynmt" / family, None
+    if family == "transformer" and trained:
+        model = Translator.load(trained, ckpt)
+        joey_dir, eps = work / "joeynmt-imported", model.model.encoder.layers[0].norm1.eps
+        joey_cfg = joey.import_transformer(model.model, vocabulary(model.src_tok), trained / "src.spm.model",
+                                           work / "data", joey_dir)
+    out["joeynmt"] = decode_all("joeynmt", joey_dir, sources, batch1, joey_cfg=joey_cfg, layer_norm_eps=eps)
+    return out
 
 
 # ----------------------------------------------------------------------------- cost growth
@@ -251,20 +282,27 @@ def training_table(ours: dict, theirs: dict, peak32: float) -> str:
 
 
 def decoding_table(results: dict, tok, batch1: int, total: int) -> str:
-    """results[(family, engine)][run name] = {"seconds", "hyps"}."""
-    runs = decode_runs(batch1, total)
-    head = "| model | engine | " + " | ".join(f"{name} (n={n})" for name, _, _, n in runs) + " |\n"
-    head += "|---|---|" + "---:|" * len(runs) + "\n"
+    """results[(family, engine)][run name] = {"seconds", "hyps"}: one row per engine and run.
+    Output tokens are counted by one SentencePiece model for every row; "same" is the share of
+    outputs identical to ours (100% when two engines run the same weights)."""
+
+    def tok_rate(family: str, engine: str, name: str) -> float | None:
+        r = results.get((family, engine), {}).get(name)
+        return r and count_tokens(tok, r["hyps"]) / r["seconds"]
+
+    head = ("| model | engine | search | batch | sentences | seconds | sent/s | tok/s | mean length | same "
+            "| ours vs JoeyNMT (tok/s) | ours vs CTranslate2 (tok/s) |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     rows = []
-    for (family, engine), res in results.items():
-        cells = []
-        for name, *_ in runs:
-            r = res[name]
+    for name, _, bs, _ in decode_runs(batch1, total):
+        for (family, engine), res in results.items():
+            r, ours = res[name], results[(family, "torch")][name]
             n, toks = len(r["hyps"]), count_tokens(tok, r["hyps"])
-            joey_r = results.get((family, "joeynmt"), {}).get(name)
-            vs = "" if engine == "joeynmt" or not joey_r else f", {ratio(toks / r['seconds'], count_tokens(tok, joey_r['hyps']) / joey_r['seconds'])} JoeyNMT tok/s"
-            cells.append(f"{n / r['seconds']:.1f} sent/s, {toks / r['seconds']:.0f} tok/s (len {toks / n:.1f}{vs})")
-        rows.append(f"| {LABELS[family]} | {engine} | " + " | ".join(cells) + " |")
+            same = sum(a == b for a, b in zip(r["hyps"], ours["hyps"])) / n
+            vs = [ratio(tok_rate(family, "torch", name), tok_rate(family, peer, name)) if engine == "torch" else ""
+                  for peer in ("joeynmt", "ctranslate2")]
+            rows.append(f"| {LABELS[family]} | {engine} | {name.split()[0]} | {bs} | {n} | {r['seconds']:.2f} | "
+                        f"{n / r['seconds']:.1f} | {toks / r['seconds']:.0f} | {toks / n:.1f} | {same:.0%} | {vs[0]} | {vs[1]} |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -294,6 +332,9 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--work", type=Path, default=joey.CACHE / "speed", help="scratch directory (outside the repo)")
     ap.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
+    ap.add_argument("--decode-model", type=Path, default=REPO / "runs" / "multi30k-transformer",
+                    help="a trained Transformer run decoded by all three engines (default: runs/multi30k-transformer, "
+                         "if trained; else the bench's own short-trained models)")
     ap.add_argument("--record", action="store_true", help="append the tables to BENCHMARKS.md")
     args = ap.parse_args()
 
@@ -340,24 +381,19 @@ def main() -> None:
             theirs[family] = {"tokens_per_s": sum(timed) / len(timed), "peak_rss_mib": rss_kib / 1024}
             joey_cfgs[family] = cfg_file
 
+    trained = args.decode_model if args.decode_model and (args.decode_model / "checkpoints" / "best.pt").exists() else None
     for family in args.families:
-        engines = ["torch"] + (["ctranslate2"] if family == "transformer" else []) + (["joeynmt"] if family in joey_cfgs else [])
-        for engine in engines:
-            print(f"decoding: {family} with {engine}", file=sys.stderr)
-            model_dir = work / "ours" / family
-            if engine == "ctranslate2":
-                from seq2seqkit.ct2 import export_ctranslate2
-
-                model_dir = export_ctranslate2(model_dir, work / "ct2" / family, checkpoint="last", force=True)
-            elif engine == "joeynmt":
-                model_dir = work / "joeynmt" / family
-            decoded[(family, engine)] = decode_all(engine, model_dir, sources, args.batch1, joey_cfgs.get(family))
-
+        print(f"decoding: {family}", file=sys.stderr)
+        for engine, res in decode_family(family, work, sources, args.batch1, trained, joey_cfgs.get(family)).items():
+            decoded[(family, engine)] = res
+    how = (f"the Transformer rows decode the trained model `{trained.relative_to(REPO) if trained.is_relative_to(REPO) else trained}` "
+           "(best checkpoint; JoeyNMT runs the same weights, imported), the attention GRU rows each toolkit's model "
+           "from the training above (same updates)" if trained else "each toolkit decodes its models from the training above (same updates)")
     text = (f"fp32 matmul peak {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s (2048³, same run).  \n"
             f"Training: {args.warmup} untimed + {args.steps} timed updates of 4096-token batches per model, from "
             f"scratch, each toolkit in its own process.\n\n" + training_table(ours, theirs, peak32)
-            + f"\nDecoding test_2016_flickr (greedy / beam 5, length penalty 1, outputs ≤ 60 tokens) with the "
-              f"models above (same updates for both toolkits):\n\n" + decoding_table(decoded, src_tok, args.batch1, len(sources)))
+            + f"\nDecoding test_2016_flickr (greedy / beam 5, length penalty 1, outputs ≤ 60 tokens): "
+              f"{how}; \"same\" = share of outputs identical to ours:\n\n" + decoding_table(decoded, src_tok, args.batch1, len(sources)))
     if not args.no_growth:
         lengths = ["8", "16", "32", "64", "128"]
         growth = in_child("growth", str(work / "ours"), *lengths)
