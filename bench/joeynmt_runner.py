@@ -130,7 +130,7 @@ DECODE = textwrap.dedent("""
     import torch
     from joeynmt.hub_interface import TranslatorHubInterface, _from_pretrained
     job = json.loads(sys.stdin.read())
-    torch.set_num_threads(job["threads"]) if job["threads"] else None
+    torch.set_num_threads(job["threads"])
     model, data, args = _from_pretrained(job["model_dir"], cfg_file=job["config"])
     hub = TranslatorHubInterface(model, data, args)
     if job["layer_norm_eps"] is not None:  # imported weights: the epsilon they were trained with
@@ -243,7 +243,7 @@ def import_transformer(model: Any, pieces: list[str], spm_model: Path, data: Pat
 
 
 def decode(model_dir: Path, config_file: Path, sources: list[str], runs: list[tuple[str, int, int]],
-           threads: int = 0, layer_norm_eps: float | None = None) -> dict:
+           threads: int, layer_norm_eps: float | None = None) -> dict:
     """Time JoeyNMT's own translation entry point on ``sources`` for each (name, beam, batch)."""
     ckpts = sorted(model_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not ckpts:

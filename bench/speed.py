@@ -151,7 +151,7 @@ def decode_all(engine: str, model_dir: Path, sources: list[str], batch1: int, ch
         runs = [(name, beam, bs) for name, beam, bs, m in plan if m == n]
         if engine == "joeynmt":
             assert joey_cfg is not None
-            results.update(joey.decode(model_dir, joey_cfg, sources[:n], runs, layer_norm_eps=layer_norm_eps))
+            results.update(joey.decode(model_dir, joey_cfg, sources[:n], runs, torch.get_num_threads(), layer_norm_eps))
         else:
             from seq2seqkit.ct2 import CTranslate2Translator
             from seq2seqkit.translate import Translator

@@ -218,9 +218,11 @@ class CTranslate2Translator(Translator):
 
     @classmethod
     def load(cls, model_dir: str | Path, checkpoint: str = "best", device: str = "auto",  # type: ignore[override]
-             compute_type: str = "default", threads: int = 0) -> CTranslate2Translator:
+             compute_type: str = "default", threads: int | None = None) -> CTranslate2Translator:
         """Load an exported directory (``s2s export --format ctranslate2``); ``checkpoint`` is
-        fixed at export time and ignored here. ``threads`` 0: CTranslate2's default."""
+        fixed at export time and ignored here. ``threads`` None: as many as PyTorch uses
+        (``torch.get_num_threads()``, which honours ``OMP_NUM_THREADS``), so both engines run
+        under one thread policy; CTranslate2's own default is 4, more than a 2-core machine has."""
         ct2 = _ctranslate2()
         model_dir = Path(model_dir)
         if not is_ctranslate2_dir(model_dir):
@@ -230,7 +232,8 @@ class CTranslate2Translator(Translator):
         src_tok, tgt_tok = load_tokenizers(model_dir)
         dev = "cuda" if device == "cuda" or (device == "auto" and ct2.get_cuda_device_count() > 0) else "cpu"
         try:
-            engine = ct2.Translator(str(model_dir), device=dev, compute_type=compute_type, intra_threads=threads)
+            engine = ct2.Translator(str(model_dir), device=dev, compute_type=compute_type,
+                                    intra_threads=torch.get_num_threads() if threads is None else threads)
         except (ValueError, RuntimeError) as e:
             raise UserError(f"{model_dir}: CTranslate2 cannot load it ({e})") from None
         return cls(engine, src_tok, tgt_tok, cfg)
