@@ -156,10 +156,16 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, 
         if out.attention is not None:
             new = out.attention.unsqueeze(1)
             attn = new if attn is None else torch.cat([attn, new], dim=1)
-        logp = F.log_softmax(out.logits.float(), dim=-1).double()  # double: sums exactly as greedy's
+        logp = F.log_softmax(out.logits.float(), dim=-1)
         vocab = logp.size(-1)
-        cand = (scores.view(-1, 1) + logp).view(len(sents), k * vocab)
-        top_scores, top_ids = cand.topk(min(2 * k, k * vocab), dim=1)
+        # A sentence's best 2K (parent, token) candidates are among each parent's best 2K
+        # tokens (a parent's score shifts all its tokens alike), so the double-precision sums
+        # and the final top-k touch K*2K candidates per sentence instead of K*V.
+        per_row = min(2 * k, vocab)
+        row_lp, row_tok = logp.topk(per_row, dim=1)
+        cand = (scores.view(-1, 1) + row_lp.double()).view(len(sents), k * per_row)  # double: sums as greedy's
+        top_scores, top_pos = cand.topk(min(2 * k, k * per_row), dim=1)
+        top_ids = (top_pos // per_row) * vocab + row_tok.view(len(sents), -1).gather(1, top_pos)
         parents, next_tokens, next_scores, kept = [], [], [], []
         for j, (i, row_scores, row_ids) in enumerate(zip(sents, top_scores.tolist(), top_ids.tolist())):
             live: list[tuple[int, int, float]] = []  # (parent row, token, score)
