@@ -11,9 +11,10 @@ Data: Multi30k de->en from ``../shared/data/multi30k``, joint 8k SentencePiece, 
 
 * Training: each toolkit trains each model for ``--warmup + --steps`` updates from scratch in its
   own process; target tokens/s (real tokens: padding not counted) over the last ``--steps``,
-  peak resident memory of the process. MFU: the step's FLOPs (counted by
-  ``torch.utils.flop_counter`` on sample batches) per second, as a share of the fp32 matrix
-  multiply peak measured at the start of the same run.
+  peak resident memory of the process; ours in fp32 and with the bf16 autocast option
+  (``--precisions``). MFU: the step's FLOPs (counted by ``torch.utils.flop_counter`` on sample
+  batches) per second, as a share of the matrix-multiply peak of the same dtype (fp32 or bf16)
+  measured at the start of the same run.
 * Decoding: test_2016_flickr (batch 64: all 1000 sentences; batch 1: the first ``--batch1``),
   greedy and beam 5. The Transformer: one trained model (``--decode-model``, by default
   ``runs/multi30k-transformer``) decoded by ours in PyTorch, by its CTranslate2 export and by
@@ -77,13 +78,13 @@ def our_trainer(family: str, out: Path, extra: list[str] | None = None):
     return Trainer(load_config(REPO / CONFIGS[family], overrides))
 
 
-def train_worker(family: str, out: Path, warmup: int, steps: int, flop_samples: int = 8) -> dict:
+def train_worker(family: str, out: Path, warmup: int, steps: int, precision: str, flop_samples: int = 8) -> dict:
     """Runs in a child process: our training, timed as in the module docstring."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from seq2seqkit.data.dataset import collate, token_batches
 
-    trainer = our_trainer(family, out)
+    trainer = our_trainer(family, out, [f"training.precision={precision}"])
     data, tc = trainer.train_data, trainer.cfg.training
     batches = token_batches(data.src_lens, data.tgt_lens, tc.batch_tokens, tc.seed, 0)
     if len(batches) < warmup + steps:
@@ -214,7 +215,7 @@ def growth_worker(out_root: Path, lengths: list[int]) -> dict:
     from seq2seqkit.translate import Translator
 
     result: dict = {"decode": {}, "train": {}}
-    for family in ("transformer", "attention"):
+    for family in [f for f in ("transformer", "attention") if (out_root / f / "checkpoints").is_dir()]:
         tr = Translator.load(out_root / family, "last")
         model = tr.model.eval()
         src, lens = pad_sources([tr.src_tok.encode("Ein Mann mit einem roten Hut fährt Fahrrad auf der Straße.")])
@@ -267,17 +268,22 @@ def ratio(a: float | None, b: float | None) -> str:
     return "–" if not a or not b else f"{a / b:.2f}×"
 
 
-def training_table(ours: dict, theirs: dict, peak32: float) -> str:
-    head = ("| model | toolkit | target tok/s | vs JoeyNMT | padding | peak RSS | GFLOP per token | MFU (fp32 peak) |\n"
+def training_table(ours: dict, theirs: dict, peaks: dict[str, float]) -> str:
+    """ours[(family, precision)], theirs[family]; MFU against the matmul peak of the step's precision."""
+    head = ("| model | toolkit | target tok/s | vs JoeyNMT | padding | peak RSS | GFLOP per token | MFU (same-dtype peak) |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|\n")
     rows = []
-    for family in ours:
-        o, j = ours[family], theirs.get(family)
-        mfu = o["flops_per_token"] * o["tokens_per_s"] / peak32
-        rows.append(f"| {LABELS[family]} | seq2seq-kit | {o['tokens_per_s']:.0f} | {ratio(o['tokens_per_s'], j and j['tokens_per_s'])} "
-                    f"| {o['padding']:.1%} | {o['peak_rss_mib']:.0f} MiB | {o['flops_per_token'] / 1e9:.3f} | {mfu:.1%} |")
+    for family in dict.fromkeys(f for f, _ in ours):
+        j = theirs.get(family)
+        for (f, precision), o in ours.items():
+            if f != family:
+                continue
+            mfu = o["flops_per_token"] * o["tokens_per_s"] / peaks[precision]
+            rows.append(f"| {LABELS[family]} | seq2seq-kit ({precision}) | {o['tokens_per_s']:.0f} "
+                        f"| {ratio(o['tokens_per_s'], j and j['tokens_per_s'])} | {o['padding']:.1%} "
+                        f"| {o['peak_rss_mib']:.0f} MiB | {o['flops_per_token'] / 1e9:.3f} | {mfu:.1%} ({precision}) |")
         if j:
-            rows.append(f"| {LABELS[family]} | JoeyNMT 2.3.0 | {j['tokens_per_s']:.0f} | 1.00× | – | {j['peak_rss_mib']:.0f} MiB | – | – |")
+            rows.append(f"| {LABELS[family]} | JoeyNMT 2.3.0 (fp32) | {j['tokens_per_s']:.0f} | 1.00× | – | {j['peak_rss_mib']:.0f} MiB | – | – |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -330,6 +336,8 @@ def main() -> None:
     ap.add_argument("--no-joeynmt", action="store_true", help="skip JoeyNMT (no venv set-up)")
     ap.add_argument("--no-growth", action="store_true", help="skip the cost-growth measurements")
     ap.add_argument("--families", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                    help="our training precisions to time (default both); the first one's model is the one decoded")
     ap.add_argument("--work", type=Path, default=joey.CACHE / "speed", help="scratch directory (outside the repo)")
     ap.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     ap.add_argument("--decode-model", type=Path, default=REPO / "runs" / "multi30k-transformer",
@@ -341,7 +349,7 @@ def main() -> None:
     if args.worker:  # child-process modes
         mode, *rest = args.worker
         if mode == "train":
-            print(json.dumps(train_worker(rest[0], Path(rest[1]), int(rest[2]), int(rest[3]))))
+            print(json.dumps(train_worker(rest[0], Path(rest[1]), int(rest[2]), int(rest[3]), rest[4])))
         elif mode == "growth":
             print(json.dumps(growth_worker(Path(rest[0]), [int(x) for x in rest[1:]])))
         return
@@ -355,10 +363,12 @@ def main() -> None:
     print(f"matmul peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s "
           f"({torch.get_num_threads()} threads)", file=sys.stderr)
 
-    ours: dict = {}
+    ours: dict = {}  # (family, precision) -> measurements; the fp32 run's model is the one decoded below
     for family in args.families:
-        print(f"training ours: {family}", file=sys.stderr)
-        ours[family] = in_child("train", family, str(work / "ours" / family), str(args.warmup), str(args.steps))
+        for precision in args.precisions:
+            print(f"training ours: {family} ({precision})", file=sys.stderr)
+            out = work / "ours" / (family if precision == args.precisions[0] else f"{family}-{precision}")
+            ours[(family, precision)] = in_child("train", family, str(out), str(args.warmup), str(args.steps), precision)
     src_tok, _ = load_tokenizers(work / "ours" / args.families[0])
     sources = load_eval_set(DATA / "test_2016_flickr.de.gz", DATA / "test_2016_flickr.en.gz").sources[:args.sentences]
 
@@ -391,7 +401,7 @@ def main() -> None:
            "from the training above (same updates)" if trained else "each toolkit decodes its models from the training above (same updates)")
     text = (f"fp32 matmul peak {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s (2048³, same run).  \n"
             f"Training: {args.warmup} untimed + {args.steps} timed updates of 4096-token batches per model, from "
-            f"scratch, each toolkit in its own process.\n\n" + training_table(ours, theirs, peak32)
+            f"scratch, each toolkit in its own process.\n\n" + training_table(ours, theirs, {"fp32": peak32, "bf16": peak16})
             + f"\nDecoding test_2016_flickr (greedy / beam 5, length penalty 1, outputs ≤ 60 tokens): "
               f"{how}; \"same\" = share of outputs identical to ours:\n\n" + decoding_table(decoded, src_tok, args.batch1, len(sources)))
     if not args.no_growth:

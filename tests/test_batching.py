@@ -190,9 +190,21 @@ def test_token_batches_no_seed_sorted_and_fixed(corpus: EncodedCorpus):
     b = token_batches(sl, tl, 64, seed=None, epoch=9)  # epoch is ignored without a seed
     assert [x.tolist() for x in a] == [x.tolist() for x in b]
     order = np.concatenate(a)
-    # sorted by (source length, target length), ties in index order (stable)
-    expected = sorted(range(len(sl)), key=lambda i: (sl[i], tl[i], i))
+    # sorted by (target length, source length), ties in index order (stable)
+    expected = sorted(range(len(sl)), key=lambda i: (tl[i], sl[i], i))
     assert order.tolist() == expected
+
+
+def test_token_batches_keep_target_padding_low():
+    """Target tokens cost more than source tokens, so batches pad the target side least."""
+    rng = np.random.default_rng(0)
+    src_lens, tgt_lens = rng.integers(5, 40, size=3000), rng.integers(5, 40, size=3000)
+    batches = token_batches(src_lens, tgt_lens, 1000, seed=1)
+
+    def padding(lens: np.ndarray) -> float:
+        return 1 - lens.sum() / sum(len(b) * lens[b].max() for b in batches)
+
+    assert padding(tgt_lens) < 0.02 < 0.15 < padding(src_lens)
 
 
 # --- collate ----------------------------------------------------------------------------

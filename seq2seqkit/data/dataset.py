@@ -152,8 +152,12 @@ def token_batches(
 ) -> list[np.ndarray]:
     """Group example indices into batches of at most ``batch_tokens`` padded tokens.
 
-    Examples are sorted by length (a random permutation first breaks ties, so buckets differ
-    between epochs), packed greedily, and the batch order is shuffled. The result depends on
+    Examples are sorted by target length, then source length (a random permutation first
+    breaks ties, so buckets differ between epochs), packed greedily, and the batch order is
+    shuffled. Target first because a target token costs more than a source token (decoder
+    layers with cross-attention, the vocabulary projection, and for RNNs a sequential step):
+    on Multi30k with 4096-token batches this leaves 0.5% target and 12% source padding, where
+    source-first sorting leaves 0.6% source and 12% target padding. The result depends on
     ``(seed, epoch)`` only, which is what lets a resumed run skip exactly the batches it had
     done. ``seed=None`` gives a fixed, unshuffled order (for evaluation).
     """
@@ -162,7 +166,7 @@ def token_batches(
     perm = rng.permutation(n) if rng is not None else np.arange(n)
     # +1: EOS on the source, BOS/EOS on the target.
     s, t = src_lens[perm] + 1, tgt_lens[perm] + 1
-    order = perm[np.lexsort((t, s))]
+    order = perm[np.lexsort((s, t))]  # the last key sorts first: target, then source
     longest = np.maximum(src_lens, tgt_lens)[order] + 1
     batches: list[np.ndarray] = []
     start, width = 0, 0
