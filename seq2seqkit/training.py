@@ -232,7 +232,8 @@ class Trainer:
 
     # -- logging -------------------------------------------------------------------------------
     def _record(self, kind: str, values: dict[str, float]) -> None:
-        entry = {"kind": kind, "step": self.progress.step, "epoch": self.progress.epoch + 1, **values}
+        p = self.progress  # "epoch": the (1-based) epoch of the latest update, also right after its last batch
+        entry = {"kind": kind, "step": p.step, "epoch": p.epoch + (1 if p.batch_in_epoch else 0), **values}
         with self.log_file.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
         if self.tb is not None:

@@ -118,6 +118,14 @@ def test_sigterm_stops_at_an_update_with_its_checkpoint_and_resume_continues(tmp
     assert train_losses(stopped_dir) == train_losses(tmp_path / "straight" / "model")
 
 
+def test_log_names_the_epoch_each_validation_ends(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=3)
+    cfg.training.validate_every = 0  # at the end of every epoch
+    Trainer(cfg).train()
+    entries = [json.loads(x) for x in (Path(cfg.output_dir) / "train_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in entries if e["kind"] == "valid"] == [1, 2, 3]
+
+
 def test_log_has_teacher_forcing_and_exposure_gap(tmp_path):
     cfg = _resumable_cfg(tmp_path, max_steps=30)
     Trainer(cfg).train()
