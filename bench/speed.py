@@ -270,8 +270,8 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def training_table(ours: dict, theirs: dict, peaks: dict[str, float]) -> str:
     """ours[(family, precision)], theirs[family]; MFU against the matmul peak of the step's precision."""
-    head = ("| model | toolkit | target tok/s | vs JoeyNMT | padding | peak RSS | GFLOP per token | MFU (same-dtype peak) |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| model | toolkit | parameters | target tok/s | vs JoeyNMT | padding | peak RSS | GFLOP per token "
+            "| MFU (same-dtype peak) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
     rows = []
     for family in dict.fromkeys(f for f, _ in ours):
         j = theirs.get(family)
@@ -279,11 +279,13 @@ def training_table(ours: dict, theirs: dict, peaks: dict[str, float]) -> str:
             if f != family:
                 continue
             mfu = o["flops_per_token"] * o["tokens_per_s"] / peaks[precision]
-            rows.append(f"| {LABELS[family]} | seq2seq-kit ({precision}) | {o['tokens_per_s']:.0f} "
+            rows.append(f"| {LABELS[family]} | seq2seq-kit ({precision}) | {o['params']:,} | {o['tokens_per_s']:.0f} "
                         f"| {ratio(o['tokens_per_s'], j and j['tokens_per_s'])} | {o['padding']:.1%} "
                         f"| {o['peak_rss_mib']:.0f} MiB | {o['flops_per_token'] / 1e9:.3f} | {mfu:.1%} ({precision}) |")
         if j:
-            rows.append(f"| {LABELS[family]} | JoeyNMT 2.3.0 (fp32) | {j['tokens_per_s']:.0f} | 1.00× | – | {j['peak_rss_mib']:.0f} MiB | – | – |")
+            n = f"{j['params']:,}" if j.get("params") else "–"
+            rows.append(f"| {LABELS[family]} | JoeyNMT 2.3.0 (fp32) | {n} | {j['tokens_per_s']:.0f} | 1.00× | – "
+                        f"| {j['peak_rss_mib']:.0f} MiB | – | – |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -386,9 +388,11 @@ def main() -> None:
             joey.clean(model_dir)
             cfg = joey.joey_config(family, data, spm, vocab, model_dir, args.warmup + args.steps, log_every=args.warmup)
             cfg_file = work / f"joeynmt-{family}.yaml"
-            windows, rss_kib, _ = joey.train(cfg, cfg_file, work / f"joeynmt-{family}.time")
+            windows, rss_kib, log = joey.train(cfg, cfg_file, work / f"joeynmt-{family}.time")
             timed = [rate for step, rate in windows if step > args.warmup]
-            theirs[family] = {"tokens_per_s": sum(timed) / len(timed), "peak_rss_mib": rss_kib / 1024}
+            params = joey.PARAMS_LOG.search(log)
+            theirs[family] = {"tokens_per_s": sum(timed) / len(timed), "peak_rss_mib": rss_kib / 1024,
+                              "params": int(params.group(1)) if params else None}
             joey_cfgs[family] = cfg_file
 
     trained = args.decode_model if args.decode_model and (args.decode_model / "checkpoints" / "best.pt").exists() else None
