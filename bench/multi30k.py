@@ -44,7 +44,7 @@ DEFAULT_PLOT = REPO / "bench" / "multi30k-bleu-by-length.png"
 # so these give every bucket 100-280 sentences; ``--buckets 10,15,20,25`` gives the classic
 # wider ones, whose top buckets then hold only a few dozen sentences.
 DEFAULT_BUCKETS = "8,10,12,15"
-LENGTH_PENALTIES = [0.0, 0.5, 1.0, 1.5]  # GNMT alphas tried on val when --length-penalty is not given
+LENGTH_PENALTIES = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]  # GNMT alphas tried on val when --length-penalty is not given
 
 
 def model_label(cfg: Config) -> str:
@@ -231,6 +231,13 @@ def main() -> None:
         plot = str(args.plot)
     lengths = (f"BLEU (greedy) by source length in words (sentences per bucket in brackets); plot: `{plot}`\n\n"
                + length_table(rows))
+    tuned = [r for r in rows if r["alpha_bleu"]]
+    if tuned:
+        alphas = sorted(tuned[0]["alpha_bleu"])
+        scores += (f"\nLength penalty: beam {args.beam} BLEU on val for each GNMT α (the best is used on test)\n\n"
+                   "| model | " + " | ".join(f"α {a:g}" for a in alphas) + " |\n|---|" + "---:|" * len(alphas) + "\n"
+                   + "".join(f"| {r['model']} | " + " | ".join(f"{r['alpha_bleu'][a]:.2f}" for a in alphas) + " |\n"
+                             for r in tuned))
     print(f"{scores}\n{lengths}")
     if args.record:
         split = Path(rows[0]["test"]).name.split(".")[0]  # test_2016_flickr.de.gz -> test_2016_flickr
