@@ -91,12 +91,13 @@ def train_worker(family: str, out: Path, warmup: int, steps: int, precision: str
         raise SystemExit(f"--warmup + --steps ({warmup + steps}) exceeds the {len(batches)} batches of an epoch")
     for idx in batches[:warmup]:
         trainer.train_step(collate(data, idx))
-    tokens, padded = 0, 0
+    tokens, padded, src_tokens, src_padded = 0, 0, 0, 0
     start = time.perf_counter()
     for idx in batches[warmup : warmup + steps]:
         batch = collate(data, idx)
         tokens += batch.n_tokens
         padded += batch.tgt_out.numel()
+        src_tokens, src_padded = src_tokens + int(batch.src_lens.sum()), src_padded + batch.src.numel()
         trainer.train_step(batch)
     seconds = time.perf_counter() - start
     flops, flop_tokens = 0, 0
@@ -108,7 +109,7 @@ def train_worker(family: str, out: Path, warmup: int, steps: int, precision: str
         flop_tokens += batch.n_tokens
     trainer.save("last")
     return {"tokens_per_s": tokens / seconds, "seconds": seconds, "steps": steps, "tokens": tokens,
-            "padding": 1 - tokens / padded, "flops_per_token": flops / flop_tokens,
+            "padding": 1 - tokens / padded, "src_padding": 1 - src_tokens / src_padded, "flops_per_token": flops / flop_tokens,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "params": trainer.model.num_parameters(), "threads": torch.get_num_threads()}
 
@@ -270,7 +271,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def training_table(ours: dict, theirs: dict, peaks: dict[str, float]) -> str:
     """ours[(family, precision)], theirs[family]; MFU against the matmul peak of the step's precision."""
-    head = ("| model | toolkit | parameters | target tok/s | vs JoeyNMT | padding | peak RSS | GFLOP per token "
+    head = ("| model | toolkit | parameters | target tok/s | vs JoeyNMT | padding (src / tgt) | peak RSS | GFLOP per token "
             "| MFU (same-dtype peak) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
     rows = []
     for family in dict.fromkeys(f for f, _ in ours):
@@ -280,7 +281,7 @@ def training_table(ours: dict, theirs: dict, peaks: dict[str, float]) -> str:
                 continue
             mfu = o["flops_per_token"] * o["tokens_per_s"] / peaks[precision]
             rows.append(f"| {LABELS[family]} | seq2seq-kit ({precision}) | {o['params']:,} | {o['tokens_per_s']:.0f} "
-                        f"| {ratio(o['tokens_per_s'], j and j['tokens_per_s'])} | {o['padding']:.1%} "
+                        f"| {ratio(o['tokens_per_s'], j and j['tokens_per_s'])} | {o['src_padding']:.1%} / {o['padding']:.1%} "
                         f"| {o['peak_rss_mib']:.0f} MiB | {o['flops_per_token'] / 1e9:.3f} | {mfu:.1%} ({precision}) |")
         if j:
             n = f"{j['params']:,}" if j.get("params") else "–"
