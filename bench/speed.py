@@ -147,6 +147,11 @@ def decode_runs(batch1: int, total: int) -> list[tuple[str, int, int, int]]:
 
 def decode_all(engine: str, model_dir: Path, sources: list[str], batch1: int, checkpoint: str = "last",
                joey_cfg: Path | None = None, layer_norm_eps: float | None = None) -> dict:
+    from seq2seqkit.ct2 import CTranslate2Translator
+    from seq2seqkit.translate import Translator
+
+    tr = (None if engine == "joeynmt" else CTranslate2Translator.load(model_dir) if engine == "ctranslate2"
+          else Translator.load(model_dir, checkpoint))  # loaded once for all the runs
     results = {}
     plan = decode_runs(batch1, len(sources))
     for n in sorted({n for *_, n in plan}):
@@ -155,10 +160,6 @@ def decode_all(engine: str, model_dir: Path, sources: list[str], batch1: int, ch
             assert joey_cfg is not None
             results.update(joey.decode(model_dir, joey_cfg, sources[:n], runs, torch.get_num_threads(), layer_norm_eps))
         else:
-            from seq2seqkit.ct2 import CTranslate2Translator
-            from seq2seqkit.translate import Translator
-
-            tr = CTranslate2Translator.load(model_dir) if engine == "ctranslate2" else Translator.load(model_dir, checkpoint)
             results.update(decode_ours(tr, sources[:n], runs))
     return results
 
@@ -295,9 +296,11 @@ def decoding_table(results: dict, tok, batch1: int, total: int) -> str:
     Output tokens are counted by one SentencePiece model for every row; "same" is the share of
     outputs identical to ours (100% when two engines run the same weights)."""
 
+    tokens = {(key, name): count_tokens(tok, r["hyps"]) for key, res in results.items() for name, r in res.items()}
+
     def tok_rate(family: str, engine: str, name: str) -> float | None:
         r = results.get((family, engine), {}).get(name)
-        return r and count_tokens(tok, r["hyps"]) / r["seconds"]
+        return r and tokens[((family, engine), name)] / r["seconds"]
 
     head = ("| model | engine | search | batch | sentences | seconds | sent/s | tok/s | mean length | same "
             "| ours vs JoeyNMT (tok/s) | ours vs CTranslate2 (tok/s) |\n"
@@ -306,7 +309,7 @@ def decoding_table(results: dict, tok, batch1: int, total: int) -> str:
     for name, _, bs, _ in decode_runs(batch1, total):
         for (family, engine), res in results.items():
             r, ours = res[name], results[(family, "torch")][name]
-            n, toks = len(r["hyps"]), count_tokens(tok, r["hyps"])
+            n, toks = len(r["hyps"]), tokens[((family, engine), name)]
             same = sum(a == b for a, b in zip(r["hyps"], ours["hyps"])) / n
             vs = [ratio(tok_rate(family, "torch", name), tok_rate(family, peer, name)) if engine == "torch" else ""
                   for peer in ("joeynmt", "ctranslate2")]
