@@ -146,3 +146,24 @@ def test_greedy_score_is_the_sum_of_token_log_probs():
     targets = hyp.tokens + ([EOS] if ends_with_eos else [])
     expected = sum(logp[t, tok].item() for t, tok in enumerate(targets))
     assert hyp.score == pytest.approx(expected, abs=1e-4)
+
+
+def test_dropout_drops_p_and_rescales_the_rest():
+    """The uniform-noise dropout behaves as inverted dropout: a share p zeroed, the rest scaled
+    by 1/(1-p) (so the mean is kept), the gradient flows through the same mask, identity in eval
+    mode and reproducible from the seed."""
+    from seq2seqkit.models.dropout import Dropout
+
+    drop, x = Dropout(0.3), torch.ones(200_000, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    assert abs((y == 0).float().mean().item() - 0.3) < 0.005
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    assert abs(y.mean().item() - 1.0) < 0.01
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    assert drop.eval()(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)

@@ -24,6 +24,7 @@ from ..data.tokenizers import PAD
 from ..errors import ConfigError
 from .attention import AdditiveAttention, Attention, DotAttention, GeneralAttention
 from .base import Seq2SeqModel, State, StepOutput
+from .dropout import Dropout
 from .rnn import RNNS, Bridge, OutputLayer, RNNEncoder, bridged_state
 
 
@@ -55,7 +56,7 @@ class AttentionRNNSeq2Seq(Seq2SeqModel):
         self.bridge_c = Bridge(mem, cfg.hidden_size, cfg.decoder_layers) if self.is_lstm else None
         self.attention = build_attention(cfg.attention, cfg.hidden_size, mem)
         self.embed = nn.Embedding(tgt_vocab, cfg.embed_dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         extra = (cfg.hidden_size if self.input_feeding else 0) if self.luong else mem
         self.rnn = RNNS[cfg.cell](
             cfg.embed_dim + extra, cfg.hidden_size, num_layers=cfg.decoder_layers, batch_first=True,

@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..config import ModelConfig
 from ..data.tokenizers import PAD
 from .base import Seq2SeqModel, State, StepOutput
+from .dropout import Dropout
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -25,7 +26,7 @@ class RNNEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, cfg.embed_dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.rnn = RNNS[cfg.cell](
             cfg.embed_dim, cfg.hidden_size, num_layers=cfg.encoder_layers, batch_first=True,
             bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0,
@@ -76,7 +77,7 @@ class OutputLayer(nn.Module):
     def __init__(self, feat_dim: int, embed: nn.Embedding, dropout: float, tie: bool) -> None:
         super().__init__()
         self.pre = nn.Linear(feat_dim, embed.embedding_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.proj = nn.Linear(embed.embedding_dim, embed.num_embeddings)
         if tie:
             self.proj.weight = embed.weight
@@ -98,7 +99,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         self.bridge_h = Bridge(ctx, cfg.hidden_size, cfg.decoder_layers)
         self.bridge_c = Bridge(ctx, cfg.hidden_size, cfg.decoder_layers) if self.is_lstm else None
         self.embed = nn.Embedding(tgt_vocab, cfg.embed_dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         in_dim = cfg.embed_dim + (ctx if cfg.feed_context else 0)
         self.rnn = RNNS[cfg.cell](
             in_dim, cfg.hidden_size, num_layers=cfg.decoder_layers, batch_first=True,

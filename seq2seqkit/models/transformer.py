@@ -24,6 +24,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..data.tokenizers import PAD
 from .base import Seq2SeqModel, State, StepOutput
+from .dropout import Dropout
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, heads, length, d_head) each
 
@@ -113,7 +114,7 @@ class Embedder(nn.Module):
         self.table = table  # possibly shared with the other side (share_embeddings)
         self.positions = Positions(cfg.positions, cfg.embed_dim, cfg.max_positions)
         self.scale = math.sqrt(cfg.embed_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """tokens (B, T), pos (B, T) or (T,) -> (B, T, D)."""
@@ -131,7 +132,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.pre = cfg.norm == "pre"
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def sub_in(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
         return norm(x) if self.pre else x
