@@ -100,7 +100,8 @@ def joey_config(family: str, data: Path, spm_model: Path, vocab: Path, model_dir
     training.update({
         "random_seed": 1234, "normalization": "tokens", "batch_size": batch_tokens, "batch_type": "token",
         "epochs": 1000, "updates": updates,  # JoeyNMT 2.3.0 reads max_updates from `updates`
-        "logging_freq": log_every, "validation_freq": 10 * updates + 1,
+        "logging_freq": log_every,
+        "validation_freq": log_every * (updates // log_every + 1),  # never reached; JoeyNMT wants a multiple
         "learning_rate_min": 1e-9,  # JoeyNMT stops training when lr < this: warm-up starts near 0
         "clip_grad_norm": 1.0, "model_dir": str(model_dir), "overwrite": True, "shuffle": True, "use_cuda": False,
         "num_workers": 0, "keep_best_ckpts": 1, "eval_metrics": ["bleu"], "early_stopping_metric": "loss",
