@@ -14,10 +14,13 @@ from .errors import ConfigError, DataError, UserError
 __version__ = "0.1.0"
 
 
-def load(model_dir: str, checkpoint: str = "best", device: str = "auto"):
-    """Load a trained model directory; returns a :class:`seq2seqkit.translate.Translator`."""
+def load(model_dir: str | list[str], checkpoint: str = "best", device: str = "auto"):
+    """Load a trained model directory, or a list of them as an ensemble (same tokenizers);
+    returns a :class:`seq2seqkit.translate.Translator`."""
     from .translate import Translator
 
+    if isinstance(model_dir, (list, tuple)):
+        return Translator.ensemble(model_dir, checkpoint=checkpoint, device=device)
     return Translator.load(model_dir, checkpoint=checkpoint, device=device)
 
 

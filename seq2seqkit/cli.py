@@ -106,14 +106,16 @@ def save_attention_plot(tr: Translator, text: str, hyp: Hypothesis, path: Path) 
 
 
 def load_translator(args: argparse.Namespace) -> Translator:
-    """The model of ``-m``, run by PyTorch or (``--engine ctranslate2``) by CTranslate2."""
+    """The model of ``-m`` (several: an ensemble), run by PyTorch or (``--engine ctranslate2``) by CTranslate2."""
     if args.engine == "ctranslate2":
         from .ct2 import CTranslate2Translator
 
-        return CTranslate2Translator.load(args.model, device=args.device, compute_type=args.compute_type)
+        if len(args.model) > 1:
+            raise UserError("-m: --engine ctranslate2 runs one model; ensembles need the PyTorch engine")
+        return CTranslate2Translator.load(args.model[0], device=args.device, compute_type=args.compute_type)
     from .translate import Translator
 
-    return Translator.load(args.model, checkpoint=args.checkpoint, device=args.device)
+    return Translator.ensemble(args.model, checkpoint=args.checkpoint, device=args.device)
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
@@ -255,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     def model_args(sp: argparse.ArgumentParser, required: bool) -> None:
-        sp.add_argument("-m", "--model", required=required, metavar="MODEL_DIR")
+        sp.add_argument("-m", "--model", required=required, metavar="MODEL_DIR", nargs="+", action="extend",
+                        help="a model directory; several (-m A B) decode as an ensemble (same tokenizers)")
         sp.add_argument("--checkpoint", default="best", help="best, last, averaged (see `s2s average`), or a .pt path (default: best)")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--engine", default="torch", choices=["torch", "ctranslate2"],

@@ -17,6 +17,7 @@ from .data.dataset import pad_sources
 from .data.tokenizers import Tokenizer, load_tokenizers
 from .errors import UserError
 from .models import Seq2SeqModel, build_model
+from .models.ensemble import Ensemble
 from .search import Hypothesis, search
 from .runtime import keep_freed_memory
 
@@ -58,6 +59,11 @@ def ranking_score(h: Hypothesis) -> float:
     return h.score if h.norm_score is None else h.norm_score
 
 
+def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
+    """Whether two tokenizers give every id the same piece (what an ensemble's members must share)."""
+    return a.vocab_size == b.vocab_size and all(a.id_to_piece(i) == b.id_to_piece(i) for i in range(a.vocab_size))
+
+
 def chunked(lines: Iterable[str], size: int) -> Iterator[list[str]]:
     """Lines in lists of ``size`` (newlines stripped), so memory stays flat on any input size."""
     buf: list[str] = []
@@ -93,6 +99,21 @@ class Translator:
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
         model.load_state_dict(state["model"])
         return cls(model, src_tok, tgt_tok, cfg, resolve_device(device))
+
+    @classmethod
+    def ensemble(cls, model_dirs: Sequence[str | Path], checkpoint: str = "best", device: str = "auto") -> Translator:
+        """Load several model directories as one :class:`~seq2seqkit.models.ensemble.Ensemble`
+        (any families; same tokenizers). Search and evaluation settings come from the first."""
+        if len(model_dirs) == 1:
+            return cls.load(model_dirs[0], checkpoint, device)
+        members = [cls.load(d, checkpoint, "cpu") for d in model_dirs]
+        first = members[0]
+        for d, tr in zip(model_dirs[1:], members[1:]):
+            for side, a, b in (("source", first.src_tok, tr.src_tok), ("target", first.tgt_tok, tr.tgt_tok)):
+                if not same_vocabulary(a, b):
+                    raise UserError(f"{d}: its {side} vocabulary differs from {model_dirs[0]}'s: an ensemble "
+                                    f"needs models trained with the same tokenizers")
+        return cls(Ensemble([tr.model for tr in members]), first.src_tok, first.tgt_tok, first.cfg, resolve_device(device))
 
     def hypotheses(self, texts: Sequence[str]) -> list[Hypothesis]:
         return [hyps[0] for hyps in self.nbest_hypotheses(texts)]

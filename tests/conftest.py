@@ -73,6 +73,20 @@ def train_reverse_and_score(cfg: Config, tmp_path: Path) -> tuple[float, float]:
     return scores.values["exact"], elapsed
 
 
+def step_by_step(model, src: torch.Tensor, lens: torch.Tensor, tin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Teacher-forced decoding one ``decode_step`` at a time (as search runs a model): (B, T, V)
+    logits and (B, T, S) attention weights (None if the model gives none)."""
+    enc = model.encode(src, lens)
+    state = model.init_state(enc)
+    logits, attn = [], []
+    for t in range(tin.size(1)):
+        out = model.decode_step(tin[:, t], enc, state)
+        logits.append(out.logits)
+        attn.append(out.attention)
+        state = out.state
+    return torch.stack(logits, 1), None if attn[0] is None else torch.stack(attn, 1)
+
+
 def assert_padding_is_inert(model, sources: list[list[int]], targets: list[list[int]]) -> None:
     """Extra PAD columns do not change the loss of a sentence, and in a batch the
     per-sentence losses add up (so padding in a neighbour does not leak in either)."""

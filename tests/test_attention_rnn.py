@@ -16,7 +16,7 @@ from seq2seqkit.search import beam_search, greedy_search
 from seq2seqkit.training import Trainer
 from seq2seqkit.translate import Translator
 
-from conftest import assert_padding_is_inert, batch, tiny_config, write_reverse_task
+from conftest import assert_padding_is_inert, batch, step_by_step, tiny_config, write_reverse_task
 
 # Each attention with each cell, input feeding on and off, plus deep / unidirectional / tied.
 VARIANTS = [
@@ -40,18 +40,6 @@ def make(**kw) -> torch.nn.Module:
 
 SRC = [[5, 6, 7, 8, 9], [10, 11]]  # lengths 6 and 3 with EOS: the second row has 3 padding columns
 TGT = [[4, 5, 6], [7, 8, 9, 10, 11, 12]]
-
-
-def step_by_step(model, src, lens, tin):
-    enc = model.encode(src, lens)
-    state = model.init_state(enc)
-    logits, attn = [], []
-    for t in range(tin.size(1)):
-        out = model.decode_step(tin[:, t], enc, state)
-        logits.append(out.logits)
-        attn.append(out.attention)
-        state = out.state
-    return torch.stack(logits, 1), torch.stack(attn, 1)
 
 
 @pytest.mark.parametrize("kw", VARIANTS, ids=IDS)

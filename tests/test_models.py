@@ -8,7 +8,7 @@ import torch
 
 from seq2seqkit.config import ModelConfig, TeacherForcingConfig
 from seq2seqkit.data.dataset import pad_sources
-from conftest import assert_padding_is_inert, batch
+from conftest import assert_padding_is_inert, batch, step_by_step
 from seq2seqkit.data.tokenizers import BOS, EOS
 from seq2seqkit.models import build_model
 from seq2seqkit.search import greedy_search, max_lengths
@@ -28,8 +28,6 @@ def make(**kw) -> torch.nn.Module:
     return build_model(cfg, src_vocab=20, tgt_vocab=15).eval()
 
 
-
-
 SRC = [[5, 6, 7, 8, 9], [10, 11]]
 TGT = [[4, 5, 6], [7, 8, 9, 10, 11, 12]]
 
@@ -40,15 +38,9 @@ def test_forward_equals_step_by_step(kw):
     src, lens, tin, _ = batch(SRC, TGT)
     with torch.no_grad():
         full = model(src, lens, tin)
-        enc = model.encode(src, lens)
-        state = model.init_state(enc)
-        steps = []
-        for t in range(tin.size(1)):
-            out = model.decode_step(tin[:, t], enc, state)
-            steps.append(out.logits)
-            state = out.state
+        steps, _ = step_by_step(model, src, lens, tin)
     assert full.shape == (2, tin.size(1), 15)
-    torch.testing.assert_close(full, torch.stack(steps, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full, steps, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kw", VARIANTS)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from seq2seqkit.config import ModelConfig
 from seq2seqkit.data.dataset import pad_sources
-from conftest import assert_padding_is_inert, batch, tiny_config, train_reverse_and_score
+from conftest import assert_padding_is_inert, batch, step_by_step, tiny_config, train_reverse_and_score
 from seq2seqkit.data.tokenizers import BOS, EOS
 from seq2seqkit.models import build_model, select
 from seq2seqkit.models.transformer import TransformerSeq2Seq
@@ -38,16 +38,8 @@ def make(src_vocab: int = 20, tgt_vocab: int = 15, **kw) -> TransformerSeq2Seq:
     return model.eval()
 
 
-
-
 def cached_logits(model, src, lens, tin) -> torch.Tensor:
-    enc = model.encode(src, lens)
-    state, steps = model.init_state(enc), []
-    for t in range(tin.size(1)):
-        out = model.decode_step(tin[:, t], enc, state)
-        steps.append(out.logits)
-        state = out.state
-    return torch.stack(steps, 1)
+    return step_by_step(model, src, lens, tin)[0]
 
 
 @pytest.mark.parametrize("kw", VARIANTS)

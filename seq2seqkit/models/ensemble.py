@@ -1,0 +1,78 @@
+"""Several trained models decoding as one (ensemble decoding, as in fairseq or OpenNMT-py).
+
+The members may be of any families, since they meet only through the model interface; they
+must share the vocabularies (same tokenizers), so that token ``i`` means the same to all. At
+every step the next-token distribution is the *mean of the members' probabilities*, and an
+:class:`Ensemble` is itself a :class:`Seq2SeqModel`, so greedy, beam search, sampling and
+evaluation run on it unchanged. Models that err differently (a recurrent and a Transformer
+decoder, or two seeds) correct each other: the usual gain of a few points of word error on
+G2P and of 1-2 BLEU on translation, for the cost of running every member.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Seq2SeqModel, State, StepOutput
+
+
+def mean_log_probs(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``log(mean_m softmax(logits_m))`` over the last dimension, computed in log space."""
+    stacked = torch.stack([F.log_softmax(x.float(), dim=-1) for x in logits])
+    return stacked.logsumexp(0) - math.log(len(logits))
+
+
+class Ensemble(Seq2SeqModel):
+    """Members' encoder outputs and decoder states travel as tuples, one entry per member."""
+
+    def __init__(self, members: Sequence[Seq2SeqModel]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        sizes = {(m.src_vocab, m.tgt_vocab) for m in members}
+        if len(sizes) > 1:
+            raise ValueError(f"ensemble members differ in vocabulary sizes (source, target): {sorted(sizes)}")
+        self.members = nn.ModuleList(members)
+        self.src_vocab, self.tgt_vocab = members[0].src_vocab, members[0].tgt_vocab
+
+    # Attention for heatmaps: members that compute it only on request (the Transformer) are
+    # asked through these, like a single model; the weights shown are the members' mean.
+    @property
+    def return_attention(self) -> bool:
+        return any(getattr(m, "return_attention", False) for m in self.members)
+
+    @return_attention.setter
+    def return_attention(self, value: bool) -> None:
+        for m in self.members:
+            if hasattr(m, "return_attention"):
+                m.return_attention = value
+
+    @property
+    def attention_layer(self) -> int | None:
+        return next((m.attention_layer for m in self.members if hasattr(m, "attention_layer")), None)
+
+    @attention_layer.setter
+    def attention_layer(self, value: int) -> None:
+        for m in self.members:
+            if hasattr(m, "attention_layer"):
+                m.attention_layer = value
+
+    def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
+        return tuple(m.encode(src, src_lens) for m in self.members)
+
+    def init_state(self, enc: State) -> State:
+        return tuple(m.init_state(e) for m, e in zip(self.members, enc))
+
+    def decode_step(self, prev: torch.Tensor, enc: State, state: State) -> StepOutput:
+        outs = [m.decode_step(prev, e, s) for m, e, s in zip(self.members, enc, state)]
+        attns = [o.attention for o in outs if o.attention is not None]
+        attention = torch.stack(attns).mean(0) if attns else None
+        return StepOutput(mean_log_probs([o.logits for o in outs]), tuple(o.state for o in outs), attention)
+
+    def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return mean_log_probs([m(src, src_lens, tgt_in) for m in self.members])
