@@ -2,6 +2,7 @@
 
     python bench/g2p.py configs/g2p-rnn.yaml            # train if needed, evaluate, print a table
     python bench/g2p.py configs/g2p-*.yaml --record     # ... and append it to BENCHMARKS.md
+    python bench/g2p.py configs/g2p-*.yaml --ensemble   # ... plus the models decoding as one ensemble
 
 A model directory that already holds a finished run is evaluated as it is; an unfinished one
 is resumed. The checkpoint scored is the best single one or the average of the kept epoch
@@ -18,12 +19,24 @@ import time
 from common import duration, ensure_trained, record, select_checkpoint
 
 from seq2seqkit.config import load_config
-from seq2seqkit.evaluate import evaluate_model, load_eval_set
+from seq2seqkit.evaluate import EvalSet, evaluate_model, load_eval_set
+from seq2seqkit.models.ensemble import Ensemble
 from seq2seqkit.tasks import resolve_dataset
 from seq2seqkit.translate import Translator
 
 
-def run(config: str, train: bool, beam: int) -> dict:
+def test_scores(tr: Translator, test: EvalSet, beam: int) -> dict:
+    """WER/PER and decoding seconds on the test split, greedy and with beam ``beam``."""
+    out = {}
+    for name, size in (("greedy", 1), (f"beam{beam}", beam)):
+        tr.cfg.search = tr.cfg.search.model_copy(update={"beam_size": size, "nbest": 1, "sample": False})
+        start = time.perf_counter()
+        scores, _ = evaluate_model(tr, test, ["wer", "per"])
+        out[name] = {**scores.values, "seconds": time.perf_counter() - start}
+    return out
+
+
+def run(config: str, train: bool, beam: int) -> tuple[dict, Translator, EvalSet]:
     cfg = load_config(config)
     progress = ensure_trained(cfg, train)
     data_cfg = resolve_dataset(cfg.data)
@@ -34,15 +47,23 @@ def run(config: str, train: bool, beam: int) -> dict:
     row = {
         "config": config, "family": f"{tr.cfg.model.family} ({tr.cfg.model.cell})" if tr.cfg.model.family != "transformer"
         else "transformer", "params": tr.model.num_parameters(), "steps": progress["step"], "epochs": progress["epoch"],
-        "train_s": progress.get("train_seconds", 0.0), "words": len(test.sources),
+        "train_s": progress.get("train_seconds") or None, "words": len(test.sources),  # None: a run from before the counter
         "checkpoint": f"{checkpoint} ({dev_wer[checkpoint]:.2f})",
     }
-    for name, size in (("greedy", 1), (f"beam{beam}", beam)):
-        tr.cfg.search = tr.cfg.search.model_copy(update={"beam_size": size, "nbest": 1, "sample": False})
-        start = time.perf_counter()
-        scores, _ = evaluate_model(tr, test, ["wer", "per"])
-        row[name] = {**scores.values, "seconds": time.perf_counter() - start}
-    return row
+    return {**row, **test_scores(tr, test, beam)}, tr, test
+
+
+def ensemble_row(rows: list[dict], translators: list[Translator], test: EvalSet, beam: int) -> dict:
+    """The models above decoding as one (each with its chosen checkpoint): the mean of their
+    next-token probabilities (``s2s translate -m A B C``)."""
+    first = translators[0]
+    tr = Translator(Ensemble([t.model for t in translators]), first.src_tok, first.tgt_tok, first.cfg, first.device)
+    families = " + ".join(r["family"].split(" ")[0] for r in rows)
+    times = [r["train_s"] for r in rows]
+    row = {"config": "the models above", "family": f"ensemble ({families})", "params": tr.model.num_parameters(),
+           "steps": sum(r["steps"] for r in rows), "epochs": sum(r["epochs"] for r in rows),
+           "train_s": None if None in times else sum(times), "words": len(test.sources), "checkpoint": "each one's"}
+    return {**row, **test_scores(tr, test, beam)}
 
 
 def table(rows: list[dict], beam: int) -> str:
@@ -50,7 +71,7 @@ def table(rows: list[dict], beam: int) -> str:
             f"| WER greedy | PER greedy | WER beam {beam} | PER beam {beam} | decoding greedy / beam {beam} |\n")
     head += "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
     return head + "".join(
-        f"| `{r['config']}` | {r['family']} | {r['params']:,} | {r['steps']} ({r['epochs']}) | {duration(r['train_s'])} | "
+        f"| {'`' + r['config'] + '`' if r['config'].endswith('.yaml') else r['config']} | {r['family']} | {r['params']:,} | {r['steps']} ({r['epochs']}) | {duration(r['train_s']) if r['train_s'] else 'not recorded'} | "
         f"{r['checkpoint']} | {r['words']} | {r['greedy']['wer']:.2f} | {r['greedy']['per']:.2f} | "
         f"{r[f'beam{beam}']['wer']:.2f} | {r[f'beam{beam}']['per']:.2f} | "
         f"{r['greedy']['seconds']:.1f} s / {r[f'beam{beam}']['seconds']:.1f} s |\n"
@@ -64,10 +85,16 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="only evaluate existing model directories")
     ap.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
     ap.add_argument("--beam", type=int, default=5, help="beam size of the beam-search columns (default 5)")
+    ap.add_argument("--ensemble", action="store_true", help="add a row: all the models decoding as one ensemble")
     args = ap.parse_args()
+    if args.ensemble and len(args.configs) < 2:
+        ap.error("--ensemble needs at least two configs")
     if args.beam < 2:
         ap.error("--beam must be at least 2 (greedy is always evaluated)")
-    rows = [run(c, not args.no_train, args.beam) for c in args.configs]
+    runs = [run(c, not args.no_train, args.beam) for c in args.configs]
+    rows = [r for r, _, _ in runs]
+    if args.ensemble:
+        rows.append(ensemble_row(rows, [tr for _, tr, _ in runs], runs[0][2], args.beam))
     text = table(rows, args.beam)
     print(text)
     if args.record:
