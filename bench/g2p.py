@@ -20,7 +20,6 @@ from common import duration, ensure_trained, record, select_checkpoint
 
 from seq2seqkit.config import load_config
 from seq2seqkit.evaluate import EvalSet, evaluate_model, load_eval_set
-from seq2seqkit.models.ensemble import Ensemble
 from seq2seqkit.tasks import resolve_dataset
 from seq2seqkit.translate import Translator
 
@@ -56,8 +55,7 @@ def run(config: str, train: bool, beam: int) -> tuple[dict, Translator, EvalSet]
 def ensemble_row(rows: list[dict], translators: list[Translator], test: EvalSet, beam: int) -> dict:
     """The models above decoding as one (each with its chosen checkpoint): the mean of their
     next-token probabilities (``s2s translate -m A B C``)."""
-    first = translators[0]
-    tr = Translator(Ensemble([t.model for t in translators]), first.src_tok, first.tgt_tok, first.cfg, first.device)
+    tr = Translator.combine(translators, [r["config"] for r in rows], device=str(translators[0].device))
     families = " + ".join(r["family"].split(" ")[0] for r in rows)
     times = [r["train_s"] for r in rows]
     row = {"config": "the models above", "family": f"ensemble ({families})", "params": tr.model.num_parameters(),

@@ -61,9 +61,11 @@ def main() -> None:
         tr = Translator.load(out, checkpoint="last")
         tr.cfg.search = tr.cfg.search.model_copy(update={"beam_size": 1, "nbest": 1, "sample": False})
         test = load_eval_set(*cfg.data.test.files(), fmt=cfg.data.test.format)
-        scores = M.score(tr.translate(test.sources), test.refs, ["bleu", "chrf"]).values
+        hyps = tr.translate(test.sources)
+        scores = M.score(hyps, test.refs, ["bleu", "chrf"]).values
         rows[precision] = {"curve": dev_curve(out, metric), "test": scores, "train_s": progress["train_seconds"],
-                           "epochs": progress["epoch"]}
+                           "epochs": progress["epoch"], "hyps": hyps}
+    same = sum(a == b for a, b in zip(rows["fp32"]["hyps"], rows["bf16"]["hyps"]))
 
     epochs = sorted(set(rows["fp32"]["curve"]) & set(rows["bf16"]["curve"]))
     text = (f"`{args.config}`, {args.epochs} epochs per run, same seed and batches; dev {metric} after each epoch "
@@ -72,12 +74,13 @@ def main() -> None:
             + "|---|" + "---:|" * (len(epochs) + 3) + "\n")
     for precision, r in rows.items():
         text += (f"| {precision} | " + " | ".join(f"{r['curve'][e]:.2f}" for e in epochs)
-                 + f" | {r['test']['bleu']:.2f} | {r['test']['chrf']:.2f} | {duration(r['train_s'])} |\n")
+                 + f" | {r['test']['bleu']:.2f} | {r['test']['chrf']:.3f} | {duration(r['train_s'])} |\n")
     diff = [rows["bf16"]["curve"][e] - rows["fp32"]["curve"][e] for e in epochs]
     text += (f"| bf16 − fp32 | " + " | ".join(f"{d:+.2f}" for d in diff)
              + f" | {rows['bf16']['test']['bleu'] - rows['fp32']['test']['bleu']:+.2f}"
-             + f" | {rows['bf16']['test']['chrf'] - rows['fp32']['test']['chrf']:+.2f}"
+             + f" | {rows['bf16']['test']['chrf'] - rows['fp32']['test']['chrf']:+.3f}"
              + f" | {rows['fp32']['train_s'] / max(rows['bf16']['train_s'], 1e-9):.2f}× faster |\n")
+    text += f"\nTest outputs identical between the two runs: {same} of {len(rows['fp32']['hyps'])}.\n"
     print(text)
     if args.record:
         record("Training precision: bf16 autocast vs fp32", text)

@@ -106,12 +106,17 @@ class Translator:
         (any families; same tokenizers). Search and evaluation settings come from the first."""
         if len(model_dirs) == 1:
             return cls.load(model_dirs[0], checkpoint, device)
-        members = [cls.load(d, checkpoint, "cpu") for d in model_dirs]
+        return cls.combine([cls.load(d, checkpoint, "cpu") for d in model_dirs], model_dirs, device)
+
+    @classmethod
+    def combine(cls, members: Sequence[Translator], names: Sequence[str | Path], device: str = "auto") -> Translator:
+        """Loaded translators (``names``: where each came from, for errors) as one ensemble, after
+        checking that they share both vocabularies."""
         first = members[0]
-        for d, tr in zip(model_dirs[1:], members[1:]):
+        for name, tr in zip(names[1:], members[1:]):
             for side, a, b in (("source", first.src_tok, tr.src_tok), ("target", first.tgt_tok, tr.tgt_tok)):
                 if not same_vocabulary(a, b):
-                    raise UserError(f"{d}: its {side} vocabulary differs from {model_dirs[0]}'s: an ensemble "
+                    raise UserError(f"{name}: its {side} vocabulary differs from {names[0]}'s: an ensemble "
                                     f"needs models trained with the same tokenizers")
         return cls(Ensemble([tr.model for tr in members]), first.src_tok, first.tgt_tok, first.cfg, resolve_device(device))
 

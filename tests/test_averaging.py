@@ -74,7 +74,6 @@ def test_allocator_setting_applies_on_linux():
     assert keep_freed_memory() is True  # idempotent
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_freed_large_tensor_memory_is_reused_without_page_faults():
     """A block above glibc's 32 MiB mmap ceiling (like a batch's logits) is allocated and freed
