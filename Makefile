@@ -26,7 +26,7 @@ test: $(STAMP)
 
 # Benchmarks (long; not part of `make test`): train what is missing, evaluate, print tables.
 bench-g2p: $(STAMP)
-	$(PY) bench/g2p.py configs/g2p-rnn.yaml configs/g2p-attention.yaml configs/g2p-transformer.yaml --ensemble
+	$(PY) bench/g2p.py configs/g2p-rnn.yaml configs/g2p-attention.yaml configs/g2p-attention-large.yaml configs/g2p-transformer.yaml --ensemble
 
 bench-multi30k: $(STAMP)
 	$(PY) bench/multi30k.py
