@@ -8,6 +8,7 @@ directory on ``sys.path``, so they import this module as ``common``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import shlex
@@ -69,6 +70,18 @@ def select_checkpoint(cfg: Config, dev: EvalSet, metric: str) -> tuple[str, dict
         dev_scores[name] = evaluate_model(tr, dev, [metric])[0].values[metric]
     pick = (min if metric in LOWER_IS_BETTER else max)(candidates, key=lambda n: dev_scores[n])
     return pick, dev_scores
+
+
+def dev_curve(model_dir: Path, metric: str) -> list[tuple[int, float]]:
+    """(epoch, dev metric) of every validation in ``train_log.jsonl``, in the order they ran.
+    A list, not a dict by epoch: logs from before the trainer's epoch-numbering fix label the
+    validation that ends epoch N with N + 1, and a run resumed across the fix has a label twice."""
+    curve = []
+    for line in (model_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if entry.get("kind") == "valid" and metric in entry:
+            curve.append((entry["epoch"], entry[metric]))
+    return curve
 
 
 def duration(seconds: float) -> str:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from common import duration, ensure_trained, record, select_checkpoint
+from common import dev_curve, duration, ensure_trained, record, select_checkpoint
 
 from seq2seqkit.config import load_config
 from seq2seqkit.evaluate import EvalSet, evaluate_model, load_eval_set
@@ -64,6 +65,19 @@ def ensemble_row(rows: list[dict], translators: list[Translator], test: EvalSet,
     return {**row, **test_scores(tr, test, beam)}
 
 
+def curves(configs: list[str]) -> str:
+    """Each model's dev WER after every epoch, as validation scored it during training (on the
+    config's ``data.dev_max_examples`` first dev words): how far from converged each one stopped.
+    Values only, in order (these configs validate once an epoch), since old logs mislabel epochs."""
+    lines = []
+    for config in configs:
+        cfg = load_config(config)
+        curve = dev_curve(Path(cfg.output_dir), "wer")
+        subset = f"first {cfg.data.dev_max_examples} dev words" if cfg.data.dev_max_examples else "dev"
+        lines.append(f"- `{config}` ({subset}): " + ", ".join(f"{w:.1f}" for _, w in curve))
+    return "Dev WER by epoch:\n\n" + "\n".join(lines) + "\n"
+
+
 def table(rows: list[dict], beam: int) -> str:
     head = (f"| config | model | parameters | steps (epochs) | training time | checkpoint (dev WER) | test words "
             f"| WER greedy | PER greedy | WER beam {beam} | PER beam {beam} | decoding greedy / beam {beam} |\n")
@@ -93,7 +107,7 @@ def main() -> None:
     rows = [r for r, _, _ in runs]
     if args.ensemble:
         rows.append(ensemble_row(rows, [tr for _, tr, _ in runs], runs[0][2], args.beam))
-    text = table(rows, args.beam)
+    text = table(rows, args.beam) + "\n" + curves(args.configs)
     print(text)
     if args.record:
         record(f"G2P (CMUdict test split, greedy and beam {args.beam})", text)

@@ -15,10 +15,9 @@ option) and the training time of each run.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from common import REPO, duration, ensure_trained, record
+from common import REPO, dev_curve, duration, ensure_trained, record
 
 from seq2seqkit import metrics as M
 from seq2seqkit.config import load_config
@@ -30,16 +29,6 @@ PRECISIONS = ("fp32", "bf16")
 
 def run_dir(name: str, precision: str) -> Path:
     return REPO / "runs" / "precision" / f"{name}-{precision}"
-
-
-def dev_curve(model_dir: Path, metric: str) -> dict[int, float]:
-    """Epoch -> the dev metric of the validation that ended it (from ``train_log.jsonl``)."""
-    curve = {}
-    for line in (model_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        if entry.get("kind") == "valid" and metric in entry:
-            curve[entry["epoch"]] = entry[metric]
-    return curve
 
 
 def main() -> None:
@@ -63,7 +52,7 @@ def main() -> None:
         test = load_eval_set(*cfg.data.test.files(), fmt=cfg.data.test.format)
         hyps = tr.translate(test.sources)
         scores = M.score(hyps, test.refs, ["bleu", "chrf"]).values
-        rows[precision] = {"curve": dev_curve(out, metric), "test": scores, "train_s": progress["train_seconds"],
+        rows[precision] = {"curve": dict(dev_curve(out, metric)), "test": scores, "train_s": progress["train_seconds"],
                            "epochs": progress["epoch"], "hyps": hyps}
     same = sum(a == b for a, b in zip(rows["fp32"]["hyps"], rows["bf16"]["hyps"]))
 
