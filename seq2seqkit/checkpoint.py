@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,10 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     over ``path``; on an exception it is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # read-only or full: name the file that could not be written, not the temporary
+        raise OSError(e.errno, e.strerror, str(path)) from None
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
@@ -37,6 +41,11 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno is not None and e.filename in (None, tmp):  # a failed write (disk full, ...): name the file
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -64,13 +73,63 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict saved in ``path``, read with ``weights_only=True``. A file that is not one (damaged,
+    truncated, another format, or holding Python objects that loading would have to run) is one
+    UserError; torch's own message is not passed on, since it advises loading without that protection."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
     except Exception as e:  # corrupt file, or one holding arbitrary objects
-        raise UserError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise UserError(f"{path}: cannot load checkpoint: it holds a Python object ({found.group(1)}), not only "
+                            f"tensors, and loading it could run code from the file; refused") from None
+        raise UserError(f"{path}: cannot load checkpoint: not a PyTorch checkpoint, or a damaged or truncated one "
+                        f"({type(e).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a seq2seq-kit checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def model_weights(ckpt: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``model`` weights of a loaded checkpoint, refused with one line when it has none."""
+    weights = ckpt.get("model")
+    if not isinstance(weights, dict) or not weights or not all(isinstance(w, torch.Tensor) for w in weights.values()):
+        keys = ", ".join(map(str, list(ckpt)[:5])) or "nothing"
+        raise UserError(f"{path}: not a model checkpoint: no 'model' weights (it holds {keys})")
+    return weights
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path,
+                 needs: tuple[str, ...] = ()) -> None:
+    """Load a checkpoint's weights into ``model``. Weights that do not fit it (missing or extra
+    parameters, another shape: the config was changed since training) and a checkpoint that
+    lacks the entries in ``needs`` are one UserError saying which."""
+    weights = model_weights(ckpt, path)
+    for key in needs:
+        if key not in ckpt:
+            raise UserError(f"{path}: not a training checkpoint: no {key!r} state (weights only, e.g. an "
+                            f"epoch or averaged checkpoint?)")
+    own = model.state_dict()
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    missing, extra = [k for k in own if k not in weights], [k for k in weights if k not in own]
+    if missing or extra:
+        what = "; ".join(x for x in (missing and f"missing {listed(missing)}", extra and f"unexpected {listed(extra)}") if x)
+        raise UserError(f"{path}: its weights do not fit the model the config describes ({what}): "
+                        f"was model.family or another model setting changed since training?")
+    for name, t in own.items():
+        if weights[name].shape != t.shape:
+            raise UserError(f"{path}: {name} has shape {tuple(weights[name].shape)} in the checkpoint but "
+                            f"{tuple(t.shape)} in the model the config describes: was a model setting (e.g. "
+                            f"model.hidden_size) changed since training?")
+    model.load_state_dict(weights)
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -85,7 +144,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
         raise UserError("no checkpoints to average")
     total: dict[str, torch.Tensor] = {}
     for path in paths:
-        weights = load_checkpoint(path)["model"]
+        weights = model_weights(load_checkpoint(path), path)
         if total and weights.keys() != total.keys():
             raise UserError(f"{path}: its weights do not match {paths[0]} (a different model?)")
         for name, w in weights.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import shutil
 import sys
@@ -70,15 +71,20 @@ def apply_search_flags(tr: Translator, args: argparse.Namespace) -> None:
     config file itself so a bad value is a one-line error naming the flag."""
     from pydantic import ValidationError
 
-    from .config import SearchConfig
+    from .config import Invalid, SearchConfig
 
+    given = {SEARCH_FIELDS.get(k, k): f for k, f in SEARCH_FLAGS.items() if getattr(args, k, None) is not None}
     updates = {SEARCH_FIELDS.get(k, k): getattr(args, k) for k in SEARCH_FLAGS if getattr(args, k, None) is not None}
     try:
         tr.cfg.search = SearchConfig.model_validate({**tr.cfg.search.model_dump(), **updates})
     except ValidationError as e:
         err = e.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""  # no field: a check across fields
-        flag = next((f for k, f in SEARCH_FLAGS.items() if SEARCH_FIELDS.get(k, k) == field), "search flags")
+        fields = [str(err["loc"][0])] if err["loc"] else []
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, Invalid):  # a check across fields: the field at fault, then the others
+            fields = [cause.key, *cause.also]
+        # the flag of the field at fault if it was given, else the given flag that took part
+        flag = next((given[f] for f in fields if f in given), "search flags")
         raise ConfigError(f"{flag}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
@@ -184,8 +190,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .tasks import cmudict
 
-    out = Path(args.out_dir) if args.out_dir else cmudict.default_dir()
-    for split, path in cmudict.prepare(out).items():
+    for split, path in (cmudict.prepare(args.out_dir) if args.out_dir else cmudict.prepare_cached()).items():
         print(f"{split}: {path}")
     return 0
 
@@ -333,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def describe_os_error(e: OSError) -> str:
+    """``PATH: strerror`` for a fault of the operating system (read-only, disk full, no permission)."""
+    what = e.strerror or str(e)
+    if e.errno == errno.ENOTDIR:
+        what += " (a part of the path is a file)"
+    if e.filename is None:
+        return what
+    if e.filename2 is not None:
+        return f"{e.filename} -> {e.filename2}: {what}"
+    return f"{e.filename}: {what}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -350,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `s2s translate ... | head`
         return 0
+    except OSError as e:  # read-only location, full disk, no permission: the file and the reason
+        if args.debug:
+            raise
+        print(f"s2s: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

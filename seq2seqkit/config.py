@@ -8,17 +8,57 @@ Command-line overrides use dotted paths (``training.epochs=2``), as in Hydra/Ome
 
 from __future__ import annotations
 
+import difflib
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
 
 
+class Invalid(ValueError):
+    """A check across fields failed: ``key`` is the dotted key at fault, relative to the section
+    that raised it, and ``also`` the other keys that take part (so that an error caused by a
+    command-line override can name that override)."""
+
+    def __init__(self, key: str, problem: str, also: tuple[str, ...] = ()) -> None:
+        super().__init__(problem)
+        self.key, self.also = key, also
+
+
+def _types(annotation: Any) -> set[Any]:
+    """The plain types an annotation is made of: ``tuple[float, float] | None`` -> {tuple, float, NoneType}."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return {type(a) for a in args}
+    origin = get_origin(annotation)
+    found = {origin} if origin not in (None, Union, types.UnionType) else set()
+    if not args:
+        found.add(annotation)
+    for a in args:
+        found |= _types(a)
+    return found
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` / `.nan` are refused wherever a number is expected.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML reads `yes`, `on`, `true` as booleans, and pydantic would take them as 1 (or 1.0):
+        a boolean where a number is meant is refused instead."""
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) for v in items):
+            kinds = _types(cls.model_fields[info.field_name].annotation)  # type: ignore[index]
+            if bool not in kinds and kinds & {int, float}:
+                shown = str(value).lower() if isinstance(value, bool) else "a boolean"
+                raise ValueError(f"expected a number, got {shown} (YAML reads true/false/yes/no/on/off as booleans)")
+        return value
 
 
 # ----------------------------------------------------------------------------- data
@@ -80,7 +120,8 @@ class TokenizersConfig(_Section):
     @model_validator(mode="after")
     def _joint_needs_sp(self) -> TokenizersConfig:
         if self.joint and self.src.kind != self.tgt.kind:
-            raise ValueError("joint vocabulary needs the same tokenizer kind on both sides")
+            raise Invalid("joint", f"a joint vocabulary needs the same tokenizer kind on both sides "
+                                   f"(src.kind is {self.src.kind!r}, tgt.kind {self.tgt.kind!r})", ("src.kind", "tgt.kind"))
         return self
 
 
@@ -118,7 +159,10 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _family_options(self) -> ModelConfig:
         if self.share_embeddings and self.family != "transformer":
-            raise ValueError("share_embeddings is only implemented for family 'transformer'")
+            raise Invalid("share_embeddings", "only implemented for family 'transformer'", ("family",))
+        if self.family == "transformer" and self.embed_dim % self.heads:
+            raise Invalid("heads", f"{self.heads} heads do not divide model.embed_dim {self.embed_dim} "
+                                   f"(each head gets embed_dim / heads dimensions)", ("embed_dim",))
         return self
 
 
@@ -172,6 +216,12 @@ class TrainingConfig(_Section):
     # stay fp32). Matrix multiplies run ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs.
     precision: Literal["fp32", "bf16"] = "fp32"
 
+    @model_validator(mode="after")
+    def _schedule_options(self) -> TrainingConfig:
+        if self.lr_schedule == "plateau" and self.warmup_steps:
+            raise Invalid("warmup_steps", "not supported with lr_schedule=plateau (set it to 0)", ("lr_schedule",))
+        return self
+
 
 # --------------------------------------------------------------------------- search
 class SearchConfig(_Section):
@@ -196,7 +246,8 @@ class SearchConfig(_Section):
     @model_validator(mode="after")
     def _nbest_fits(self) -> SearchConfig:
         if self.nbest > self.beam_size and not self.sample:
-            raise ValueError("nbest cannot exceed beam_size")
+            raise Invalid("nbest", f"{self.nbest} best outputs asked for, but beam search keeps only "
+                                   f"beam_size={self.beam_size} (raise beam_size, or sample)", ("beam_size", "sample"))
         return self
 
 
@@ -216,15 +267,106 @@ class Config(_Section):
     search: SearchConfig = SearchConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
+    def validation_metrics(self) -> list[str]:
+        """What a validation during training computes (and early stopping may watch)."""
+        free = ["free_loss"] if self.training.exposure_bias else []
+        return ["loss", "ppl", *free, *self.evaluation.metrics]
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Config:
+        """Checks across sections: combinations that cannot work are refused before any work."""
+        m, tc, data = self.model, self.training, self.data
+        if m.share_embeddings and not self.tokenizer.joint:
+            raise Invalid("model.share_embeddings", "needs one vocabulary for both sides (set tokenizer.joint: true)",
+                          ("tokenizer.joint",))
+        metric = tc.early_stopping.metric
+        if metric not in self.validation_metrics():
+            raise Invalid("training.early_stopping.metric", f"{metric!r} is not computed at validation (choose from "
+                          f"{', '.join(self.validation_metrics())}; evaluation.metrics adds more)",
+                          ("evaluation.metrics", "training.exposure_bias"))
+        needs_dev = {"training.early_stopping.patience": tc.early_stopping.patience is not None,
+                     "training.lr_schedule": tc.lr_schedule == "plateau"}
+        for key, used in needs_dev.items():
+            if used and not data.dev.is_set and data.dataset is None:
+                raise Invalid(key, "acts on validations, but there is no dev set (set data.dev)", ("data.dev",))
+        longest = max(data.max_src_len, data.max_tgt_len) + 1  # + EOS (source) / BOS (target)
+        if m.family == "transformer" and m.positions == "learned" and longest > m.max_positions:
+            raise Invalid("model.max_positions", f"{m.max_positions} learned positions cannot hold the {longest} "
+                          f"that data.max_src_len / data.max_tgt_len allow (+1 for EOS)",
+                          ("data.max_src_len", "data.max_tgt_len", "model.positions"))
+        return self
+
 
 # --------------------------------------------------------------------------- loading
-def _format_error(err: ValidationError, source: str) -> str:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last one, so a pasted-in second ``training:`` section would win unseen)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: keys given later override it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {seen[key] + 1})", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
+def _section(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The config class at a dotted location (``("training", "early_stopping")`` ->
+    EarlyStoppingConfig), or None where the location is not a section."""
+    cls: type[BaseModel] = Config
+    for part in loc:
+        field = cls.model_fields.get(part)
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+def _suggest(loc: tuple[str, ...]) -> str:
+    """' (did you mean training.epochs?)' for an unknown key close to a known one of its section,
+    or to a key of the same name in another section; '' when nothing is close."""
+    section = _section(loc[:-1])
+    if section is not None:
+        close = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {'.'.join([*loc[:-1], close[0]])}?)"
+    elsewhere = [f"{name}.{loc[-1]}" for name, f in Config.model_fields.items()
+                 if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+                 and loc[-1] in f.annotation.model_fields and (name,) != loc[:-1]]
+    return f" (did you mean {elsewhere[0]}?)" if elsewhere else ""
+
+
+def _format_error(err: ValidationError, source: str, overrides: list[str] | None = None) -> str:
+    """One line for the first error: ``SOURCE: dotted.key: problem``, where SOURCE is the
+    command-line override that set the key (if one did), else the config file."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
-    msg = first["msg"]
+    loc = tuple(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    involved = [loc]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, Invalid):
+        involved = [loc + tuple(k.split(".")) for k in (cause.key, *cause.also)]
+        loc = involved[0]
     if first["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + _suggest(loc)
+    key = ".".join(loc) or "<root>"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    for item in reversed(overrides or []):  # the last override of a key is the one in force
+        path = tuple(item.partition("=")[0].strip().split("."))
+        if any(k[:len(path)] == path or path[:len(k)] == k for k in involved if k):
+            where = "" if path == loc else f"{key}: "
+            return f"override {item!r}: {where}{msg}{more}"
     return f"{source}: {key}: {msg}{more}"
 
 
@@ -237,9 +379,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not all(path):
         raise ConfigError(f"override {item!r}: empty key segment")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
     return path, value
 
 
@@ -259,33 +401,46 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+def from_dict(raw: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> Config:
+    """Validate ``raw`` (read from ``source``) after applying ``overrides``; an error names the
+    override that caused it, or else ``source``."""
+    apply_overrides(raw, overrides or [])
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, source)) from None
+        raise ConfigError(_format_error(e, source, overrides)) from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds; every problem with the file is one ConfigError."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the config as UTF-8") from None
+    try:
+        raw = _load_yaml(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read YAML (or start from defaults when ``path`` is None), apply overrides, validate."""
-    raw: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-    apply_overrides(raw, overrides or [])
-    return from_dict(raw, source)
+    raw = read_config_file(path) if path is not None else {}
+    return from_dict(raw, "config" if path is None else str(path), overrides)
 
 
 def dump_config(cfg: Config) -> str:

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import metrics as M
-from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, save_checkpoint
-from .config import Config, TrainingConfig, dump_config, from_dict, apply_overrides
+from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
+from .config import Config, TrainingConfig, dump_config, from_dict, read_config_file
 from .data.corpus import iter_examples
 from .data.dataset import Batch, EncodedCorpus, collate, corpus_texts, encode_corpus, token_batches
 from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokenizers
@@ -82,9 +82,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainingConfig) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
     """constant / inverse_sqrt step per update (with linear warm-up); plateau steps per validation."""
-    if cfg.lr_schedule == "plateau":
-        if cfg.warmup_steps:
-            raise ConfigError("training.warmup_steps: not supported with lr_schedule=plateau (set it to 0)")
+    if cfg.lr_schedule == "plateau":  # warmup_steps is refused with it when the config loads
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
         )
@@ -199,7 +197,7 @@ class Trainer:
         return encoded, [self.src_tok.encode(x) for x in sources[:cap]], refs[:cap]
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        load_weights(self.model, ckpt, self.ckpt_dir / "last.pt", needs=("optimizer", "scheduler", "progress", "rng"))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.progress = Progress(**ckpt["progress"])
@@ -255,6 +253,7 @@ class Trainer:
         now = time.perf_counter()
         self.progress.train_seconds += now - self._clock
         self._clock = now
+        self._check_weights()
         rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -268,6 +267,7 @@ class Trainer:
 
     def _save_epoch_weights(self) -> None:
         """Weights only, as ``epoch-N.pt``; the oldest beyond ``keep_epoch_checkpoints`` are removed."""
+        self._check_weights()
         save_checkpoint({"model": self.model.state_dict(), "progress": asdict(self.progress)},
                         self.ckpt_dir / f"epoch-{self.progress.epoch}.pt")
         for old in epoch_checkpoints(self.ckpt_dir)[:-self.cfg.training.keep_epoch_checkpoints]:
@@ -341,17 +341,37 @@ class Trainer:
         loss_sum = token_loss(logits, batch.tgt_out, tc.label_smoothing)  # in fp32
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / n).backward()
-        if tc.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm)
+        value = loss_sum.item()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm) if tc.clip_grad_norm else None
+        if not math.isfinite(value) or (norm is not None and not torch.isfinite(norm)):
+            raise self._diverged(p.step + 1, f"the loss is {value / n:.4g}" if not math.isfinite(value) else
+                                 f"the gradient norm is {norm.item():.4g}")  # before the update: weights stay good
         self.optimizer.step()
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
         p.step += 1
-        value = loss_sum.item()
         p.window_loss += value
         p.window_tokens += n
         p.window_steps += 1
         return value / n
+
+    def _check_weights(self) -> None:
+        """Refuse to save weights that are no longer finite: a good checkpoint is never overwritten by them."""
+        if not torch.stack([torch.isfinite(w).all() for w in self.model.parameters()]).all():
+            raise self._diverged(self.progress.step, "the weights are no longer finite")
+
+    def _diverged(self, step: int, what: str) -> UserError:
+        """Training produced a non-finite number: stop with what to change (the checkpoints on
+        disk are the last good ones: nothing non-finite is saved)."""
+        tc = self.cfg.training
+        hints = [f"a lower training.lr (now {tc.lr:g})"]
+        if not tc.clip_grad_norm:
+            hints.append("training.clip_grad_norm=1.0 (now off)")
+        if tc.precision == "bf16":
+            hints.append("training.precision=fp32")
+        last = self.ckpt_dir / "last.pt"
+        kept = f"{last} is kept as it was" if last.exists() else "no checkpoint was written"
+        return UserError(f"step {step}: training diverged, {what}; {kept}. Try {' or '.join(hints)}")
 
     def _log_train(self, tokens_per_s: float) -> None:
         p = self.progress
@@ -423,11 +443,9 @@ class Trainer:
 
 def load_for_resume(model_dir: str | Path, overrides: list[str]) -> Config:
     """The config saved in a model directory, with command-line overrides applied."""
-    import yaml
-
     path = Path(model_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.yaml)")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = read_config_file(path)
     raw["output_dir"] = str(model_dir)
-    return from_dict(apply_overrides(raw, overrides), str(path))
+    return from_dict(raw, str(path), overrides)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .config import Config, SearchConfig, load_config
 from .data.dataset import pad_sources
 from .data.tokenizers import Tokenizer, load_tokenizers
@@ -97,7 +97,7 @@ class Translator:
         keep_freed_memory()
         state = load_checkpoint(path)
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-        model.load_state_dict(state["model"])
+        load_weights(model, state, path)
         return cls(model, src_tok, tgt_tok, cfg, resolve_device(device))
 
     @classmethod

@@ -103,10 +103,11 @@ def test_check_data_clean(tmp_path: Path, capsys):
 
 
 def test_check_data_clean_jsonl(tmp_path: Path, capsys):
-    path = write(tmp_path / "d.jsonl", "".join(json.dumps({"src": "a b", "tgt": ""}) + "\n" for _ in range(3)))
+    rows = [{"src": "a b", "tgt": ""}] * 3 + [{"src": "c", "tgt": "d"}]
+    path = write(tmp_path / "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     code, out, _ = run_main(capsys, ["check-data", str(path)])
     assert code == 0
-    assert out.splitlines()[:2] == [f"{path}: 3 examples", "  empty source: 0  empty target: 3"]
+    assert out.splitlines()[:2] == [f"{path}: 4 examples", "  empty source: 0  empty target: 3"]
 
 
 # --- debug ------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def test_train_unknown_key_in_override(tmp_path: Path, capsys):
     cfg = write(tmp_path / "c.yaml", "training:\n  epochs: 1\n")
     code, _, err = run_main(capsys, ["train", str(cfg), "training.epoch=3"])
     assert code == 2
-    assert one_error_line(err) == f"{cfg}: training.epoch: unknown key"
+    assert one_error_line(err) == "override 'training.epoch=3': unknown key (did you mean training.epochs?)"
 
 
 def test_train_unknown_key_debug_raises(tmp_path: Path):
@@ -209,4 +210,4 @@ def test_train_unknown_key_subprocess(tmp_path: Path):
     write(tmp_path / "c.yaml", "tokenizer:\n  src:\n    knd: char\n")
     proc = run_cli(tmp_path, "train", "c.yaml")
     assert proc.returncode == 2
-    assert one_error_line(proc.stderr) == "c.yaml: tokenizer.src.knd: unknown key"
+    assert one_error_line(proc.stderr) == "c.yaml: tokenizer.src.knd: unknown key (did you mean tokenizer.src.kind?)"

@@ -299,13 +299,17 @@ def test_count_and_stats_known_corpus(tmp_path):
 
 
 def test_count_and_stats_text_pair_and_empty_corpus(tmp_path):
-    src = write(tmp_path / "a.en", "één twee\n")
-    tgt = write(tmp_path / "a.de", "\n")
+    src = write(tmp_path / "a.en", "één twee\nx\n")
+    tgt = write(tmp_path / "a.de", "\ny\n")
     stats = count_and_stats(src, tgt)
-    assert (stats.examples, stats.empty_src, stats.empty_tgt) == (1, 0, 1)
-    assert stats.src_chars == LengthStats(8, 8, 8.0, 8, 8)  # characters, not bytes
-    empty = count_and_stats(write(tmp_path / "e.jsonl", ""))
-    assert empty.examples == 0 and empty.src_tokens == LengthStats(0, 0, 0.0, 0, 0)
+    assert (stats.examples, stats.empty_src, stats.empty_tgt) == (2, 0, 1)
+    assert stats.src_chars == LengthStats(1, 8, 4.5, 1, 8)  # characters, not bytes
+    # what training refuses, check-data refuses: no pairs, or none with text on both sides
+    empty = write(tmp_path / "e.jsonl", "")
+    with pytest.raises(DataError, match=r"e\.jsonl: no usable pairs: it holds no pairs"):
+        count_and_stats(empty)
+    with pytest.raises(DataError, match=r"a\.de: no usable pairs: all 1 pairs have an empty side"):
+        count_and_stats(write(tmp_path / "a.de", "\n"), write(tmp_path / "a.de", "\n"))
 
 
 def test_count_and_stats_propagates_data_errors(tmp_path):

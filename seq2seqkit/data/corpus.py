@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,12 @@ Format = Literal["auto", "text", "tsv", "jsonl"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
+# Where text is expected: control characters that are not whitespace to the tokenizers (NUL,
+# escape, DEL, ...: usually a binary file or a broken conversion) and lone surrogates (JSON
+# "\ud800" escapes, which no tokenizer can encode as UTF-8) are refused. Tab, line feed,
+# carriage return and the other characters str.isspace() accepts are whitespace and stay.
+_NOT_TEXT = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ud800-\udfff]")
+_CONTROL_NAMES = {0x00: "NUL", 0x1B: "escape", 0x7F: "DEL"}
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number",
                float: "number", bool: "boolean", type(None): "null"}
 
@@ -33,6 +40,44 @@ class Example:
     line: int  # 1-based physical line number in the source file(s)
     src: str   # only the trailing "\n" / "\r\n" is removed; other whitespace is kept
     tgt: str
+
+
+def _text(text: str, path: str | Path, lineno: int, side: str) -> str:
+    """``text`` if it is text; a DataError at ``path:lineno`` naming the first character that is not."""
+    bad = _NOT_TEXT.search(text)
+    if bad is None:
+        return text
+    code = ord(bad.group())
+    if 0xD800 <= code <= 0xDFFF:
+        what = f"lone surrogate U+{code:04X}, which cannot be encoded as UTF-8"
+    else:
+        name = _CONTROL_NAMES.get(code)
+        what = f"control character U+{code:04X}" + (f" ({name})" if name else "") + ", where text is expected"
+    raise DataError(path, lineno, f"{what} (the {side} text, character {bad.start() + 1}); is it a binary file?")
+
+
+def _example(lineno: int, src: str, tgt: str, src_path: str | Path, tgt_path: str | Path | None = None) -> Example:
+    """An Example whose sides are checked to be text (see ``_NOT_TEXT``)."""
+    return Example(lineno, _text(src, src_path, lineno, "source"), _text(tgt, tgt_path or src_path, lineno, "target"))
+
+
+def has_text(ex: Example) -> bool:
+    """Whether a pair can be trained on: both sides hold a non-whitespace character. Training skips
+    the others (or stops on them with data.on_invalid=error); ``s2s check-data`` counts them."""
+    return bool(ex.src.strip() and ex.tgt.strip())
+
+
+def require_usable(path: str | Path, name: str | None, usable: int, total: int, too_long: int = 0) -> None:
+    """The gate that training and ``s2s check-data`` share: a corpus without one usable pair is refused."""
+    if usable:
+        return
+    if total == 0:
+        why = "it holds no pairs"
+    elif too_long:
+        why = f"all {total} pairs have an empty side or are too long"
+    else:
+        why = f"all {total} pairs have an empty side"
+    raise DataError(path, None, f"no usable pairs{f' in the {name} data' if name else ''}: {why}")
 
 
 def detect_format(path: str | Path) -> Format:
@@ -113,7 +158,7 @@ def _iter_pair(src: str | Path, tgt: str | Path) -> Iterator[Example]:
                 raise DataError(src, None, f"has {_plural(n_src)} but {tgt} has "
                                            f"{_plural(n_tgt)}: the files must be line-aligned")
             n = x[0]
-            yield Example(n, decode_line(x[1], src, n), decode_line(y[1], tgt, n))
+            yield _example(n, decode_line(x[1], src, n), decode_line(y[1], tgt, n), src, tgt)
     finally:
         a.close()
         b.close()
@@ -134,7 +179,7 @@ def _iter_tsv(path: str | Path) -> Iterator[Example]:
         fields = line.split("\t")
         if len(fields) != 2:
             raise bad(lineno, len(fields))
-        yield Example(lineno, fields[0], fields[1])
+        yield _example(lineno, fields[0], fields[1], path)
 
 
 def _iter_jsonl(path: str | Path) -> Iterator[Example]:
@@ -145,6 +190,8 @@ def _iter_jsonl(path: str | Path) -> Iterator[Example]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, or [[[[... nested too deep
+            raise DataError(path, lineno, f"invalid JSON: {'nested too deeply' if isinstance(e, RecursionError) else e}") from None
         if not isinstance(obj, dict):
             raise DataError(path, lineno, "expected a JSON object with \"src\" and \"tgt\", "
                                           f"found {_JSON_TYPES.get(type(obj), 'value')}")
@@ -154,7 +201,7 @@ def _iter_jsonl(path: str | Path) -> Iterator[Example]:
             if not isinstance(obj[key], str):
                 kind = _JSON_TYPES.get(type(obj[key]), "value")
                 raise DataError(path, lineno, f'"{key}" must be a string, found {kind}')
-        yield Example(lineno, obj["src"], obj["tgt"])
+        yield _example(lineno, obj["src"], obj["tgt"], path)
 
 
 def iter_examples(src: str | Path, tgt: str | Path | None = None,
@@ -228,10 +275,12 @@ class CorpusStats:
 
 def count_and_stats(src: str | Path, tgt: str | Path | None = None,
                     fmt: Format = "auto") -> CorpusStats:
-    """Read the whole corpus once, validating it, and keep only the lengths (not the text)."""
+    """Read the whole corpus once, validating it as training does (the same readers, and
+    :func:`require_usable`), and keep only the lengths (not the text)."""
     lens = {k: array("q") for k in ("st", "tt", "sc", "tc")}
-    empty_src = empty_tgt = 0
+    empty_src = empty_tgt = usable = 0
     for ex in iter_examples(src, tgt, fmt):
+        usable += has_text(ex)
         s_tok, t_tok = len(ex.src.split()), len(ex.tgt.split())
         lens["st"].append(s_tok)
         lens["tt"].append(t_tok)
@@ -239,6 +288,7 @@ def count_and_stats(src: str | Path, tgt: str | Path | None = None,
         lens["tc"].append(len(ex.tgt))
         empty_src += s_tok == 0
         empty_tgt += t_tok == 0
+    require_usable(src, None, usable, len(lens["st"]))
     return CorpusStats(len(lens["st"]), empty_src, empty_tgt,
                        LengthStats.of(lens["st"]), LengthStats.of(lens["tt"]),
                        LengthStats.of(lens["sc"]), LengthStats.of(lens["tc"]))

