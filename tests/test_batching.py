@@ -125,7 +125,7 @@ def test_encode_corpus_nothing_usable(tmp_path: Path):
     src_tok, tgt_tok = char_toks([("ab", "ab")])
     with pytest.raises(DataError) as info:
         encode_corpus(CorpusConfig(path=str(path)), DataConfig(), src_tok, tgt_tok, "dev")
-    assert str(info.value) == f"{path}: no usable pairs in the dev data"
+    assert str(info.value) == f"{path}: no usable pairs in the dev data: all 2 pairs have an empty side"
 
 
 # --- token_batches ----------------------------------------------------------------------
