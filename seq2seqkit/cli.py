@@ -343,6 +343,8 @@ def describe_os_error(e: OSError) -> str:
     what = e.strerror or str(e)
     if e.errno == errno.ENOTDIR:
         what += " (a part of the path is a file)"
+    elif e.errno == errno.EEXIST:  # mkdir over a file
+        what += " (a file where a directory is needed)"
     if e.filename is None:
         return what
     if e.filename2 is not None:

@@ -188,7 +188,7 @@ class EarlyStoppingConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    seed: int = 1234
+    seed: int = Field(1234, ge=0, lt=2**63)  # numpy's generators take no negative seed, torch none past 2**64
     device: Literal["auto", "cpu", "cuda"] = "auto"
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop after this many updates (overrides epochs)
@@ -218,6 +218,8 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _schedule_options(self) -> TrainingConfig:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise Invalid("betas", f"Adam's betas must each be in [0, 1), got {list(self.betas)}")
         if self.lr_schedule == "plateau" and self.warmup_steps:
             raise Invalid("warmup_steps", "not supported with lr_schedule=plateau (set it to 0)", ("lr_schedule",))
         return self

@@ -213,7 +213,7 @@ class Trainer:
         if not self.log_file.exists():
             return
         keep = []
-        for line in self.log_file.read_text(encoding="utf-8").splitlines():
+        for line in self.log_file.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:  # a line torn by the crash we resume from

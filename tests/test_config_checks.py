@@ -111,6 +111,12 @@ def test_plateau_with_warmup_is_refused_at_load():
     assert msg == "override 'training.warmup_steps=100': not supported with lr_schedule=plateau (set it to 0)"
 
 
+def test_values_the_libraries_would_refuse_late():
+    assert error(None, "training.betas=[0.9, 1.0]") == (
+        "override 'training.betas=[0.9, 1.0]': Adam's betas must each be in [0, 1), got [0.9, 1.0]")
+    assert error(None, "training.seed=-1").startswith("override 'training.seed=-1': Input should be greater than or equal to 0")
+
+
 def test_validation_settings_need_a_dev_set():
     assert error(None, "training.early_stopping.patience=3") == (
         "override 'training.early_stopping.patience=3': acts on validations, but there is no dev set (set data.dev)")

@@ -204,6 +204,14 @@ def load_tokenizers(directory: str | Path) -> tuple[Tokenizer, Tokenizer]:
         meta = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{directory}: no {MANIFEST}; is this a model directory?") from None
-    src = _load_one(directory, meta["src"])
-    tgt = src if meta.get("joint") else _load_one(directory, meta["tgt"])
+    except ValueError as e:  # not UTF-8, not JSON
+        raise UserError(f"{directory / MANIFEST}: damaged ({e})") from None
+    try:
+        src = _load_one(directory, meta["src"])
+        tgt = src if meta.get("joint") else _load_one(directory, meta["tgt"])
+    except FileNotFoundError as e:
+        raise UserError(f"{e.filename}: missing from the model directory (named in {MANIFEST})") from None
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:  # a manifest or vocabulary of another shape, a bad model
+        raise UserError(f"{directory}: its tokenizers cannot be loaded ({type(e).__name__}: {e}); "
+                        f"is this a model directory this toolkit wrote?") from None
     return src, tgt
