@@ -73,8 +73,9 @@ def apply_search_flags(tr: Translator, args: argparse.Namespace) -> None:
 
     from .config import Invalid, SearchConfig
 
-    given = {SEARCH_FIELDS.get(k, k): f for k, f in SEARCH_FLAGS.items() if getattr(args, k, None) is not None}
-    updates = {SEARCH_FIELDS.get(k, k): getattr(args, k) for k in SEARCH_FLAGS if getattr(args, k, None) is not None}
+    given = {SEARCH_FIELDS.get(k, k): (flag, getattr(args, k)) for k, flag in SEARCH_FLAGS.items()
+             if getattr(args, k, None) is not None}  # field -> (flag, value)
+    updates = {field: value for field, (_, value) in given.items()}
     try:
         tr.cfg.search = SearchConfig.model_validate({**tr.cfg.search.model_dump(), **updates})
     except ValidationError as e:
@@ -84,7 +85,7 @@ def apply_search_flags(tr: Translator, args: argparse.Namespace) -> None:
         if isinstance(cause, Invalid):  # a check across fields: the field at fault, then the others
             fields = [cause.key, *cause.also]
         # the flag of the field at fault if it was given, else the given flag that took part
-        flag = next((given[f] for f in fields if f in given), "search flags")
+        flag = next((given[f][0] for f in fields if f in given), "search flags")
         raise ConfigError(f"{flag}: {err['msg'].removeprefix('Value error, ')}") from None
 
 

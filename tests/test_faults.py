@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,6 +147,27 @@ def test_train_output_dir_under_a_file(tmp_path: Path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
 
 
+def test_train_output_dir_that_is_a_file(tmp_path: Path, capsys):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    assert main(["-q", "train", str(write_config(tmp_path, tmp_path / "notes.txt"))]) == 2
+    assert one_line(capsys) == f"{tmp_path / 'notes.txt'}: File exists (a file where a directory is needed)"
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_stdout_on_a_full_disk_is_one_line(trained: Path, tmp_path: Path):
+    """`s2s translate > /dev/full`: the error when stdout is flushed, and nothing at interpreter exit."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    src = tmp_path / "in.txt"
+    src.write_text("a b c\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "seq2seqkit.cli", "translate", "-m", str(trained), "-i", str(src)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr == "s2s: error: No space left on device\n"
+
+
 def test_resume_read_only_model_dir(trained: Path, tmp_path: Path, capsys):
     model = copy_model(trained, tmp_path / "model")
     before = (model / "checkpoints" / "last.pt").read_bytes()
@@ -246,6 +268,17 @@ def test_checkpoint_without_weights_or_garbage_or_weights_only(trained: Path, tm
     assert main(["-q", "train", "--resume", str(model), "training.max_steps=4"]) == 2
     assert one_line(capsys) == (f"{last}: not a training checkpoint: no 'optimizer' state (weights only, "
                                 f"e.g. an epoch or averaged checkpoint?)")
+
+
+def test_damaged_tokenizers_are_one_line(trained: Path, tmp_path: Path, capsys):
+    model = copy_model(trained, tmp_path / "model")
+    manifest = model / "tokenizers.json"
+    manifest.write_text('{"src": ', encoding="utf-8")
+    assert main(["-q", "translate", "-m", str(model), "-i", str(manifest)]) == 2
+    assert one_line(capsys).startswith(f"{manifest}: damaged (Expecting value")
+    manifest.write_text('{"src": {"kind": "word", "vocab": "gone.json"}, "tgt": {"kind": "word"}}', encoding="utf-8")
+    assert main(["-q", "translate", "-m", str(model), "-i", str(manifest)]) == 2
+    assert one_line(capsys) == f"{model / 'gone.json'}: missing from the model directory (named in tokenizers.json)"
 
 
 # --- training that diverges ------------------------------------------------------------------
