@@ -413,16 +413,22 @@ def from_dict(raw: dict[str, Any], source: str = "config", overrides: list[str] 
         raise ConfigError(_format_error(e, source, overrides)) from None
 
 
+MAX_CONFIG_BYTES = 2**20
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping a YAML config file holds; every problem with the file is one ConfigError."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:  # read to a limit: `/dev/zero` or a huge file given by mistake must not hang
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES // 2**20} MiB: not a config file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

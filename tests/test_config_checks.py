@@ -50,6 +50,8 @@ def test_config_path_that_is_a_directory_or_not_utf8(tmp_path: Path):
     assert error(tmp_path) == f"{tmp_path}: is a directory, not a config file"
     latin1 = write(tmp_path / "c.yaml", "name: x\ntraining:\n  epochs: 2 # caf\xe9\n".encode("latin-1"))
     assert error(latin1) == f"{latin1}:3: not UTF-8 text (byte 0xe9); save the config as UTF-8"
+    if Path("/dev/zero").exists():  # endless: read to a limit, not until memory runs out
+        assert error(Path("/dev/zero")) == "/dev/zero: over 1 MiB: not a config file"
 
 
 # --- values that are the wrong kind ------------------------------------------------------
