@@ -253,11 +253,23 @@ def test_the_lock_is_held_from_set_up_to_the_end_of_training_and_never_leaks(tmp
     with RunLock(cfg.output_dir):
         pass
 
+    crashing = Trainer(tiny_config(tmp_path / "crash", max_steps=2, num_threads=1))
+
+    def boom(batch):
+        raise RuntimeError("boom")
+
+    crashing.train_step = boom
+    with pytest.raises(RuntimeError, match="boom"):
+        crashing.train()  # an error inside training (the Trainer itself stays alive here) ...
+    with RunLock(crashing.out):  # ... releases the lock too
+        pass
+
     bad = tiny_config(tmp_path / "bad")
     bad.data.dev.src = str(tmp_path / "missing.txt")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError) as failure:
         Trainer(bad)  # fails during set-up, after taking the lock
-    with RunLock(bad.output_dir):  # ... which it gave back
+    assert failure.tb is not None  # the traceback keeps the half-built Trainer alive (as in a notebook) ...
+    with RunLock(bad.output_dir):  # ... but it gave the lock back
         pass
 
 
