@@ -168,11 +168,39 @@ def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
 def write_average(model_dir: Path, last: int, name: str = "averaged") -> tuple[Path, list[Path]]:
     """Write ``MODEL_DIR/checkpoints/NAME.pt``, the mean of the last ``last`` epoch checkpoints;
     returns its path and the files averaged. Loadable as ``Translator.load(..., checkpoint=NAME)``."""
+    from .rundir import RunLock
+
     ckpt_dir = Path(model_dir) / "checkpoints"
-    if name in ("best", "last") or name.startswith("epoch-"):
-        raise UserError(f"--output {name}: would overwrite a training checkpoint; choose another name")
+    check_average_name(name)
     if last < 1:
         raise UserError(f"--last {last}: must be at least 1")
+    if not ckpt_dir.is_dir():
+        raise UserError(f"{model_dir}: not a model directory (no checkpoints/)")
+    with RunLock(model_dir):  # not while a run writes (and prunes) its checkpoints
+        return _write_average(ckpt_dir, last, name)
+
+
+def check_average_name(name: str) -> None:
+    """``--output NAME`` is a plain file name (NAME.pt in checkpoints/), not a path, and not the
+    name of a checkpoint that training writes."""
+    if not name or name in (".", "..") or "/" in name or (os.altsep and os.altsep in name) or "\0" in name:
+        raise UserError(f"--output {name!r}: must be a plain name such as 'averaged' (written as "
+                        f"MODEL_DIR/checkpoints/NAME.pt), not a path")
+    if name in ("best", "last") or name.startswith("epoch-"):
+        raise UserError(f"--output {name}: would overwrite a training checkpoint; choose another name")
+
+
+def _is_average(path: Path) -> bool:
+    try:
+        return path.is_file() and "averaged" in load_checkpoint(path)
+    except UserError:
+        return False
+
+
+def _write_average(ckpt_dir: Path, last: int, name: str) -> tuple[Path, list[Path]]:
+    out = ckpt_dir / f"{name}.pt"
+    if out.exists() and not _is_average(out):
+        raise UserError(f"{out}: exists and is not an average written by 's2s average'; choose another --output")
     found = epoch_checkpoints(ckpt_dir)
     if not found:
         raise UserError(f"{ckpt_dir}: no epoch-N.pt checkpoints (train with training.keep_epoch_checkpoints=N)")
@@ -180,6 +208,5 @@ def write_average(model_dir: Path, last: int, name: str = "averaged") -> tuple[P
         raise UserError(f"{ckpt_dir}: --last {last} asked, but only {len(found)} epoch checkpoints are kept "
                         f"({', '.join(p.name for p in found)})")
     chosen = found[-last:]
-    out = ckpt_dir / f"{name}.pt"
     save_checkpoint({"model": average_checkpoints(chosen), "averaged": [p.name for p in chosen]}, out)
     return out, chosen

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import errno
 import logging
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,10 +124,23 @@ def load_translator(args: argparse.Namespace) -> Translator:
     return Translator.ensemble(args.model, checkpoint=args.checkpoint, device=args.device)
 
 
+def check_output_file(output: Path, input: str | None) -> None:
+    """``-o`` replaces a file: refuse the input itself and the files of a model directory."""
+    from .rundir import owner_of
+
+    if input and input != "-" and output.exists() and Path(input).exists() and output.samefile(input):
+        raise UserError(f"-o {output}: is the input file (-i); write the output elsewhere")
+    owner = owner_of(output)
+    if owner is not None:
+        raise UserError(f"-o {output}: is one of the files of the model directory {owner}; write the output elsewhere")
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_open
     from .translate import chunked, ranking_score
 
+    if args.output:
+        check_output_file(Path(args.output), args.input)
     tr = load_translator(args)
     apply_search_flags(tr, args)
     if args.plot_attention and args.engine == "ctranslate2":
@@ -220,18 +232,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Train the embedded G2P task with the quick config, then score its test split."""
     from .config import load_config
     from .evaluate import evaluate_model, format_examples, load_eval_set
+    from .rundir import remove_model_dir
     from .training import Trainer, load_for_resume
     from .translate import Translator
 
     out = Path(args.output_dir)
     overrides = [f"output_dir={out}"] + args.overrides
-    if args.retrain and out.exists():
-        shutil.rmtree(out)
+    if args.retrain and (out.exists() or out.is_symlink()):
+        remove_model_dir(out)  # only a model directory this toolkit wrote, holding nothing else, not in use
     last = out / "checkpoints" / "last.pt"
     if last.exists():
         cfg = load_for_resume(out, args.overrides)
         trainer = Trainer(cfg, resume=True)
         if trainer.progress.done:
+            trainer.close()
             print(f"{out} already holds the trained demo model (pass --retrain to train it again)")
         else:
             trainer.train()

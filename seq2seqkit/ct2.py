@@ -27,6 +27,7 @@ have no spec there, and exporting one is refused with that reason.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from .config import Config, load_config
 from .data.tokenizers import BOS, EOS, MANIFEST, PAD, UNK, Tokenizer, load_tokenizers
 from .errors import UserError
 from .models.transformer import TransformerSeq2Seq
+from .rundir import EXPORT, check_ours, write_marker
 from .search import Hypothesis
 from .translate import Translator
 
@@ -158,13 +160,18 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, checkpoint: s
     """Convert ``MODEL_DIR``'s Transformer into a CTranslate2 model directory ``OUT_DIR``.
 
     Written into a temporary directory beside ``OUT_DIR`` and renamed into place at the end, so
-    an interrupted export leaves no half-written model, and an existing ``OUT_DIR`` (replaced
-    only with ``force``) stays intact until the new one is complete.
+    an interrupted export leaves no half-written model, and an existing ``OUT_DIR`` stays intact
+    until the new one is complete. ``OUT_DIR`` may not be, hold or lie inside ``MODEL_DIR``, and
+    an existing one is replaced only with ``force`` and only if it is an earlier export (marked
+    as such, holding no other files).
     """
     ct2 = _ctranslate2()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if out_dir.exists() and not force:
-        raise UserError(f"{out_dir} already exists (pass --force to replace it)")
+    _check_apart(model_dir, out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        if not force:
+            raise UserError(f"{out_dir} already exists (pass --force to replace it)")
+        check_ours(out_dir, EXPORT, "replace it")  # an earlier export, holding nothing of the user's
     tr = Translator.load(model_dir, checkpoint=checkpoint, device="cpu")
     if not isinstance(tr.model, TransformerSeq2Seq):
         raise UserError(f"{model_dir}: CTranslate2 runs Transformers only; this model's family is "
@@ -176,23 +183,54 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, checkpoint: s
             return spec_holder
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = _scratch_dir(out_dir, ".tmp")
     try:
         _Converter().convert(str(staging), quantization=quantization, force=True)
         for name in model_files(model_dir):
             shutil.copy2(model_dir / name, staging / name)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-        staging.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        write_marker(staging, EXPORT)
+        _swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _check_apart(model_dir: Path, out_dir: Path) -> None:
+    """OUT_DIR must be neither the model directory being exported, nor inside it, nor around it
+    (symbolic links resolved): replacing it would destroy the source."""
+    src, dst = model_dir.resolve(), out_dir.resolve()
+    relation = ("is" if dst == src else "is inside" if src in dst.parents
+                else "contains" if dst in src.parents else None)
+    if relation:
+        raise UserError(f"{out_dir}: {relation} the model directory being exported ({model_dir}); "
+                        f"choose an OUT_DIR outside it")
+
+
+def _scratch_dir(beside: Path, suffix: str) -> Path:
+    """A new, uniquely named hidden directory beside ``beside``, with the usual permissions."""
+    path = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=suffix, dir=beside.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)  # mkdtemp makes 0700
+    return path
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is moved aside first and deleted only
+    once ``new`` is in place (restored if the rename fails)."""
+    if not (target.exists() or target.is_symlink()):
+        new.rename(target)
+        return
+    trash = _scratch_dir(target, ".old")
+    target.rename(trash / target.name)
+    try:
+        new.rename(target)
+    except BaseException:
+        (trash / target.name).rename(target)
+        trash.rmdir()
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def is_ctranslate2_dir(path: str | Path) -> bool:

