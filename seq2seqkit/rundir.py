@@ -157,7 +157,7 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as e:
-            raise UserError(f"{self.path}: cannot open the run lock ({e.strerror})") from None
+            raise UserError(f"{self.path}: cannot open the run lock: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -167,7 +167,7 @@ class RunLock:
                             f"or stop it") from None
         except OSError as e:  # a file system without locks
             os.close(fd)
-            raise UserError(f"{self.path}: cannot lock the model directory ({e.strerror})") from None
+            raise UserError(f"{self.path}: cannot lock the model directory: {e.strerror}") from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

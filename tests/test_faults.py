@@ -150,7 +150,7 @@ def test_train_output_dir_under_a_file(tmp_path: Path, capsys):
 def test_train_output_dir_that_is_a_file(tmp_path: Path, capsys):
     (tmp_path / "notes.txt").write_text("mine\n")
     assert main(["-q", "train", str(write_config(tmp_path, tmp_path / "notes.txt"))]) == 2
-    assert one_line(capsys) == f"{tmp_path / 'notes.txt'}: File exists (a file where a directory is needed)"
+    assert one_line(capsys) == f"{tmp_path / 'notes.txt'}: exists and is not a directory; choose another output_dir"
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
 
 
