@@ -65,7 +65,10 @@ def read_hypotheses(path: str | Path, data: EvalSet, ref_name: str | Path) -> li
         return [lines[first[i]] for i in range(n_items)]
     rows = f"{n_rows} row{'s' if n_rows != 1 else ''}"
     if n_items == n_rows:
-        raise DataError(path, None, f"has {len(lines)} lines but {ref_name} has {rows}: give one output per row")
+        distinct = n_rows - data.repeated_sources
+        hint = f" ({distinct} is its number of distinct sources: to score one output per source, add --group-by-source)" \
+            if data.repeated_sources and len(lines) == distinct else ""
+        raise DataError(path, None, f"has {len(lines)} lines but {ref_name} has {rows}: give one output per row{hint}")
     raise DataError(path, None, f"has {len(lines)} lines but {ref_name} has {rows} ({n_items} distinct sources): "
                                 f"give one output per row, or one per distinct source in order of first appearance")
 

@@ -105,6 +105,9 @@ def test_hypothesis_line_count_must_match_rows_or_distinct_sources(g2p_like, tmp
     assert f"has {n_rows - 1} lines but {tsv} has {n_rows} rows (10 distinct sources): give one output per row" in err
     code, _, err = run(capsys, "evaluate", "--hyp", str(hyp), "--src", tsv)
     assert code == 2 and f"has {n_rows} rows: give one output per row\n" in err
+    # One output per word but no grouping asked for: the error says what would take it.
+    code, _, err = run(capsys, "evaluate", "--hyp", str(g2p_like["unique.txt"]), "--src", tsv)
+    assert code == 2 and "(10 is its number of distinct sources: to score one output per source, add --group-by-source)" in err
 
 
 def test_rows_of_one_source_must_agree_when_grouped(g2p_like, tmp_path, capsys):
