@@ -16,7 +16,7 @@ import seq2seqkit
 from seq2seqkit.cli import main
 from seq2seqkit.config import CorpusConfig, dump_config
 from seq2seqkit.data.dataset import token_batches
-from seq2seqkit.training import Trainer
+from seq2seqkit.training import Trainer, load_for_resume
 
 from conftest import tiny_config, write_reverse_task
 
@@ -153,6 +153,13 @@ def test_training_log_counts_steps_up_to_max_steps(tmp_path, caplog):
     # Without max_steps the plan is every epoch's batches.
     trainer.cfg.training.max_steps = None
     assert trainer.planned_steps() == 2 * per_epoch
+    # Resumed with a raised limit: where it stands, in the epochs a person counts.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="seq2seqkit"):
+        Trainer(load_for_resume(cfg.output_dir, ["training.max_steps=8", "training.log_every=1"]), resume=True).train()
+    assert "resumed at step 6, epoch 1/2 (batch 6)" in caplog.text
+    assert "training: 8 steps planned (2 epochs, max_steps 8), from step 6, epoch 1/2 (batch 6)" in caplog.text
+    assert re.search(r"step 7/8 \(epoch 1/2\) .* \| ETA \d\d:\d\d", caplog.text)
 
 
 def test_demo_reports_a_finished_run_with_its_epochs(model_dir, capsys, caplog):
