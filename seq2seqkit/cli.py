@@ -11,6 +11,7 @@ import contextlib
 import errno
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError, DataError, UserError
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command needs them
+    from .evaluate import EvalSet
     from .search import Hypothesis
     from .translate import Translator
 
@@ -149,7 +151,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if plot_dir:
         enable_attention(tr.model, args.attention_layer)
     show_scores = tr.cfg.search.nbest > 1
-    count = 0
+    count, start = 0, time.perf_counter()
     with atomic_open(args.output) if args.output else contextlib.nullcontext(sys.stdout) as f:
         for chunk in chunked(_input_lines(args.input), 2000):
             for text, hyps in zip(chunk, tr.nbest_hypotheses(chunk)):
@@ -164,26 +166,63 @@ def cmd_translate(args: argparse.Namespace) -> int:
                     out = tr.tgt_tok.decode(h.tokens)
                     f.write(f"{out}\t{ranking_score(h):.4f}\n" if show_scores else out + "\n")
         f.flush()
+    if args.output and not args.quiet:
+        seconds = time.perf_counter() - start
+        print(f"s2s: translated {count} line{'' if count == 1 else 's'} in {seconds:.1f} s "
+              f"({count / max(seconds, 1e-9):.1f} lines/s) -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _note_repeated_sources(data: EvalSet, args: argparse.Namespace) -> None:
+    """Say when rows were scored one by one although some share a source (G2P: a word's
+    alternative pronunciations), since grouping them gives another number."""
+    if data.repeated_sources and not args.quiet:
+        print(f"s2s: note: {data.repeated_sources} rows repeat an earlier row's source and were scored row by row; "
+              f"--group-by-source scores each source once against all its references", file=sys.stderr)
+
+
+def evaluate_hypotheses(args: argparse.Namespace) -> int:
+    """``--hyp FILE``: score outputs made elsewhere exactly as ``-m`` scores a model's outputs."""
+    from . import metrics as M
+    from .evaluate import format_examples, load_eval_set, load_references, read_hypotheses
+
+    if args.src:
+        data = load_eval_set(args.src, args.ref, group_by_source=bool(args.group_by_source))
+    elif args.ref:
+        if args.group_by_source:
+            raise UserError("--group-by-source: needs the sources to group by: add --src (a text file "
+                            "line-aligned with --ref, or one TSV/JSONL file holding src and tgt)")
+        if args.examples:
+            raise UserError("--examples: needs the sources to show: add --src (a text file line-aligned with --ref)")
+        data = load_references(args.ref)
+    else:
+        raise UserError("--hyp: give the references: --ref FILE, or --src FILE (TSV/JSONL holding src and tgt)")
+    hyps = read_hypotheses(args.hyp, data, args.ref or args.src)
+    if args.group_by_source is None:
+        _note_repeated_sources(data, args)
+    print(M.score(hyps, data.refs, args.metrics or ["bleu", "chrf"]).format())
+    if args.examples:
+        print(format_examples(data, hyps, args.examples))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import metrics as M
     from .evaluate import evaluate_model, format_examples, load_eval_set
 
     if args.model is None:
-        if not args.hyp or not args.ref:
-            raise UserError("evaluate: give -m MODEL_DIR --src FILE --ref FILE, or --hyp FILE --ref FILE")
-        data = load_eval_set(args.hyp, args.ref)
-        metrics = args.metrics or ["bleu", "chrf"]
-        print(M.score(data.sources, data.refs, metrics).format())
-        return 0
+        if not args.hyp:
+            raise UserError("evaluate: give -m MODEL_DIR --src FILE, or --hyp FILE with --ref FILE and/or --src FILE")
+        return evaluate_hypotheses(args)
+    if args.hyp:
+        raise UserError("--hyp: scores outputs made elsewhere, -m runs a model: give one of them")
     tr = load_translator(args)
     apply_search_flags(tr, args)
     if not args.src:
         raise UserError("evaluate: --src is required with -m (a TSV/JSONL file, or a text file with --ref)")
     group = tr.cfg.evaluation.group_by_source if args.group_by_source is None else args.group_by_source
     data = load_eval_set(args.src, args.ref, group_by_source=group)
+    if args.group_by_source is None:
+        _note_repeated_sources(data, args)
     scores, hyps = evaluate_model(tr, data, args.metrics or tr.cfg.evaluation.metrics)
     print(scores.format())
     if args.examples:
@@ -246,7 +285,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         trainer = Trainer(cfg, resume=True)
         if trainer.progress.done:
             trainer.close()
-            print(f"{out} already holds the trained demo model (pass --retrain to train it again)")
+            print(f"{out} already holds the trained demo model ({trainer.where()}); "
+                  f"pass --retrain to train it again")
         else:
             trainer.train()
     else:
@@ -255,7 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     tr = Translator.load(out)
     data = load_eval_set(tr.cfg.data.test.path, group_by_source=True)  # type: ignore[arg-type]
     scores, hyps = evaluate_model(tr, data, ["wer", "per", "exact", "chrf"])
-    print(f"\nG2P test split ({len(data.sources)} words), greedy decoding:")
+    print(f"\nG2P test split ({len(data.refs)} words), greedy decoding:")
     print(scores.format())
     print("\nexamples:")
     print(format_examples(data, hyps, 10))
@@ -308,9 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a model, or a file of outputs, against references")
     model_args(ev, False)
-    ev.add_argument("--src", help="source file (text with --ref, or one TSV/JSONL file)")
+    ev.add_argument("--src", help="source file (text with --ref, or one TSV/JSONL file); with --hyp: the sources "
+                                  "to group by")
     ev.add_argument("--ref", help="reference file, line-aligned")
-    ev.add_argument("--hyp", help="outputs to score instead of running a model")
+    ev.add_argument("--hyp", help="outputs to score instead of running a model: one line per row of the "
+                                  "references, or (grouped) one per distinct source")
     ev.add_argument("--metrics", nargs="+", choices=["bleu", "chrf", "wer", "per", "exact"])
     ev.add_argument("--group-by-source", action=argparse.BooleanOptionalAction, default=None,
                     help="identical sources count once, their targets as alternative references")

@@ -253,6 +253,11 @@ class CTranslate2Translator(Translator):
         self.model = None  # no PyTorch model: translate/nbest/translate_stream go through nbest_hypotheses
         self.device = torch.device("cpu")
         self._src_vocab, self._tgt_index = vocabulary(src_tok), {t: i for i, t in enumerate(vocabulary(tgt_tok))}
+        self.family = cfg.model.family
+
+    def __repr__(self) -> str:
+        return (f"CTranslate2Translator(family={self.family}, compute type={self.engine.compute_type}, "
+                f"{self._vocabularies()}, device={self.engine.device})")
 
     @classmethod
     def load(cls, model_dir: str | Path, checkpoint: str = "best", device: str = "auto",  # type: ignore[override]

@@ -7,14 +7,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import metrics as M
-from .data.corpus import iter_examples
+from .data.corpus import iter_examples, read_lines
+from .errors import DataError
 from .translate import Translator
 
 
 @dataclass
 class EvalSet:
-    sources: list[str]
-    refs: list[list[str]]  # alternatives per source
+    sources: list[str] | None  # None: only references were given (a --hyp file against --ref)
+    refs: list[list[str]]  # alternatives per item
+    rows: list[int]  # the item of each row of the file(s) read: identity unless grouped by source
+
+    @property
+    def repeated_sources(self) -> int:
+        """How many rows repeat an earlier row's source (0 when grouped: each source is one item)."""
+        return 0 if self.sources is None else len(self.sources) - len(set(self.sources))
 
 
 def load_eval_set(src: str | Path, ref: str | Path | None = None, fmt: str = "auto", group_by_source: bool = False) -> EvalSet:
@@ -23,18 +30,58 @@ def load_eval_set(src: str | Path, ref: str | Path | None = None, fmt: str = "au
     pairs = [(ex.src, ex.tgt) for ex in iter_examples(src, ref, fmt=fmt)]  # type: ignore[arg-type]
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     if group_by_source:
-        return EvalSet(*M.group_references(sources, targets))
-    return EvalSet(sources, [[t] for t in targets])
+        unique, refs = M.group_references(sources, targets)
+        item = {s: i for i, s in enumerate(unique)}
+        return EvalSet(unique, refs, [item[s] for s in sources])
+    return EvalSet(sources, [[t] for t in targets], list(range(len(pairs))))
+
+
+def load_references(ref: str | Path) -> EvalSet:
+    """One reference per line, sources unknown (so nothing can be grouped)."""
+    refs = [[line] for _, line in read_lines(ref)]
+    return EvalSet(None, refs, list(range(len(refs))))
+
+
+def read_hypotheses(path: str | Path, data: EvalSet, ref_name: str | Path) -> list[str]:
+    """The outputs in ``path``, one per item of ``data``, in its order.
+
+    For data grouped by source the file may hold one output per distinct source (in order of
+    first appearance: ``s2s translate`` on the de-duplicated sources) or one per row (``s2s
+    translate`` on every row's source); in the second case the rows of a source must agree,
+    since the source is scored once. Any other line count is refused, naming both counts.
+    """
+    lines = [line for _, line in read_lines(path)]
+    n_items, n_rows = len(data.refs), len(data.rows)
+    if len(lines) == n_items:
+        return lines
+    if len(lines) == n_rows:
+        first: dict[int, int] = {}
+        for row, item in enumerate(data.rows):
+            j = first.setdefault(item, row)
+            if lines[row] != lines[j]:
+                raise DataError(path, row + 1, f"output {lines[row]!r} differs from line {j + 1}'s {lines[j]!r} "
+                                               f"for the same source {data.sources[item]!r}: grouped by source, "  # type: ignore[index]
+                                               f"a source is scored once, so its rows need one output")
+        return [lines[first[i]] for i in range(n_items)]
+    rows = f"{n_rows} row{'s' if n_rows != 1 else ''}"
+    if n_items == n_rows:
+        distinct = n_rows - data.repeated_sources
+        hint = f" ({distinct} is its number of distinct sources: to score one output per source, add --group-by-source)" \
+            if data.repeated_sources and len(lines) == distinct else ""
+        raise DataError(path, None, f"has {len(lines)} lines but {ref_name} has {rows}: give one output per row{hint}")
+    raise DataError(path, None, f"has {len(lines)} lines but {ref_name} has {rows} ({n_items} distinct sources): "
+                                f"give one output per row, or one per distinct source in order of first appearance")
 
 
 def evaluate_model(translator: Translator, data: EvalSet, metrics: Sequence[str]) -> tuple[M.Scores, list[str]]:
+    assert data.sources is not None, "a model needs the sources"
     hyps = translator.translate(data.sources)
     return M.score(hyps, data.refs, metrics), hyps
 
 
 def format_examples(data: EvalSet, hyps: Sequence[str], n: int) -> str:
     """A few predictions spread over the set, marked right (=) or wrong (x)."""
-    if n <= 0 or not hyps:
+    if n <= 0 or not hyps or data.sources is None:
         return ""
     step = max(1, len(hyps) // n)
     lines = []

@@ -219,8 +219,7 @@ class Trainer:
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
-        log.info("resumed at step %d (epoch %d, batch %d)", self.progress.step, self.progress.epoch + 1,
-                 self.progress.batch_in_epoch)
+        log.info("resumed at %s", self.where())
 
     def _truncate_log(self) -> None:
         """Drop log lines written after the checkpoint we (re)start from: they will be redone."""
@@ -235,6 +234,22 @@ class Trainer:
             if entry.get("step", 0) <= self.progress.step:
                 keep.append(line)
         atomic_write_text(self.log_file, "".join(k + "\n" for k in keep))
+
+    def where(self) -> str:
+        """Where training stands, counted as a person counts: ``step 1800, 3/3 epochs done`` or
+        ``step 700, epoch 2/3 (batch 100)``."""
+        p, epochs = self.progress, self.cfg.training.epochs
+        if p.batch_in_epoch:
+            return f"step {p.step}, epoch {p.epoch + 1}/{epochs} (batch {p.batch_in_epoch})"
+        return f"step {p.step}, {p.epoch}/{epochs} epochs done"
+
+    def planned_steps(self) -> int:
+        """The updates training will make in all if early stopping does not end it sooner:
+        every epoch's batches (the same number each epoch), or ``training.max_steps`` if fewer."""
+        tc = self.cfg.training
+        per_epoch = len(token_batches(self.train_data.src_lens, self.train_data.tgt_lens, tc.batch_tokens, tc.seed))
+        total = tc.epochs * per_epoch
+        return min(total, tc.max_steps) if tc.max_steps else total
 
     def _finished(self) -> bool:
         tc, p = self.cfg.training, self.progress
@@ -306,12 +321,23 @@ class Trainer:
         self._clock = time.perf_counter()
         self._open_tensorboard()
         last_val: dict[str, float] = {}
-        with logging_redirect_tqdm(), StopRequest() as stop:
+        self._total_steps = self.planned_steps()
+        self._session = (time.perf_counter(), p.step)  # for the ETA: this session's pace
+        if not p.done:
+            log.info("training: %d steps planned (%d epoch%s%s)%s", self._total_steps, tc.epochs,
+                     "s" if tc.epochs != 1 else "", f", max_steps {tc.max_steps}" if tc.max_steps else "",
+                     f", from {self.where()}" if p.step else "")
+        # Log lines go through tqdm.write so they do not tear the bar: the root logger's console
+        # handler (the CLI's), or ours where the Python API set one up (seq2seqkit.train in a script).
+        consoles = [lg for lg in (logging.getLogger(), log) if lg.handlers] or [logging.getLogger()]
+        # One bar for the whole run: its total is the planned steps, so its ETA stops at max_steps.
+        bar = tqdm(total=self._total_steps, initial=p.step, desc=f"epoch {p.epoch + 1}/{tc.epochs}", unit="step",
+                   dynamic_ncols=True, leave=False, disable=True if p.done else None)
+        with bar, logging_redirect_tqdm(consoles), StopRequest() as stop:
             while not p.done and p.epoch < tc.epochs and not stop.requested:
                 batches = token_batches(self.train_data.src_lens, self.train_data.tgt_lens,
                                         tc.batch_tokens, tc.seed, p.epoch)
-                bar = tqdm(total=len(batches), initial=p.batch_in_epoch, desc=f"epoch {p.epoch + 1}/{tc.epochs}",
-                           unit="batch", dynamic_ncols=True, leave=False, disable=None)
+                bar.set_description(f"epoch {p.epoch + 1}/{tc.epochs}")
                 t0, tokens0 = time.perf_counter(), 0
                 for idx in batches[p.batch_in_epoch:]:
                     batch = collate(self.train_data, idx).to(self.device)
@@ -319,7 +345,7 @@ class Trainer:
                     tokens0 += batch.n_tokens
                     p.batch_in_epoch += 1
                     bar.update()
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self._lr():.2e}")
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self._lr():.2e}", refresh=False)
                     end_of_epoch = p.batch_in_epoch == len(batches)
                     if end_of_epoch:
                         p.epoch, p.batch_in_epoch = p.epoch + 1, 0
@@ -336,7 +362,6 @@ class Trainer:
                         self.save("last")
                     if p.done or end_of_epoch or stop.requested:
                         break  # a stop request is saved by the save("last") after the loop
-                bar.close()
             if p.epoch >= tc.epochs:
                 p.done = True
             self.save("last")
@@ -404,9 +429,19 @@ class Trainer:
             "tokens_per_s": tokens_per_s,
         }
         self._record("train", values)
-        log.info("step %d | loss %.4f | ppl %.2f | lr %.2e | teacher forcing %.3f | %.0f tok/s",
-                 p.step, values["loss"], values["ppl"], values["lr"], values["teacher_forcing"], tokens_per_s)
+        log.info("step %d/%d (epoch %d/%d) | loss %.4f | ppl %.2f | lr %.2e | teacher forcing %.3f | %.0f tok/s | ETA %s",
+                 p.step, self._total_steps, p.epoch + (1 if p.batch_in_epoch else 0), self.cfg.training.epochs,
+                 values["loss"], values["ppl"], values["lr"], values["teacher_forcing"], tokens_per_s, self._eta())
         p.window_loss, p.window_tokens, p.window_steps = 0.0, 0, 0
+
+    def _eta(self) -> str:
+        """Time to the planned last step at this session's pace so far (validations included)."""
+        start, first_step = self._session
+        done = self.progress.step - first_step
+        if done <= 0:
+            return "?"
+        left = max(self._total_steps - self.progress.step, 0)
+        return tqdm.format_interval(left * (time.perf_counter() - start) / done)
 
     @torch.no_grad()
     def dev_loss(self, ratio: float) -> float:
@@ -415,7 +450,9 @@ class Trainer:
         assert self.dev_data is not None
         self.model.eval()
         total, tokens = 0.0, 0
-        for idx in token_batches(self.dev_data.src_lens, self.dev_data.tgt_lens, self.cfg.training.batch_tokens, None):
+        batches = token_batches(self.dev_data.src_lens, self.dev_data.tgt_lens, self.cfg.training.batch_tokens, None)
+        desc = "validation: loss" if ratio == 1.0 else "validation: free-running loss"
+        for idx in tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=None):
             b = collate(self.dev_data, idx).to(self.device)
             logits = decode_with_teacher_forcing(self.model, b.src, b.src_lens, b.tgt_in, ratio)
             total += token_loss(logits, b.tgt_out).item()
@@ -432,7 +469,7 @@ class Trainer:
         # Validation decodes deterministically: sampling would draw from the global RNG and make
         # a resumed run diverge from an uninterrupted one.
         search = self.cfg.search.model_copy(update={"sample": False, "nbest": 1})
-        hyps = translate_ids(self.model, self.dev_sources, search, self.device)
+        hyps = translate_ids(self.model, self.dev_sources, search, self.device, progress="validation: decoding")
         texts = [self.tgt_tok.decode(h.tokens) for h in hyps]
         scores = M.score(texts, self.dev_refs, self.cfg.evaluation.metrics)
         values.update(scores.values)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_weights
 from .config import Config, SearchConfig, load_config
@@ -32,14 +33,18 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def translate_ids_nbest(
-    model: Seq2SeqModel, sources: Sequence[Sequence[int]], cfg: SearchConfig, device: torch.device
+    model: Seq2SeqModel, sources: Sequence[Sequence[int]], cfg: SearchConfig, device: torch.device,
+    progress: str | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode id sequences as ``cfg`` says (greedy, beam or sampling) in length-sorted batches
-    (little padding); returns each input's n-best list, best first, in input order."""
+    (little padding); returns each input's n-best list, best first, in input order. ``progress``:
+    the label of a progress bar over the batches (on a terminal only)."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out: list[list[Hypothesis]] = [[] for _ in sources]
-    for start in range(0, len(order), cfg.batch_size):
+    starts = range(0, len(order), cfg.batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", dynamic_ncols=True, leave=False,
+                      disable=None if progress else True):
         idx = order[start : start + cfg.batch_size]
         src, lens = pad_sources([sources[i] for i in idx])
         for i, hyps in zip(idx, search(model, src.to(device), lens.to(device), cfg)):
@@ -48,10 +53,11 @@ def translate_ids_nbest(
 
 
 def translate_ids(
-    model: Seq2SeqModel, sources: Sequence[Sequence[int]], cfg: SearchConfig, device: torch.device
+    model: Seq2SeqModel, sources: Sequence[Sequence[int]], cfg: SearchConfig, device: torch.device,
+    progress: str | None = None,
 ) -> list[Hypothesis]:
     """The best hypothesis of each input, in input order."""
-    return [hyps[0] for hyps in translate_ids_nbest(model, sources, cfg, device)]
+    return [hyps[0] for hyps in translate_ids_nbest(model, sources, cfg, device, progress)]
 
 
 def ranking_score(h: Hypothesis) -> float:
@@ -81,7 +87,16 @@ class Translator:
 
     def __init__(self, model: Seq2SeqModel, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config, device: torch.device):
         self.model, self.src_tok, self.tgt_tok, self.cfg, self.device = model, src_tok, tgt_tok, cfg, device
+        self.family = cfg.model.family  # an ensemble's lists its members'
         self.model.to(device).eval()
+
+    def __repr__(self) -> str:
+        return (f"Translator(family={self.family}, parameters={self.model.num_parameters():,}, "
+                f"{self._vocabularies()}, device={self.device})")
+
+    def _vocabularies(self) -> str:
+        return (f"source vocabulary={self.src_tok.vocab_size} ({self.src_tok.kind}), "
+                f"target vocabulary={self.tgt_tok.vocab_size} ({self.tgt_tok.kind})")
 
     @classmethod
     def load(cls, model_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Translator:
@@ -118,7 +133,9 @@ class Translator:
                 if not same_vocabulary(a, b):
                     raise UserError(f"{name}: its {side} vocabulary differs from {names[0]}'s: an ensemble "
                                     f"needs models trained with the same tokenizers")
-        return cls(Ensemble([tr.model for tr in members]), first.src_tok, first.tgt_tok, first.cfg, resolve_device(device))
+        combined = cls(Ensemble([tr.model for tr in members]), first.src_tok, first.tgt_tok, first.cfg, resolve_device(device))
+        combined.family = f"ensemble of {' + '.join(tr.family for tr in members)}"
+        return combined
 
     def hypotheses(self, texts: Sequence[str]) -> list[Hypothesis]:
         return [hyps[0] for hyps in self.nbest_hypotheses(texts)]
