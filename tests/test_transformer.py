@@ -167,7 +167,7 @@ def test_tied_and_shared_embeddings_are_one_parameter():
 
 
 def test_configuration_errors_are_clear():
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="heads do not divide model.embed_dim"):
         make(embed_dim=16, heads=3)
     model = make(positions="learned", max_positions=6)
     src, lens = pad_sources([[5] * 8])
