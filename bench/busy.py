@@ -1,6 +1,6 @@
 """Training on a busy machine: target tokens/s of the demo config beside CPU-bound programs.
 
-    python bench/busy.py                    # the table (~15 min on 2 idle cores)
+    python bench/busy.py                    # the table: 3 settings x 3 loads x 3 repeats, up to a minute each
     python bench/busy.py --record           # ... and appends it to BENCHMARKS.md
     python bench/busy.py --steps 10 --competitors 0 1 --max-seconds 20   # a quick look
 
@@ -131,10 +131,10 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict[tuple[str, int], 
     return results
 
 
-def table(results: dict[tuple[str, int], list[dict]], args: argparse.Namespace) -> str:
-    load = {0: "idle", 1: "beside 1 busy program", 2: "beside 2 busy programs"}
-    heads = [load.get(n, f"beside {n} busy programs") for n in args.competitors]
-    text = "Target tokens/s (median of {r}; in brackets: threads at the end, CPU ms per 1k tokens)\n\n".format(r=args.repeats)
+def table(results: dict[tuple[str, int], list[dict]], args: argparse.Namespace, load: tuple[float, ...]) -> str:
+    heads = ["alone" if n == 0 else f"beside {n} busy program{'s' * (n != 1)}" for n in args.competitors]
+    text = (f"Target tokens/s, median of {args.repeats} (in brackets: threads at the end, CPU ms per 1k tokens); "
+            f"the machine's 1-minute load average was {load[0]:.1f} before the first cell\n\n")
     text += "| settings | " + " | ".join(heads) + " |\n|---|" + "---:|" * len(heads) + "\n"
     for v in args.variants:
         cells = []
@@ -169,8 +169,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="s2s-busy-") as tmp:
         model_dir = Path(tmp) / "g2p-quick"
         prepare(model_dir)
+        load = os.getloadavg()
         results = measure(args, model_dir)
-    text = table(results, args)
+    text = table(results, args, load)
     print(f"\nDemo config training, {args.warmup} + up to {args.steps} updates per cell; {machine()}\n")
     print(text)
     if args.record:

@@ -200,7 +200,7 @@ class CoreWatch:
     threads, it says so once in the log, naming ``setting`` (e.g. ``training.num_threads``), the
     setting that helps; with ``adapt`` (the caller leaves the thread count to the toolkit) and
     :func:`configure_process` applied with ``follow_free_cores``, it sets the thread count to the
-    free cores instead, down and up again."""
+    free cores instead, down and up again (never above the count of its first check)."""
 
     def __init__(self, setting: str, every: float = 30.0, first: float = 5.0, enabled: bool = True,
                  adapt: bool = False) -> None:
@@ -209,6 +209,7 @@ class CoreWatch:
         self.probe = FreeCores() if enabled else None
         self._due = time.monotonic() + first
         self.warned = False
+        self.most = 0  # the thread count at the first check: the ceiling when threads come back
 
     def check(self, threads: int) -> None:
         if not self.enabled or (self.warned and not self.adapt) or time.monotonic() < self._due:
@@ -217,7 +218,8 @@ class CoreWatch:
         free = self.probe.reading() if self.probe else None
         if free is None:
             return
-        fits = max(1, min(usable_cores(), math.floor(free + 0.5)))
+        self.most = self.most or threads
+        fits = max(1, min(self.most, usable_cores(), math.floor(free + 0.5)))
         if self.adapt and fits != threads:
             import torch
 
@@ -227,13 +229,14 @@ class CoreWatch:
             return
         self.warned = True
         busy = f"other programs are using the CPU: {free:.1f} of {usable_cores()} cores free for {threads} threads"
+        slow = "threads that wait for each other's cores slow each other down"
         if self.adapt:
-            log.warning("%s: training goes on with %d while they run (threads that wait for each other's cores "
-                        "slow each other down; %s fixes the count)", busy, fits, self.setting)
+            log.warning("%s: training goes on with %d while they run, as %s (%s fixes the count)",
+                        busy, fits, slow, self.setting)
         elif threads_spin():
-            log.warning("%s, which wait for each other and spin while they wait, which can make training many "
-                        "times slower: %s=%d, and GOMP_SPINCOUNT=%d set before torch loads (the s2s command "
-                        "sets it; a script calls seq2seqkit.runtime.configure_process() before importing torch)",
-                        busy, self.setting, fits, SPIN_COUNT)
+            log.warning("%s: %s, and spinning while they wait can make training many times slower; set %s=%d, "
+                        "or GOMP_SPINCOUNT=%d before torch loads (s2s sets it; a script calls "
+                        "seq2seqkit.runtime.configure_process() before importing torch)",
+                        busy, slow, self.setting, fits, SPIN_COUNT)
         else:
-            log.warning("%s, which wait for each other: %s=%d is faster while they run", busy, self.setting, fits)
+            log.warning("%s: %s; %s=%d is faster while they run", busy, slow, self.setting, fits)
