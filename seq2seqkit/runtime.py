@@ -166,15 +166,18 @@ def configure_process(malloc: bool = True, follow_free_cores: bool = True) -> Pr
       off the CPU while its partner spins away the time it could have run in: the demo's
       training fell from about 14,400 to 250 target tokens/s beside two CPU-bound programs on 2
       cores, spending 5-15x the CPU time per token. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``)
-      cured that but trained about 15% slower on an otherwise idle machine, where the next
-      region starts within microseconds; 1,000 turns (tens of microseconds) kept that speed
-      within the noise (``python bench/busy.py``). Read once, when torch loads: set later, it
-      changes nothing, and a warning says so.
+      cured that but cost speed where nothing else runs, since the next region starts within
+      microseconds: run at real-time priority (our stand-in for an idle machine), passive
+      training made 8,700-11,700 target tokens/s against 12,000-14,000 with the default spin,
+      and 1,000 turns (tens of microseconds) 11,600-14,200 (``bench/busy.py``'s worker). Read
+      once, when torch loads: set later, it changes nothing, and a warning says so.
     * ``follow_free_cores``: training (with ``training.num_threads`` unset, and no
       ``OMP_NUM_THREADS``) uses as many threads as other programs leave cores free, checked as
       it runs (:class:`CoreWatch`): one thread beside a busy program on 2 cores trains as fast
-      as ``training.num_threads=1``, and an idle machine gets all its cores back. Set
-      ``training.num_threads`` for a fixed count (results then repeat bit for bit).
+      as ``training.num_threads=1``, and an idle machine gets all its cores back. Programs that
+      take whatever CPU is idle count as busy, so beside them training keeps fewer threads than
+      a fair share would give it. Set ``training.num_threads`` for a fixed count (a run's float
+      arithmetic then does not depend on the machine's load).
     * ``malloc``: :func:`keep_freed_memory` (glibc malloc keeps freed blocks for reuse).
     """
     global _process
