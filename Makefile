@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-g2p bench-multi30k bench-speed clean
+.PHONY: demo test install bench-g2p bench-multi30k bench-speed bench-busy clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench-multi30k: $(STAMP)
 # Training/decoding speed beside JoeyNMT 2.3.0 (own venv under ~/.cache/seq2seqkit/bench) and CTranslate2.
 bench-speed: $(STAMP)
 	$(PY) bench/speed.py
+
+# Demo training speed on a busy machine: idle, beside one and two CPU-bound programs.
+bench-busy: $(STAMP)
+	$(PY) bench/busy.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -15,7 +15,13 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
+from seq2seqkit.runtime import configure_process
+
+# The benchmarks measure what `s2s` runs, so they apply its process settings before torch loads
+# (all but the malloc tuning for `bench/profile_step.py --glibc-default-malloc`).
+configure_process(malloc="--glibc-default-malloc" not in sys.argv)
+
+import torch  # noqa: E402
 
 from seq2seqkit.checkpoint import epoch_checkpoints, load_checkpoint, write_average
 from seq2seqkit.config import Config

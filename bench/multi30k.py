@@ -25,11 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from common import REPO, duration, ensure_trained, machine, record, select_checkpoint  # first: s2s's process settings, before torch loads
+
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from common import REPO, duration, ensure_trained, machine, record, select_checkpoint
 
 from seq2seqkit import metrics as M
 from seq2seqkit.checkpoint import atomic_write_bytes

@@ -15,10 +15,10 @@ import argparse
 import time
 from pathlib import Path
 
+from common import REPO, machine  # first: s2s's process settings, before torch loads
+
 import torch
 from torch.profiler import profile
-
-from common import REPO, machine
 
 from seq2seqkit.evaluate import load_eval_set
 from seq2seqkit.translate import Translator

@@ -15,10 +15,10 @@ import argparse
 import contextlib
 import time
 
+from common import REPO, machine  # first: s2s's process settings, before torch loads
+
 import torch
 from torch.profiler import profile
-
-from common import REPO, machine
 
 from seq2seqkit.config import load_config
 from seq2seqkit.models import build_model

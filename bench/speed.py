@@ -42,10 +42,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import REPO, machine, record  # first: s2s's process settings, before torch loads
+
 import torch
 
 import joeynmt_runner as joey
-from common import REPO, machine, record
 
 DATA = REPO.parent / "shared" / "data" / "multi30k"
 CONFIGS = {"transformer": "configs/multi30k-transformer.yaml", "attention": "configs/multi30k-attention.yaml"}

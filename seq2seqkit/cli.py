@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError, DataError, UserError
+from .runtime import configure_process
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command needs them
     from .evaluate import EvalSet
@@ -414,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    configure_process()  # before any command imports torch: OpenMP reads its wait policy once, at load
     try:
         return args.fn(args)
     except (UserError, DataError) as e:

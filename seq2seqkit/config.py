@@ -211,7 +211,7 @@ class TrainingConfig(_Section):
     log_every: int = Field(50, ge=1)
     exposure_bias: bool = True  # also compute free-running validation loss
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU
+    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (None: see runtime.configure_process)
     # bf16: forward pass under torch.autocast in bfloat16 (weights, gradients and the optimizer
     # stay fp32). Matrix multiplies run ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs.
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -1,4 +1,8 @@
-"""Process-level settings that make PyTorch on CPU fast.
+"""Process-level settings that make PyTorch on CPU fast: malloc tuning and the thread policy.
+
+They change the whole process, so the library never applies them by itself: the ``s2s`` command
+calls :func:`configure_process` before any command runs, and a script opts in by calling it
+first thing (before ``import torch``, whose OpenMP runtime reads its settings once, at load).
 
 glibc's allocator serves large blocks (above its adaptive mmap threshold, at most 32 MiB) with
 ``mmap`` and hands each back to the kernel when it is freed, so a training step that allocates and
@@ -17,7 +21,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import math
+import os
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +65,181 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 64 << 20) ->
     _configured = ok
     log.debug("glibc malloc tuned for tensor reuse: %s", ok)
     return ok
+
+
+# ------------------------------------------------------------------------------ threads
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+class FreeCores:
+    """How many cores the other programs left to this process between two readings: the busy time
+    of its cores in ``/proc/stat`` (user, system, interrupts, and steal: time a hypervisor gave
+    to another machine) less this process's own CPU time. Reading it costs no waiting, so a loop
+    can take one reading per interval; ``reading()`` is None where ``/proc/stat`` is missing."""
+
+    STAT = Path("/proc/stat")
+    _BUSY = (1, 2, 3, 6, 7, 8)  # user nice system irq softirq steal (idle 4, iowait 5 are free)
+
+    def __init__(self) -> None:
+        try:
+            self.cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        except (AttributeError, OSError):
+            self.cpus = set()
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(wall clock, busy core-seconds of our cores, this process's CPU seconds)."""
+        try:
+            lines = self.STAT.read_text().splitlines()
+        except OSError:
+            return None
+        busy = 0
+        for line in lines:
+            fields = line.split()
+            if fields and fields[0] in self.cpus:
+                busy += sum(int(fields[i]) for i in self._BUSY if i < len(fields))
+        return time.monotonic(), busy / self._tick, time.process_time()
+
+    def reading(self) -> float | None:
+        """Free cores, on average, since the previous reading (or since construction)."""
+        now, last = self._sample(), self._last
+        self._last = now
+        if now is None or last is None or now[0] - last[0] <= 0 or not self.cpus:
+            return None
+        wall = now[0] - last[0]
+        others = max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / wall
+        return max(0.0, min(float(usable_cores()), len(self.cpus) - others))
+
+
+# libgomp's turns of spinning at a barrier before its thread sleeps (its default: 300,000).
+SPIN_COUNT = 1000
+
+
+@dataclass
+class ProcessSettings:
+    """What :func:`configure_process` applied."""
+
+    spin_count: int | None  # GOMP_SPINCOUNT set here (None: the user's OMP_WAIT_POLICY/GOMP_SPINCOUNT kept)
+    spin_applies: bool  # False if it was set after torch had loaded its OpenMP runtime: too late
+    follow_free_cores: bool  # training's thread count follows the free cores (no OMP_NUM_THREADS)
+    malloc_tuned: bool
+
+
+_process: ProcessSettings | None = None
+
+
+def process_settings() -> ProcessSettings | None:
+    """The settings :func:`configure_process` applied in this process (None: it was not called)."""
+    return _process
+
+
+def threads_spin() -> bool:
+    """Whether torch's OpenMP threads spin their default 300,000 turns at a barrier, as far as the
+    environment tells (OpenMP reads it once, when torch loads)."""
+    if _process is not None and not _process.spin_applies:
+        return True
+    return "GOMP_SPINCOUNT" not in os.environ and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+
+
+def configure_process(malloc: bool = True, follow_free_cores: bool = True) -> ProcessSettings:
+    """Apply the process-wide settings the ``s2s`` command runs with; call it first thing in a
+    script, before ``import torch``, to get the same. Idempotent: later calls return the first
+    call's settings. What the environment already sets is kept.
+
+    * OpenMP threads spin briefly, then sleep, while they wait at a barrier
+      (``GOMP_SPINCOUNT=1000``). PyTorch's OpenMP runtime (GNU libgomp in the Linux wheels) by
+      default spins 300,000 turns first, milliseconds. A training step is thousands of small
+      parallel regions, and when another program holds a core, the thread a barrier waits for is
+      off the CPU while its partner spins away the time it could have run in: the demo's
+      training fell from about 14,400 to 250 target tokens/s beside two CPU-bound programs on 2
+      cores, spending 5-15x the CPU time per token. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``)
+      cured that but cost speed where nothing else runs, since the next region starts within
+      microseconds: run at real-time priority (our stand-in for an idle machine), passive
+      training made 8,700-11,700 target tokens/s against 12,000-14,000 with the default spin,
+      and 1,000 turns (tens of microseconds) 11,600-14,200 (``bench/busy.py``'s worker). Read
+      once, when torch loads: set later, it changes nothing, and a warning says so.
+    * ``follow_free_cores``: training (with ``training.num_threads`` unset, and no
+      ``OMP_NUM_THREADS``) uses as many threads as other programs leave cores free, checked as
+      it runs (:class:`CoreWatch`): one thread beside a busy program on 2 cores trains as fast
+      as ``training.num_threads=1``, and an idle machine gets all its cores back. Programs that
+      take whatever CPU is idle count as busy, so beside them training keeps fewer threads than
+      a fair share would give it. Set ``training.num_threads`` for a fixed count (a run's float
+      arithmetic then does not depend on the machine's load).
+    * ``malloc``: :func:`keep_freed_memory` (glibc malloc keeps freed blocks for reuse).
+    """
+    global _process
+    if _process is not None:
+        return _process
+    spin, applies = None, True
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        spin, applies = SPIN_COUNT, "torch" not in sys.modules
+        os.environ["GOMP_SPINCOUNT"] = str(spin)
+        if not applies:
+            log.warning("configure_process: torch was imported first, so its OpenMP threads keep spinning "
+                        "while they wait; call configure_process() before importing torch")
+    follow = follow_free_cores and "OMP_NUM_THREADS" not in os.environ
+    _process = ProcessSettings(spin, applies, follow, malloc and keep_freed_memory())
+    log.debug("process settings: %s", _process)
+    return _process
+
+
+class CoreWatch:
+    """Compares torch's threads with the cores the other programs leave free, while a loop runs:
+    each ``check`` is a clock comparison, and ``first`` seconds after construction, then every
+    ``every`` seconds, a reading of :class:`FreeCores` (no waiting). With fewer cores free than
+    threads, it says so once in the log, naming ``setting`` (e.g. ``training.num_threads``), the
+    setting that helps; with ``adapt`` (the caller leaves the thread count to the toolkit) and
+    :func:`configure_process` applied with ``follow_free_cores``, it sets the thread count to the
+    free cores instead, down and up again (never above the count of its first check)."""
+
+    def __init__(self, setting: str, every: float = 30.0, first: float = 5.0, enabled: bool = True,
+                 adapt: bool = False) -> None:
+        self.setting, self.every, self.enabled = setting, every, enabled
+        self.adapt = adapt and _process is not None and _process.follow_free_cores
+        self.probe = FreeCores() if enabled else None
+        self._due = time.monotonic() + first
+        self.warned = False
+        self.most = 0  # the thread count at the first check: the ceiling when threads come back
+
+    def check(self, threads: int) -> None:
+        if not self.enabled or (self.warned and not self.adapt) or time.monotonic() < self._due:
+            return
+        self._due = time.monotonic() + self.every
+        free = self.probe.reading() if self.probe else None
+        if free is None:
+            return
+        self.most = self.most or threads
+        fits = max(1, min(self.most, usable_cores(), math.floor(free + 0.5)))
+        if self.adapt and fits != threads:
+            import torch
+
+            torch.set_num_threads(fits)
+            log.debug("%.1f cores free: %d threads", free, fits)
+        if fits >= threads or self.warned:
+            return
+        self.warned = True
+        busy = f"other programs are using the CPU: {free:.1f} of {usable_cores()} cores free for {threads} threads"
+        slow = "threads that wait for each other's cores slow each other down"
+        if self.adapt:
+            log.warning("%s: training goes on with %d while they run, as %s (%s fixes the count)",
+                        busy, fits, slow, self.setting)
+        elif threads_spin():
+            log.warning("%s: %s, and spinning while they wait can make training many times slower; set %s=%d, "
+                        "or GOMP_SPINCOUNT=%d before torch loads (s2s sets it; a script calls "
+                        "seq2seqkit.runtime.configure_process() before importing torch)",
+                        busy, slow, self.setting, fits, SPIN_COUNT)
+        else:
+            log.warning("%s: %s; %s=%d is faster while they run", busy, slow, self.setting, fits)

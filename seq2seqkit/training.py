@@ -41,9 +41,9 @@ from .data.dataset import Batch, EncodedCorpus, collate, corpus_texts, encode_co
 from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokenizers
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
+from .runtime import CoreWatch
 from .tasks import resolve_dataset
 from .rundir import open_run
-from .runtime import keep_freed_memory
 from .teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio
 from .translate import resolve_device, translate_ids
 
@@ -150,8 +150,8 @@ class Trainer:
         tc = cfg.training
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
-        keep_freed_memory()
         self.device = resolve_device(tc.device)
+        self.cores = CoreWatch("training.num_threads", enabled=self.device.type == "cpu", adapt=not tc.num_threads)
         self._seed(tc.seed)
         self.out.mkdir(parents=True, exist_ok=True)
 
@@ -342,6 +342,7 @@ class Trainer:
                 for idx in batches[p.batch_in_epoch:]:
                     batch = collate(self.train_data, idx).to(self.device)
                     loss = self.train_step(batch)
+                    self.cores.check(torch.get_num_threads())
                     tokens0 += batch.n_tokens
                     p.batch_in_epoch += 1
                     bar.update()

@@ -20,7 +20,6 @@ from .errors import UserError
 from .models import Seq2SeqModel, build_model
 from .models.ensemble import Ensemble
 from .search import Hypothesis, search
-from .runtime import keep_freed_memory
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -109,7 +108,6 @@ class Translator:
         path = Path(checkpoint) if checkpoint.endswith(".pt") else model_dir / "checkpoints" / f"{checkpoint}.pt"
         if checkpoint == "best" and not path.exists():
             path = model_dir / "checkpoints" / "last.pt"  # a run stopped before its first validation
-        keep_freed_memory()
         state = load_checkpoint(path)
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
         load_weights(model, state, path)
