@@ -112,7 +112,7 @@ class TokenizerConfig(_Section):
     vocab_size: int = Field(8000, ge=8)  # sentencepiece only
     character_coverage: float = Field(1.0, gt=0, le=1)
     min_freq: int = Field(1, ge=1)  # char/word only
-    max_vocab: int | None = Field(None, ge=4)  # char/word only
+    max_vocab: int | None = Field(None, ge=5)  # char/word only; counts the 5 reserved entries (specials, <sep>)
     lowercase: bool = False
 
 

@@ -137,7 +137,7 @@ def test_max_vocab_counts_specials():
     tok_c = VocabTokenizer.train(TokenizerConfig(kind="char", max_vocab=7), ["aaab b"])
     assert tok_c.itos == list(RESERVED) + ["a", "b"]  # ' ' (count 1) is cut
     assert tok_c.encode("a b") == [5, UNK, 6]
-    assert VocabTokenizer.train(TokenizerConfig(kind="word", max_vocab=4), texts).itos == list(RESERVED)
+    assert VocabTokenizer.train(TokenizerConfig(kind="word", max_vocab=5), texts).itos == list(RESERVED)
 
 
 def test_lowercase_vocab():
