@@ -129,8 +129,10 @@ def summary_sentences(text: str) -> str:
 def _rouge(hyps: Sequence[str], refs: Sequence[Sequence[str]], types: Sequence[str]) -> tuple[dict[str, float], str]:
     """Mean ROUGE F1 (percent) of each type, and the signature of the settings."""
     from rouge_score.rouge_scorer import RougeScorer  # imports NLTK: only when ROUGE is asked for
+    from rouge_score.tokenizers import DefaultTokenizer
 
-    scorer = RougeScorer(list(types), use_stemmer=True)
+    # the default tokenizer, given explicitly (RougeScorer would log that it picks it)
+    scorer = RougeScorer(list(types), tokenizer=DefaultTokenizer(use_stemmer=True))
     totals = dict.fromkeys(types, 0.0)
     for hyp, rs in zip(hyps, refs):
         best = scorer.score_multi([summary_sentences(r) for r in rs], summary_sentences(hyp))
