@@ -1,4 +1,4 @@
-"""The ``s2s`` command line: train, translate, evaluate, average, export, check-data, prepare, demo.
+"""The ``s2s`` command line: train, generate (alias translate), evaluate, average, export, check-data, prepare, demo.
 
 User errors (bad files, bad config keys, bad arguments) print one line on stderr and exit
 with status 2; ``--debug`` shows the traceback instead.
@@ -12,7 +12,7 @@ import errno
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,15 +50,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input_lines(path: str | None) -> Iterator[str]:
+def _input_lines(path: str | None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the input file, or of stdin when there is none (or ``-``)."""
     from .data.corpus import decode_line, read_lines
 
     if path and path != "-":
-        for _, line in read_lines(path):
-            yield line
+        yield from read_lines(path)
         return
     for n, raw in enumerate(sys.stdin.buffer, 1):
-        yield decode_line(raw.rstrip(b"\r\n"), "<stdin>", n)
+        yield n, decode_line(raw.rstrip(b"\r\n"), "<stdin>", n)
+
+
+def _input_texts(path: str | None, fmt: str) -> Iterable[str]:
+    """What ``generate`` applies the model to: each line of a text input (streamed), or the
+    ``src`` of each JSONL line (a multi-line dialogue fits in one; other keys are ignored,
+    blank lines skipped). A JSONL input is read whole before any output is written, so a bad
+    line stops the command with nothing written."""
+    from .data.corpus import detect_format, json_fields
+
+    if fmt == "auto":
+        fmt = "jsonl" if path and path != "-" and detect_format(path) == "jsonl" else "text"
+    lines = _input_lines(path)
+    if fmt == "text":
+        return (line for _, line in lines)
+    name = path if path and path != "-" else "<stdin>"
+    return [json_fields(line, name, n, ("src",))[0] for n, line in lines if line.strip()]
 
 
 # Search flags -> SearchConfig fields; the flag names are what errors about them show.
@@ -104,7 +120,7 @@ def enable_attention(model: object, layer: int | None) -> None:
 
 def save_attention_plot(tr: Translator, text: str, hyp: Hypothesis, path: Path) -> None:
     """Heatmap of the best output's attention, labelled with the tokenizers' own pieces
-    (``cmd_translate`` has checked that the model returns attention)."""
+    (``cmd_generate`` has checked that the model returns attention)."""
     from .data.tokenizers import EOS, SPECIALS
     from .plots import plot_attention
 
@@ -138,7 +154,15 @@ def check_output_file(output: Path, input: str | None) -> None:
         raise UserError(f"-o {output}: is one of the files of the model directory {owner}; write the output elsewhere")
 
 
-def cmd_translate(args: argparse.Namespace) -> int:
+def one_line(text: str) -> str:
+    """An output as one line of the output file: a line break the model generated (its
+    ``<sep>`` piece) is written as `` <sep> ``, which reads back as the same piece."""
+    from .data.tokenizers import SEP, split_lines
+
+    return f" {SEP} ".join(split_lines(text)) if "\n" in text else text
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_open
     from .translate import chunked, ranking_score
 
@@ -153,8 +177,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
         enable_attention(tr.model, args.attention_layer)
     show_scores = tr.cfg.search.nbest > 1
     count, start = 0, time.perf_counter()
+    texts = _input_texts(args.input, args.input_format)
     with atomic_open(args.output) if args.output else contextlib.nullcontext(sys.stdout) as f:
-        for chunk in chunked(_input_lines(args.input), 2000):
+        for chunk in chunked(texts, 2000):
             for text, hyps in zip(chunk, tr.nbest_hypotheses(chunk)):
                 count += 1
                 if plot_dir and hyps[0].attention is None:  # the plain encoder-decoder: one context vector
@@ -164,12 +189,12 @@ def cmd_translate(args: argparse.Namespace) -> int:
                 if plot_dir:
                     save_attention_plot(tr, text, hyps[0], plot_dir / f"{count:04d}.png")
                 for h in hyps if show_scores else hyps[:1]:
-                    out = tr.tgt_tok.decode(h.tokens)
+                    out = one_line(tr.tgt_tok.decode(h.tokens))
                     f.write(f"{out}\t{ranking_score(h):.4f}\n" if show_scores else out + "\n")
         f.flush()
     if args.output and not args.quiet:
         seconds = time.perf_counter() - start
-        print(f"s2s: translated {count} line{'' if count == 1 else 's'} in {seconds:.1f} s "
+        print(f"s2s: generated {count} line{'' if count == 1 else 's'} in {seconds:.1f} s "
               f"({count / max(seconds, 1e-9):.1f} lines/s) -> {args.output}", file=sys.stderr)
     return 0
 
@@ -241,9 +266,15 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .tasks import cmudict
+    if args.dataset == "samsum":
+        from .tasks import samsum
 
-    for split, path in (cmudict.prepare(args.out_dir) if args.out_dir else cmudict.prepare_cached()).items():
+        paths = samsum.prepare(args.archive, args.out_dir)
+    else:
+        from .tasks import cmudict
+
+        paths = cmudict.prepare(args.out_dir) if args.out_dir else cmudict.prepare_cached()
+    for split, path in paths.items():
         print(f"{split}: {path}")
     return 0
 
@@ -332,9 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--length-penalty", type=float, metavar="A",
                         help="GNMT length penalty alpha for beam search: score / ((5 + length) / 6) ** A")
 
-    tr = sub.add_parser("translate", help="translate lines from a file or stdin")
+    tr = sub.add_parser("generate", aliases=["translate"], help="apply a model to each input (lines or JSONL) of a file or stdin")
     model_args(tr, True)
     tr.add_argument("-i", "--input", help="input file (default: stdin)")
+    tr.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl"],
+                    help="text: one input a line; jsonl: the \"src\" of each line's object (multi-line inputs); "
+                         "auto (default): jsonl for a .jsonl/.json file, else text")
     tr.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
     tr.add_argument("--batch-size", type=int, help="sentences per batch")
     search_args(tr)
@@ -345,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set of probability P")
     tr.add_argument("--plot-attention", metavar="DIR", help="write an attention heatmap per input: DIR/0001.png ...")
     tr.add_argument("--attention-layer", type=int, metavar="N", help="with --plot-attention: which decoder layer's attention to plot (Transformer)")
-    tr.set_defaults(fn=cmd_translate)
+    tr.set_defaults(fn=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="score a model, or a file of outputs, against references")
     model_args(ev, False)
@@ -354,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ref", help="reference file, line-aligned")
     ev.add_argument("--hyp", help="outputs to score instead of running a model: one line per row of the "
                                   "references, or (grouped) one per distinct source")
-    ev.add_argument("--metrics", nargs="+", choices=["bleu", "chrf", "wer", "per", "exact"])
+    ev.add_argument("--metrics", nargs="+", choices=["bleu", "chrf", "wer", "per", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum"],
+                    help="default: the model's evaluation.metrics (bleu chrf with --hyp); ROUGE F1: rouge1 rouge2 rougeL rougeLsum")
     ev.add_argument("--group-by-source", action=argparse.BooleanOptionalAction, default=None,
                     help="identical sources count once, their targets as alternative references")
     ev.add_argument("--examples", type=int, default=0, help="show N example predictions")
@@ -367,9 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--format", default="auto", choices=["auto", "text", "tsv", "jsonl"])
     cd.set_defaults(fn=cmd_check_data)
 
-    pr = sub.add_parser("prepare", help="write a built-in data set's splits to files")
-    pr.add_argument("dataset", choices=["cmudict"])
-    pr.add_argument("out_dir", nargs="?", help="where to write train/dev/test.tsv (default: the cache)")
+    pr = sub.add_parser("prepare", help="write a data set's splits to files (cmudict, samsum)")
+    datasets = pr.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    pc = datasets.add_parser("cmudict", help="English G2P from the CMU Pronouncing Dictionary (in the cmudict package)")
+    pc.add_argument("out_dir", nargs="?", help="where to write train/dev/test.tsv (default: the cache)")
+    ps = datasets.add_parser("samsum", help="SAMSum dialogue summarization, converted from its published archive")
+    ps.add_argument("archive", help="samsum.zip as published, or the folder it extracts to")
+    ps.add_argument("out_dir", nargs="?", default="data/samsum",
+                    help="where to write train/val/test.jsonl (default: data/samsum, where configs/samsum-attention.yaml reads)")
     pr.set_defaults(fn=cmd_prepare)
 
     av = sub.add_parser("average", help="average the last epochs' weights (checkpoint averaging)")

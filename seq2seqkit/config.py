@@ -97,6 +97,10 @@ class DataConfig(_Section):
     max_src_len: int = Field(200, ge=1)  # in tokens, after tokenization
     max_tgt_len: int = Field(200, ge=1)
     on_invalid: Literal["skip", "error"] = "skip"  # empty sides and over-long pairs
+    # Cut sources longer than max_src_len to their first max_src_len tokens (training, dev and
+    # generation; the count is logged) instead of treating the pair as invalid (as fairseq's
+    # --truncate-source). Over-long targets are still invalid.
+    truncate_src: bool = False
     dev_max_examples: int | None = Field(None, ge=1)  # cap the dev set used for validation
 
 
@@ -108,7 +112,7 @@ class TokenizerConfig(_Section):
     vocab_size: int = Field(8000, ge=8)  # sentencepiece only
     character_coverage: float = Field(1.0, gt=0, le=1)
     min_freq: int = Field(1, ge=1)  # char/word only
-    max_vocab: int | None = Field(None, ge=4)  # char/word only
+    max_vocab: int | None = Field(None, ge=5)  # char/word only; counts the 5 reserved entries (specials, <sep>)
     lowercase: bool = False
 
 
@@ -183,7 +187,7 @@ class TeacherForcingConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    metric: str = "loss"  # loss, ppl, bleu, chrf, wer, per, exact
+    metric: str = "loss"  # loss, ppl, free_loss, or one of evaluation.metrics (bleu, rougeL, ...)
     patience: int | None = Field(None, ge=1)  # validations without improvement; None = off
 
 
@@ -254,7 +258,8 @@ class SearchConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    metrics: list[Literal["bleu", "chrf", "wer", "per", "exact"]] = ["bleu", "chrf"]
+    # ROUGE F1 (rouge-score, Porter stemming): rouge1, rouge2, rougeL, rougeLsum (see metrics.py)
+    metrics: list[Literal["bleu", "chrf", "wer", "per", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum"]] = ["bleu", "chrf"]
     group_by_source: bool = False  # identical sources = one item with alternative references
     examples: int = Field(5, ge=0)  # predictions shown after evaluation
 

@@ -15,19 +15,34 @@ All values are percentages (0-100):
   MT/ASR token-level WER; the token-level rate is ``per``.
 - ``per``: corpus-level token (phoneme) error rate, Levenshtein distance on
   whitespace-split tokens against the closest reference.
+- ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``: ROUGE F1 from Google's ``rouge-score``
+  package (the implementation Hugging Face ``evaluate`` wraps), Porter stemming on, its default
+  tokenizer (lower-cased, runs of ``[a-z0-9]``), averaged over segments (the plain mean, no
+  bootstrap). With several references a segment scores against the one of highest F1, per
+  ROUGE type (``RougeScorer.score_multi``). ``rougeL`` is the LCS over the whole text;
+  ``rougeLsum`` the summary-level LCS over sentences, which rouge-score reads as the lines of
+  the text: :func:`summary_sentences` puts each sentence on a line of its own first (see there
+  for the rule). The four are separate names (there is no ``rouge`` shorthand), so each can be
+  an early-stopping metric. Their settings are printed as one ``ROUGE signature`` line.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 
 from rapidfuzz.distance import Levenshtein
 from sacrebleu.metrics import BLEU, CHRF
 
-METRICS = ("bleu", "chrf", "wer", "per", "exact")
+from .data.tokenizers import split_lines
 
-_LABELS = {"bleu": "BLEU", "chrf": "chrF", "wer": "WER", "per": "PER", "exact": "exact"}
+ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+METRICS = ("bleu", "chrf", "wer", "per", "exact", *ROUGE)
+
+_LABELS = {"bleu": "BLEU", "chrf": "chrF", "wer": "WER", "per": "PER", "exact": "exact", "rouge": "ROUGE",
+           "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 _PERCENT_SIGN = {"wer", "per", "exact"}  # error/accuracy rates print with a "%"
 
 
@@ -93,6 +108,43 @@ def _per(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
     return 100.0 * errors / length
 
 
+# A sentence ends at ., ! or ? (a run of them, then any closing quotes or brackets) where
+# blanks and a capital letter, a digit or an opening quote/bracket follow.
+_SENTENCE_END = re.compile(r"([.!?]+[\"'\u2019\u201d)\]]*)\s+(?=[\"'\u2018\u201c(\[]?[A-Z0-9])")
+
+
+def summary_sentences(text: str) -> str:
+    """``text`` with one sentence a line, as rouge-score's ``rougeLsum`` expects.
+
+    Line breaks already in the text (and the tokenizers' ``<sep>`` piece, as ``s2s generate``
+    writes a line break) stay sentence boundaries; within a line, a sentence ends at ``.``,
+    ``!`` or ``?`` (with any closing quotes or brackets) followed by blanks and then a capital
+    letter, a digit or an opening quote or bracket. A rule, not a trained model (NLTK's Punkt
+    needs a download): "Mr. Smith" splits after "Mr.", "8 p.m. at" does not. Only ROUGE-Lsum
+    depends on it: the other ROUGE types read the text as one sequence of tokens.
+    """
+    return "\n".join(_SENTENCE_END.sub("\\1\n", line.strip()) for line in split_lines(text) if line.strip())
+
+
+def _rouge(hyps: Sequence[str], refs: Sequence[Sequence[str]], types: Sequence[str]) -> tuple[dict[str, float], str]:
+    """Mean ROUGE F1 (percent) of each type, and the signature of the settings."""
+    from rouge_score.rouge_scorer import RougeScorer  # imports NLTK: only when ROUGE is asked for
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    # the default tokenizer, given explicitly (RougeScorer would log that it picks it)
+    scorer = RougeScorer(list(types), tokenizer=DefaultTokenizer(use_stemmer=True))
+    totals = dict.fromkeys(types, 0.0)
+    for hyp, rs in zip(hyps, refs):
+        best = scorer.score_multi([summary_sentences(r) for r in rs], summary_sentences(hyp))
+        for t in types:
+            totals[t] += best[t].fmeasure
+    counts = {len(rs) for rs in refs}
+    nrefs = str(counts.pop()) if len(counts) == 1 else "var"
+    signature = (f"nrefs:{nrefs}|multiref:max-f1|stem:porter|tok:rouge-score-default|lsum-split:newline+punct"
+                 f"|score:f1|agg:mean|version:rouge-score-{metadata.version('rouge-score')}")
+    return {t: 100.0 * totals[t] / len(hyps) for t in types}, signature
+
+
 def score(
     hyps: Sequence[str],
     refs: Sequence[Sequence[str]],
@@ -129,8 +181,14 @@ def score(
     n_streams = max(len(rs) for rs in refs)
     streams = [[rs[k] if k < len(rs) else None for rs in refs] for k in range(n_streams)]
     exact = _exact(hyps, refs) if {"exact", "wer"} & set(names) else 0.0
+    rouge = [m for m in names if m in ROUGE]
+    rouge_values: dict[str, float] = {}
+    if rouge:
+        rouge_values, signatures["rouge"] = _rouge(hyps, refs, rouge)
     for name in names:
-        if name in ("bleu", "chrf"):
+        if name in rouge_values:
+            values[name] = rouge_values[name]
+        elif name in ("bleu", "chrf"):
             metric = BLEU(tokenize=tokenize) if name == "bleu" else CHRF()
             values[name] = metric.corpus_score(list(hyps), streams).score
             signatures[name] = str(metric.get_signature())

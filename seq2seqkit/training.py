@@ -37,7 +37,7 @@ from . import metrics as M
 from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, TrainingConfig, dump_config, from_dict, read_config_file
 from .data.corpus import iter_examples
-from .data.dataset import Batch, EncodedCorpus, collate, corpus_texts, encode_corpus, token_batches
+from .data.dataset import Batch, EncodedCorpus, collate, corpus_texts, cut_sources, encode_corpus, token_batches
 from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokenizers
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
@@ -208,7 +208,7 @@ class Trainer:
         else:
             sources, refs = [s for s, _ in pairs], [[t] for _, t in pairs]
         cap = self.cfg.data.dev_max_examples
-        return encoded, [self.src_tok.encode(x) for x in sources[:cap]], refs[:cap]
+        return encoded, cut_sources([self.src_tok.encode(x) for x in sources[:cap]], self.cfg.data, "dev"), refs[:cap]
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         load_weights(self.model, ckpt, self.ckpt_dir / "last.pt", needs=("optimizer", "scheduler", "progress", "rng"))

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_weights
 from .config import Config, SearchConfig, load_config
-from .data.dataset import pad_sources
+from .data.dataset import cut_sources, pad_sources
 from .data.tokenizers import Tokenizer, load_tokenizers
 from .errors import UserError
 from .models import Seq2SeqModel, build_model
@@ -139,7 +139,8 @@ class Translator:
         return [hyps[0] for hyps in self.nbest_hypotheses(texts)]
 
     def nbest_hypotheses(self, texts: Sequence[str]) -> list[list[Hypothesis]]:
-        return translate_ids_nbest(self.model, [self.src_tok.encode(t) for t in texts], self.cfg.search, self.device)
+        sources = cut_sources([self.src_tok.encode(t) for t in texts], self.cfg.data, "inputs")
+        return translate_ids_nbest(self.model, sources, self.cfg.search, self.device)
 
     def translate(self, texts: str | Sequence[str]) -> list[str]:
         """Translate sentences (one string or a list); returns detokenized outputs."""

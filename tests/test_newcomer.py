@@ -187,7 +187,7 @@ def test_translate_to_file_ends_with_a_summary(model_dir, tmp_path, capsys):
     out = tmp_path / "hyp.txt"
     code, stdout, err = run(capsys, "translate", "-m", str(model_dir), "-i", str(src), "-o", str(out))
     assert code == 0 and stdout == ""
-    assert re.fullmatch(rf"s2s: translated 7 lines in \d+\.\d s \(\d+\.\d lines/s\) -> {re.escape(str(out))}\n", err)
+    assert re.fullmatch(rf"s2s: generated 7 lines in \d+\.\d s \(\d+\.\d lines/s\) -> {re.escape(str(out))}\n", err)
     assert run(capsys, "-q", "translate", "-m", str(model_dir), "-i", str(src), "-o", str(out))[2] == ""
 
 

@@ -14,6 +14,8 @@ from seq2seqkit.data.tokenizers import (
     EOS,
     MANIFEST,
     PAD,
+    RESERVED,
+    SEP,
     SPACE,
     SPECIALS,
     UNK,
@@ -50,6 +52,7 @@ def sp_models() -> dict[str, SentencePieceTokenizer]:
 def test_special_ids_constants():
     assert (PAD, UNK, BOS, EOS) == (0, 1, 2, 3)
     assert SPECIALS == ("<pad>", "<unk>", "<s>", "</s>")
+    assert RESERVED == (*SPECIALS, SEP) and SEP == "<sep>"
     assert SPACE == "\u2581"
 
 
@@ -58,28 +61,32 @@ def test_special_ids_constants():
 def test_char_vocab_is_specials_then_frequency_order():
     tok = VocabTokenizer.train(TokenizerConfig(kind="char"), ["aab", "b c"])
     # counts: a=2, b=2, ' '=1, c=1 -> ties broken by the token itself ('▁' sorts after 'c')
-    assert tok.itos == ["<pad>", "<unk>", "<s>", "</s>", "a", "b", "c", SPACE]
-    assert tok.vocab_size == 8
+    assert tok.itos == ["<pad>", "<unk>", "<s>", "</s>", "<sep>", "a", "b", "c", SPACE]
+    assert tok.vocab_size == 9
     assert [tok.id_to_piece(i) for i in range(4)] == list(SPECIALS)
 
 
 def test_char_round_trip_spaces_spelled_u2581():
     tok = VocabTokenizer.train(TokenizerConfig(kind="char"), CORPUS)
-    assert tok.vocab_size == 4 + len(CORPUS_CHARS)
+    assert tok.vocab_size == len(RESERVED) + len(CORPUS_CHARS)
     assert " " not in tok.itos and SPACE in tok.itos
     for text in CORPUS[:50]:
         ids = tok.encode(text)
         assert len(ids) == len(text)
-        assert UNK not in ids and min(ids) >= 4
+        assert UNK not in ids and min(ids) >= len(RESERVED)
         assert tok.decode(ids) == text
     assert tok.pieces("a cat") == ["a", SPACE, "c", "a", "t"]
 
 
 def test_char_whitespace_runs_normalise_to_one_space():
     tok = VocabTokenizer.train(TokenizerConfig(kind="char"), CORPUS)
-    ids = tok.encode("  the \t cat\n\nsat  ")
+    ids = tok.encode("  the \t cat  sat  ")
     assert ids == tok.encode("the cat sat")
     assert tok.decode(ids) == "the cat sat"
+    # a line break is not a space but the <sep> piece (blanks around it and runs of breaks: one)
+    ids = tok.encode("  the \t cat \r\n\nsat  ")
+    assert ids == tok.encode("the cat<sep>sat") and ids.count(tok.sep_id) == 1
+    assert tok.decode(ids) == "the cat\nsat"
     assert tok.pieces("a  b") == ["a", SPACE, "b"]
 
 
@@ -101,8 +108,8 @@ def test_char_decode_drops_pad_bos_eos():
 
 def test_word_round_trip_and_unknown():
     tok = VocabTokenizer.train(TokenizerConfig(kind="word"), CORPUS)
-    assert tok.vocab_size == 4 + len(WORDS)
-    assert set(tok.itos[4:]) == set(WORDS)
+    assert tok.vocab_size == len(RESERVED) + len(WORDS)
+    assert set(tok.itos[len(RESERVED):]) == set(WORDS)
     for text in CORPUS[:50]:
         ids = tok.encode(text)
         assert len(ids) == len(text.split())
@@ -115,30 +122,31 @@ def test_word_round_trip_and_unknown():
 def test_word_min_freq():
     texts = ["a a a b b c", "a b d"]  # a=4, b=3, c=1, d=1
     tok = VocabTokenizer.train(TokenizerConfig(kind="word", min_freq=2), texts)
-    assert tok.itos == list(SPECIALS) + ["a", "b"]
-    assert tok.encode("a c b d") == [4, UNK, 5, UNK]
+    assert tok.itos == list(RESERVED) + ["a", "b"]
+    assert tok.encode("a c b d") == [5, UNK, 6, UNK]
     tok1 = VocabTokenizer.train(TokenizerConfig(kind="word", min_freq=1), texts)
-    assert tok1.itos == list(SPECIALS) + ["a", "b", "c", "d"]
+    assert tok1.itos == list(RESERVED) + ["a", "b", "c", "d"]
 
 
 def test_max_vocab_counts_specials():
     texts = ["a a a b b c", "a b d"]
-    tok = VocabTokenizer.train(TokenizerConfig(kind="word", max_vocab=5), texts)
-    assert tok.vocab_size == 5
-    assert tok.itos == list(SPECIALS) + ["a"]
-    assert tok.encode("a b") == [4, UNK]
-    tok_c = VocabTokenizer.train(TokenizerConfig(kind="char", max_vocab=6), ["aaab b"])
-    assert tok_c.itos == list(SPECIALS) + ["a", "b"]  # ' ' (count 1) is cut
-    assert tok_c.encode("a b") == [4, UNK, 5]
+    tok = VocabTokenizer.train(TokenizerConfig(kind="word", max_vocab=6), texts)
+    assert tok.vocab_size == 6
+    assert tok.itos == list(RESERVED) + ["a"]
+    assert tok.encode("a b") == [5, UNK]
+    tok_c = VocabTokenizer.train(TokenizerConfig(kind="char", max_vocab=7), ["aaab b"])
+    assert tok_c.itos == list(RESERVED) + ["a", "b"]  # ' ' (count 1) is cut
+    assert tok_c.encode("a b") == [5, UNK, 6]
+    assert VocabTokenizer.train(TokenizerConfig(kind="word", max_vocab=5), texts).itos == list(RESERVED)
 
 
 def test_lowercase_vocab():
     tok = VocabTokenizer.train(TokenizerConfig(kind="word", lowercase=True), ["The CAT", "the cat"])
-    assert tok.itos == list(SPECIALS) + ["cat", "the"]
-    assert tok.encode("THE Cat") == [5, 4]
+    assert tok.itos == list(RESERVED) + ["cat", "the"]
+    assert tok.encode("THE Cat") == [6, 5]
     assert tok.decode(tok.encode("THE Cat")) == "the cat"
     cased = VocabTokenizer.train(TokenizerConfig(kind="word"), ["The CAT", "the cat"])
-    assert cased.vocab_size == 8
+    assert cased.vocab_size == 9
     assert cased.encode("THE Cat") == [UNK, UNK]
 
 
@@ -199,12 +207,12 @@ def test_train_tokenizers_joint_shares_one_object():
     cfg = TokenizersConfig(src=TokenizerConfig(kind="char"), tgt=TokenizerConfig(kind="char"), joint=True)
     src, tgt = train_tokenizers(cfg, ["ab"], ["cd"])
     assert src is tgt
-    assert src.itos == list(SPECIALS) + ["a", "b", "c", "d"]
+    assert src.itos == list(RESERVED) + ["a", "b", "c", "d"]
     sep = TokenizersConfig(src=TokenizerConfig(kind="char"), tgt=TokenizerConfig(kind="word"), joint=False)
     s, t = train_tokenizers(sep, ["ab"], ["cd ef"])
     assert s is not t
-    assert s.itos == list(SPECIALS) + ["a", "b"]
-    assert t.itos == list(SPECIALS) + ["cd", "ef"]
+    assert s.itos == list(RESERVED) + ["a", "b"]
+    assert t.itos == list(RESERVED) + ["cd", "ef"]
 
 
 # --- save / load ------------------------------------------------------------------------

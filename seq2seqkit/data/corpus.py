@@ -182,26 +182,31 @@ def _iter_tsv(path: str | Path) -> Iterator[Example]:
         yield _example(lineno, fields[0], fields[1], path)
 
 
+def json_fields(line: str, path: str | Path, lineno: int, keys: tuple[str, ...] = ("src", "tgt")) -> list[str]:
+    """The string values of ``keys`` in one JSONL line (other keys are ignored); anything
+    else is a DataError at ``path:lineno``."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, or [[[[... nested too deep
+        raise DataError(path, lineno, f"invalid JSON: {'nested too deeply' if isinstance(e, RecursionError) else e}") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, lineno, f"expected a JSON object with {' and '.join(map(json.dumps, keys))}, "
+                                      f"found {_JSON_TYPES.get(type(obj), 'value')}")
+    for key in keys:
+        if key not in obj:
+            raise DataError(path, lineno, f'missing key "{key}"')
+        if not isinstance(obj[key], str):
+            kind = _JSON_TYPES.get(type(obj[key]), "value")
+            raise DataError(path, lineno, f'"{key}" must be a string, found {kind}')
+    return [obj[key] for key in keys]
+
+
 def _iter_jsonl(path: str | Path) -> Iterator[Example]:
     for lineno, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
-        except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, or [[[[... nested too deep
-            raise DataError(path, lineno, f"invalid JSON: {'nested too deeply' if isinstance(e, RecursionError) else e}") from None
-        if not isinstance(obj, dict):
-            raise DataError(path, lineno, "expected a JSON object with \"src\" and \"tgt\", "
-                                          f"found {_JSON_TYPES.get(type(obj), 'value')}")
-        for key in ("src", "tgt"):
-            if key not in obj:
-                raise DataError(path, lineno, f'missing key "{key}"')
-            if not isinstance(obj[key], str):
-                kind = _JSON_TYPES.get(type(obj[key]), "value")
-                raise DataError(path, lineno, f'"{key}" must be a string, found {kind}')
-        yield _example(lineno, obj["src"], obj["tgt"], path)
+        if line.strip():
+            yield _example(lineno, *json_fields(line, path, lineno), path)  # type: ignore[misc]
 
 
 def iter_examples(src: str | Path, tgt: str | Path | None = None,

