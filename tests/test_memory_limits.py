@@ -1,10 +1,13 @@
 """Memory is bounded in inference: search keeps attention weights only when asked for (and then
 for every family that has them), ``--attention-layer`` names a layer that exists, an input over
-the length limit is truncated or refused for that line alone, and outputs have a hard cap."""
+the length limit is truncated or refused for that line alone, and outputs have a hard cap; in
+training, the heap kept for speed is given back around validation."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from seq2seqkit.data.dataset import pad_sources
 from seq2seqkit.models import build_model
 from seq2seqkit.models.base import Seq2SeqModel, StepOutput
 from seq2seqkit.models.ensemble import Ensemble
+from seq2seqkit.runtime import HeapBound
 from seq2seqkit.search import search
 from seq2seqkit.training import Trainer
 from seq2seqkit.translate import Translator
@@ -247,3 +251,34 @@ def test_output_and_beam_limits_are_checked_flags(tmp_path, capsys):
         assert rc == 2 and out == "" and err == f"s2s: error: {message}\n"
     rc, out, _ = run(capsys, "translate", "-m", str(model_dir), "-i", str(src), "--max-output-tokens", "1")
     assert rc == 0 and len(out.split()) <= 1
+
+
+# ------------------------------------------------------------------------------- training
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_release_freed_memory_gives_the_kept_heap_back():
+    """Under keep_freed_memory freed tensors stay resident; release_freed_memory (called around
+    validation) returns them. In a fresh process, so that no other test's heap is measured."""
+    code = (
+        "import torch\n"
+        "from seq2seqkit.runtime import keep_freed_memory, release_freed_memory\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20\n"
+        "keep_freed_memory()\n"
+        "start = rss()\n"
+        "blocks = [torch.ones(16 << 20) for _ in range(4)]\n"  # 4 x 64 MiB, touched
+        "del blocks\n"
+        "kept = rss()\n"
+        "assert release_freed_memory()\n"
+        "print(kept - start, rss() - start)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    kept, released = (int(x) for x in out.split())
+    assert kept >= 250 and released < 20, (kept, released)  # MiB above the start
+
+
+def test_heap_bound_releases_only_above_its_limit():
+    generous, tight = HeapBound(warmup=2, headroom=1e6), HeapBound(warmup=2, headroom=1e-6)
+    for _ in range(5):
+        generous.after_update()
+        tight.after_update()
+    assert generous.limit is not None and generous.releases == 0
+    assert tight.releases == (3 if sys.platform.startswith("linux") else 0)  # every update after the warm-up
