@@ -187,7 +187,8 @@ def train_child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     stop.set()
     switch("end")
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log_file = out / "train_log.jsonl"  # absent when no update was logged
+    log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
     tok_s = [e["tokens_per_s"] for e in log if e["kind"] == "train"]
     print(json.dumps({"phases": [{k: v for k, v in p.items() if k != "t0"} for p in phases], "hwm_reset": can_reset,
                       "steps": trainer.progress.step, "seconds": seconds, "tokens_per_s": tok_s,
@@ -213,23 +214,29 @@ def bench_train(args: argparse.Namespace) -> str:
 
 
 def train_table(res: dict, peak: int, wall: float) -> str:
-    train_peaks = [p["peak"] for p in res["phases"] if p["name"] == "train"]
+    phases = res["phases"]
     rows = ["| phase | seconds | RSS at start | peak RSS of the phase | RSS at end |", "|---|---|---|---|---|"]
     epoch = 0
-    for p in res["phases"]:
-        if p["name"] == "train":
+    for i, p in enumerate(phases):
+        name = p["name"]
+        if name == "train":
+            last = not any(q["name"] == "validate" for q in phases[i:])
             epoch += 1
-        name = f"epoch {epoch} training" if p["name"] == "train" else f"epoch {epoch} validation" if p["name"] == "validate" else p["name"]
+            name = "after the last validation (checkpoint)" if last and epoch > 1 else f"epoch {epoch} training"
+        elif name == "validate":
+            name = f"epoch {epoch} validation"
         start = f"{p['start_rss'] / MIB:,.0f} MiB" if "start_rss" in p else ""
         rows.append(f"| {name} | {p['seconds']:.0f} | {start} | {p['peak'] / MIB:,.0f} MiB | {p['end_rss'] / MIB:,.0f} MiB |")
     tok = res["tokens_per_s"]
     rows.append("")
-    rows.append(f"training phases' peak {max(train_peaks) / MIB:,.0f} MiB; whole run's peak (ru_maxrss) {peak / MIB:,.0f} MiB "
-                f"= {peak / max(train_peaks):.2f}x; {res['steps']} updates in {wall / 60:.1f} min; logged tokens/s "
-                f"median {sorted(tok)[len(tok) // 2]:,.0f}" if tok else "")
+    line = f"whole run's peak (ru_maxrss) {peak / MIB:,.0f} MiB; {res['steps']} updates in {wall / 60:.1f} min"
+    if tok:
+        line += f"; logged tokens/s median {sorted(tok)[len(tok) // 2]:,.0f}"
     if res.get("heap_limit"):
-        rows.append(f"HeapBound: limit {res['heap_limit'] / MIB:,.0f} MiB (1.5x the first 10 updates' peak, "
-                    f"{res['heap_limit'] / 1.5 / MIB:,.0f} MiB), freed heap released {res['heap_releases']} times")
+        ref = res["heap_limit"] / 1.5
+        line += (f"; the first 10 updates' peak {ref / MIB:,.0f} MiB (whole run {peak / ref:.2f}x), freed heap "
+                 f"released {res['heap_releases']} times above {res['heap_limit'] / MIB:,.0f} MiB")
+    rows.append(line)
     return "\n".join(rows)
 
 
