@@ -80,7 +80,8 @@ def _input_texts(path: str | None, fmt: str) -> Iterable[str]:
 # Search flags -> SearchConfig fields; the flag names are what errors about them show.
 SEARCH_FLAGS = {"batch_size": "--batch-size", "beam": "--beam", "length_penalty": "--length-penalty",
                 "nbest": "--nbest", "sample": "--sample", "temperature": "--temperature", "top_k": "--top-k",
-                "top_p": "--top-p"}
+                "top_p": "--top-p", "max_input_tokens": "--max-input-tokens", "on_long_input": "--on-long-input",
+                "max_output_tokens": "--max-output-tokens"}
 SEARCH_FIELDS = {"beam": "beam_size"}
 
 
@@ -107,15 +108,27 @@ def apply_search_flags(tr: Translator, args: argparse.Namespace) -> None:
         raise ConfigError(f"{flag}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
-def enable_attention(model: object, layer: int | None) -> None:
-    """Ask a model that computes attention weights only on request (the Transformer) for them."""
-    if hasattr(model, "return_attention"):
-        setattr(model, "return_attention", True)
-    if layer is not None:
-        if hasattr(model, "attention_layer"):
-            setattr(model, "attention_layer", layer)
-        else:
-            log.warning("--attention-layer: this model has a single attention, the flag is ignored")
+def attention_to_plot(tr: Translator, args: argparse.Namespace) -> int | None:
+    """Which attention ``--plot-attention`` keeps (``--attention-layer``, by default the last);
+    None, with a warning, for a model that has none. A layer the model lacks is refused."""
+    from .models.base import check_attention_layer
+
+    if not args.plot_attention:
+        if args.attention_layer is not None:
+            raise UserError("--attention-layer: only used with --plot-attention DIR")
+        return None
+    if args.engine == "ctranslate2":
+        raise UserError("--plot-attention: not available with --engine ctranslate2 (use the PyTorch model directory)")
+    if tr.model.attention_layers == 0:  # the plain encoder-decoder: one context vector
+        print(f"s2s: warning: --plot-attention: model family {tr.cfg.model.family!r} has no attention: "
+              f"no heatmaps written", file=sys.stderr)
+        return None
+    layer = -1 if args.attention_layer is None else args.attention_layer
+    try:
+        check_attention_layer(tr.model, layer)
+    except ValueError as e:
+        raise UserError(f"--attention-layer: {e}") from None
+    return layer
 
 
 def save_attention_plot(tr: Translator, text: str, hyp: Hypothesis, path: Path) -> None:
@@ -126,7 +139,8 @@ def save_attention_plot(tr: Translator, text: str, hyp: Hypothesis, path: Path) 
 
     assert hyp.attention is not None
     eos = [SPECIALS[EOS]] if hyp.attention.size(0) > len(hyp.tokens) else []
-    plot_attention(hyp.attention, tr.src_tok.pieces(text) + [SPECIALS[EOS]],
+    source = tr.src_tok.pieces(text)[: hyp.attention.size(1) - 1]  # as decoded: a long input is truncated
+    plot_attention(hyp.attention, source + [SPECIALS[EOS]],
                    [tr.tgt_tok.id_to_piece(t) for t in hyp.tokens] + eos, path)
 
 
@@ -170,23 +184,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_output_file(Path(args.output), args.input)
     tr = load_translator(args)
     apply_search_flags(tr, args)
-    if args.plot_attention and args.engine == "ctranslate2":
-        raise UserError("--plot-attention: not available with --engine ctranslate2 (use the PyTorch model directory)")
-    plot_dir = Path(args.plot_attention) if args.plot_attention else None
-    if plot_dir:
-        enable_attention(tr.model, args.attention_layer)
+    layer = attention_to_plot(tr, args)
+    plot_dir = Path(args.plot_attention) if layer is not None else None
     show_scores = tr.cfg.search.nbest > 1
+    name = args.input if args.input and args.input != "-" else "<stdin>"
     count, start = 0, time.perf_counter()
+
+    def long_input(index: int, length: int, limit: int) -> None:
+        action = (f"truncated to its first {limit} tokens" if tr.cfg.search.on_long_input == "truncate"
+                  else "refused: its output line is empty")
+        print(f"s2s: warning: {name}:{count + index + 1}: {length} tokens, over the limit of {limit} "
+              f"(--max-input-tokens, search.max_input_tokens or the model's max_positions): {action}", file=sys.stderr)
+
     texts = _input_texts(args.input, args.input_format)
     with atomic_open(args.output) if args.output else contextlib.nullcontext(sys.stdout) as f:
         for chunk in chunked(texts, 2000):
-            for text, hyps in zip(chunk, tr.nbest_hypotheses(chunk)):
+            for text, hyps in zip(chunk, tr.nbest_hypotheses(chunk, layer, long_input)):
                 count += 1
-                if plot_dir and hyps[0].attention is None:  # the plain encoder-decoder: one context vector
-                    print(f"s2s: warning: --plot-attention: model family {tr.cfg.model.family!r} has no attention: "
-                          f"no heatmaps written", file=sys.stderr)
-                    plot_dir = None
-                if plot_dir:
+                if plot_dir and hyps[0].attention is not None:  # none: a refused input
                     save_attention_plot(tr, text, hyps[0], plot_dir / f"{count:04d}.png")
                 for h in hyps if show_scores else hyps[:1]:
                     out = one_line(tr.tgt_tok.decode(h.tokens))
@@ -362,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--beam", type=int, metavar="N", help="beam size (1: greedy search)")
         sp.add_argument("--length-penalty", type=float, metavar="A",
                         help="GNMT length penalty alpha for beam search: score / ((5 + length) / 6) ** A")
+        sp.add_argument("--max-input-tokens", type=int, metavar="N",
+                        help="inputs longer than N source tokens are truncated or refused (--on-long-input)")
+        sp.add_argument("--on-long-input", choices=["truncate", "refuse"],
+                        help="an over-long input is cut to the limit, or refused (empty output); a warning names it")
+        sp.add_argument("--max-output-tokens", type=int, metavar="N", help="no output longer than N tokens")
 
     tr = sub.add_parser("generate", aliases=["translate"], help="apply a model to each input (lines or JSONL) of a file or stdin")
     model_args(tr, True)

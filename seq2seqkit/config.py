@@ -231,19 +231,29 @@ class TrainingConfig(_Section):
 
 # --------------------------------------------------------------------------- search
 class SearchConfig(_Section):
-    """Decoding. Output length is capped at ``max_len_a * source_length + max_len_b``.
+    """Decoding. Output length is capped at ``max_len_a * source_length + max_len_b`` and at
+    ``max_output_tokens``.
 
     ``beam_size`` 1 is greedy search; above 1, beam search with GNMT length penalty
     ``((5 + length) / 6) ** length_penalty``. ``sample`` draws tokens instead (temperature,
     top-k, top-p), for generation tasks such as dialogue.
+
+    Limits keep the memory of one input bounded (search holds the encoded source, and beam
+    search ``beam_size`` copies of it): an input longer than ``max_input_tokens`` source tokens
+    (or than a learned-position Transformer's ``model.max_positions`` minus its EOS) is cut to
+    the limit (``on_long_input: truncate``) or not translated (``refuse``: an empty output), with
+    a warning that names it; the other inputs are translated as usual.
     """
 
     max_len_a: float = Field(1.5, ge=0)
     max_len_b: int = Field(10, ge=1)
+    max_output_tokens: int = Field(1024, ge=1)  # hard cap on any output, whatever its source length
+    max_input_tokens: int = Field(1024, ge=1)  # longer inputs: see on_long_input
+    on_long_input: Literal["truncate", "refuse"] = "truncate"
     batch_size: int = Field(64, ge=1)  # sentences per decoding batch
-    beam_size: int = Field(1, ge=1)
+    beam_size: int = Field(1, ge=1, le=256)
     length_penalty: float = Field(1.0, ge=0)
-    nbest: int = Field(1, ge=1)
+    nbest: int = Field(1, ge=1, le=256)
     sample: bool = False
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0)  # 0: no top-k filtering

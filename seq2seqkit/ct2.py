@@ -42,7 +42,7 @@ from .errors import UserError
 from .models.transformer import TransformerSeq2Seq
 from .rundir import EXPORT, check_ours, write_marker
 from .search import Hypothesis
-from .translate import Translator
+from .translate import LongInputHook, Translator, input_limit, limit_inputs, refused
 
 POSITION_ROWS = 1024  # rows of the exported sinusoid table: the longest sequence CTranslate2 can then handle
 
@@ -289,11 +289,15 @@ class CTranslate2Translator(Translator):
             return Hypothesis(tokens=ids, score=score)
         return Hypothesis(tokens=ids, score=score * (len(ids) + 1) ** alpha, norm_score=score)
 
-    def nbest_hypotheses(self, texts: Sequence[str]) -> list[list[Hypothesis]]:
-        s = self.cfg.search
-        encoded = [self.src_tok.encode(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        out: list[list[Hypothesis]] = [[] for _ in texts]
+    def nbest_hypotheses(self, texts: Sequence[str], attention_layer: int | None = None,
+                         on_long_input: LongInputHook | None = None) -> list[list[Hypothesis]]:
+        if attention_layer is not None:
+            raise ValueError("CTranslate2 decoding returns no attention weights")
+        s, m = self.cfg.search, self.cfg.model
+        limit = input_limit(s, m.max_positions if m.positions == "learned" else None)
+        encoded = limit_inputs([self.src_tok.encode(t) for t in texts], limit, s, on_long_input)
+        order = sorted(encoded, key=lambda i: len(encoded[i]))
+        out = [refused() for _ in texts]
         options: dict[str, Any] = dict(
             beam_size=1 if s.sample else s.beam_size, num_hypotheses=s.nbest, length_penalty=s.length_penalty,
             return_scores=True, max_input_length=0, patience=1,
@@ -304,7 +308,7 @@ class CTranslate2Translator(Translator):
             idx = order[start : start + s.batch_size]
             batch = [[self._src_vocab[t] for t in encoded[i]] for i in idx]
             longest = max(len(b) for b in batch)
-            results = self.engine.translate_batch(batch, max_decoding_length=int(longest * s.max_len_a) + s.max_len_b,
+            results = self.engine.translate_batch(batch, max_decoding_length=min(int(longest * s.max_len_a) + s.max_len_b, s.max_output_tokens),
                                                   **options)
             for i, res in zip(idx, results):
                 out[i] = [self._hypothesis(hyp, score, options["length_penalty"] if options["beam_size"] > 1 else 0.0)

@@ -14,6 +14,11 @@ on 2 cores. The tensors above 32 MiB, the logits and their gradients (4096 token
 x 4 bytes = 131 MB each), still faulted: serving *every* block from the heap took the same step
 from about 5.5 s to 4.3 s at 1 thread (``python bench/profile_step.py transformer --threads 1
 [--glibc-default-malloc]``; both pairs measured beside other jobs, so compare within a pair).
+
+Keeping freed memory has a price over a long run: the heap fragments and its resident size
+grows with it. :func:`release_freed_memory` gives the free pages back, and :class:`HeapBound`
+does so during training whenever resident memory passes 1.5x what the first updates needed
+(``python bench/memory.py train``; BENCHMARKS.md, "Memory").
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import ctypes.util
 import logging
 import math
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +38,15 @@ log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 _configured = False
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 64 << 20) -> bool:
@@ -53,12 +68,8 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 64 << 20) ->
     global _configured
     if _configured:
         return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     ok = all(mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad)))
@@ -243,3 +254,61 @@ class CoreWatch:
                         busy, slow, self.setting, fits, SPIN_COUNT)
         else:
             log.warning("%s: %s; %s=%d is faster while they run", busy, slow, self.setting, fits)
+
+
+# ------------------------------------------------------------------------------ memory
+def release_freed_memory() -> bool:
+    """Give the pages of all freed heap blocks back to the kernel (glibc ``malloc_trim(0)``, which
+    also releases whole free pages in the middle of the heap, not only at its top).
+
+    Under :func:`keep_freed_memory` the heap keeps every page it ever touched: a phase that
+    allocates differently shaped tensors than the training step (validation's decoding and its
+    batches) lands partly in fresh memory and would otherwise stay resident for the rest of the
+    run, on top of the step's own heap. Trimming at the switch between such phases costs one
+    round of page faults for the blocks reused afterwards (about one update's worth), not one per
+    update. Returns whether glibc did it (False elsewhere, where this is a no-op)."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux ``/proc/self/statm``); None where unknown."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class HeapBound:
+    """Keeps a training process's resident memory near what its updates need.
+
+    Whatever the allocator settings, the heap fragments over a run: batches differ in shape, so a
+    step's blocks do not fit the holes the previous step left, and the pages of those holes stay
+    resident. Measured on the Multi30k Transformer (bf16, one thread; bench/memory.py): 2.0 GB
+    after the first updates, 4.0-4.1 GB after 80 with either glibc's default or
+    :func:`keep_freed_memory`, 5.8 GB in the third epoch, while ``malloc_trim`` at update 80 left
+    0.9 GB: the rest was free heap. So after each update, once resident memory passes ``headroom``
+    times the peak of the first ``warmup`` updates, the freed heap is given back
+    (:func:`release_freed_memory`); the next update faults its pages in again, once, instead of
+    the heap growing for the rest of the run."""
+
+    def __init__(self, warmup: int = 10, headroom: float = 1.5) -> None:
+        self.warmup, self.headroom = warmup, headroom
+        self.updates, self.releases = 0, 0
+        self.limit: int | None = None
+
+    def after_update(self) -> None:
+        self.updates += 1
+        if self.limit is None:
+            if self.updates >= self.warmup:  # ru_maxrss is in KiB on Linux
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                self.limit = int(self.headroom * peak)
+                log.info("memory: peak %d MiB after %d updates; freed heap is released above %d MiB",
+                         peak >> 20, self.updates, self.limit >> 20)
+            return
+        rss = resident_bytes()
+        if rss is not None and rss > self.limit and release_freed_memory():
+            self.releases += 1

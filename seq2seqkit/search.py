@@ -4,6 +4,11 @@ Everything here uses only the family-neutral interface (``encode``, ``init_state
 ``decode_step``, and ``select`` on nested states), so the same search runs on every model
 family. Greedy search and sampling follow one path per sentence; beam search keeps ``K``;
 ``search`` picks one from a :class:`SearchConfig`.
+
+Attention weights are kept only when asked for (``attention_layer``): a hypothesis then holds
+one row per step over its source, which for long inputs is most of search's memory; otherwise
+nothing per step is kept beyond the tokens. Every output is capped at ``max_len_a * source
+length + max_len_b`` tokens, at ``max_output_tokens`` and at the model's ``max_positions``.
 """
 
 from __future__ import annotations
@@ -17,20 +22,32 @@ import torch.nn.functional as F
 
 from .config import SearchConfig
 from .data.tokenizers import BOS, EOS, PAD
-from .models.base import Seq2SeqModel, select
+from .models.base import Seq2SeqModel, check_attention_layer, select
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without BOS/EOS
     score: float  # sum of token log-probabilities (EOS included when it was produced)
-    attention: torch.Tensor | None = None  # (steps, S) if the model exposes attention; steps = len(tokens) + EOS
+    attention: torch.Tensor | None = None  # (steps, S) when asked for (attention_layer); steps = len(tokens) + EOS
     norm_score: float | None = None  # beam search: score / GNMT length penalty, what n-best lists are ranked by
 
 
-def max_lengths(src_lens: torch.Tensor, a: float, b: int) -> torch.Tensor:
-    """Output length cap ``a * source_length + b`` (source length without its EOS)."""
-    return ((src_lens - 1).float() * a).long() + b
+def max_lengths(src_lens: torch.Tensor, a: float, b: int, limit: int | None = None) -> torch.Tensor:
+    """Output length cap ``a * source_length + b`` (source length without its EOS), at most ``limit``."""
+    caps = ((src_lens - 1).float() * a).long() + b
+    return caps if limit is None else caps.clamp(max=limit)
+
+
+def output_caps(model: Seq2SeqModel, src_lens: torch.Tensor, a: float, b: int, limit: int | None) -> list[int]:
+    """Each sentence's most decoding steps: :func:`max_lengths`, within what the model can take."""
+    cap = min((n for n in (limit, model.max_positions) if n is not None), default=None)
+    return max_lengths(src_lens, a, b, cap).tolist()
+
+
+def _check_attention(model: Seq2SeqModel, attention_layer: int | None) -> None:
+    if attention_layer is not None:
+        check_attention_layer(model, attention_layer)
 
 
 def gnmt_penalty(length: int, alpha: float) -> float:
@@ -44,28 +61,30 @@ Chooser = Callable[[torch.Tensor], torch.Tensor]  # (B, V) log-probs -> (B,) nex
 
 @torch.no_grad()
 def _single_path(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float,
-                 max_len_b: int, choose: Chooser) -> list[Hypothesis]:
+                 max_len_b: int, choose: Chooser, max_output_tokens: int | None = None,
+                 attention_layer: int | None = None) -> list[Hypothesis]:
     """Batched decoding of one path per sentence (greedy or sampled); each sentence stops at its
     own EOS or length cap and leaves the batch, so a step costs what the unfinished ones need."""
+    _check_attention(model, attention_layer)
     bsz = src.size(0)
     enc = model.encode(src, src_lens)
     state = model.init_state(enc)
-    caps, lens = max_lengths(src_lens, max_len_a, max_len_b).tolist(), src_lens.tolist()
+    caps, lens = output_caps(model, src_lens, max_len_a, max_len_b, max_output_tokens), src_lens.tolist()
     tokens: list[list[int]] = [[] for _ in range(bsz)]
     scores = [0.0] * bsz
-    attn: list[list[torch.Tensor]] = [[] for _ in range(bsz)]
+    attn: list[list[torch.Tensor]] = [[] for _ in range(bsz)]  # stays empty unless attention is asked for
     alive = torch.arange(bsz, device=src.device)  # batch rows still decoding
     prev = torch.full((bsz,), BOS, dtype=torch.long, device=src.device)
     step = 0
     while alive.numel():
-        out = model.decode_step(prev, enc, state)
+        out = model.decode_step(prev, enc, state, attention_layer)
         logp = F.log_softmax(out.logits.float(), dim=-1)
         best = choose(logp)
         best_lp = logp.gather(1, best.unsqueeze(1)).squeeze(1)  # the model's log-prob, whatever chose it
         keep = []
         for row, (i, tok, lp) in enumerate(zip(alive.tolist(), best.tolist(), best_lp.tolist())):
             scores[i] += lp
-            if out.attention is not None:
+            if attention_layer is not None and out.attention is not None:
                 attn[i].append(out.attention[row, : lens[i]])
             if tok == EOS:
                 continue
@@ -85,9 +104,12 @@ def _single_path(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor,
 
 
 def greedy_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float = 1.5,
-                  max_len_b: int = 10) -> list[Hypothesis]:
-    """Batched greedy decoding: the most probable next token at every step."""
-    return _single_path(model, src, src_lens, max_len_a, max_len_b, lambda logp: logp.argmax(dim=-1))
+                  max_len_b: int = 10, max_output_tokens: int | None = None,
+                  attention_layer: int | None = None) -> list[Hypothesis]:
+    """Batched greedy decoding: the most probable next token at every step. With
+    ``attention_layer``, each hypothesis keeps that attention's weights at every step."""
+    return _single_path(model, src, src_lens, max_len_a, max_len_b, lambda logp: logp.argmax(dim=-1),
+                        max_output_tokens, attention_layer)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -106,7 +128,8 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def sample_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float = 1.5,
                   max_len_b: int = 10, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  generator: torch.Generator | None = None) -> list[Hypothesis]:
+                  generator: torch.Generator | None = None, max_output_tokens: int | None = None,
+                  attention_layer: int | None = None) -> list[Hypothesis]:
     """Batched sampling (temperature, then top-k, then top-p). ``score`` is the model's own
     log-probability of the sample, untempered, so it compares with other searches."""
 
@@ -114,14 +137,15 @@ def sample_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor
         probs = filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-    return _single_path(model, src, src_lens, max_len_a, max_len_b, choose)
+    return _single_path(model, src, src_lens, max_len_a, max_len_b, choose, max_output_tokens, attention_layer)
 
 
 # ---------------------------------------------------------------------------- beam search
 @torch.no_grad()
 def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, beam_size: int,
                 max_len_a: float = 1.5, max_len_b: int = 10, length_penalty: float = 1.0,
-                nbest: int = 1) -> list[list[Hypothesis]]:
+                nbest: int = 1, max_output_tokens: int | None = None,
+                attention_layer: int | None = None) -> list[list[Hypothesis]]:
     """Batched beam search; returns the ``nbest`` best hypotheses per sentence, best first.
 
     All sentences and beams run as one batch of ``B*K`` rows. Each step takes the top ``2K``
@@ -131,19 +155,21 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, 
     the finished list and stop the search before the good ones end.)
     A sentence is done when its ``nbest`` best finished hypotheses beat every live one (see
     ``_done``), or at its length cap, where the live ones finish without EOS. Done sentences
-    leave the batch.
+    leave the batch. With ``attention_layer``, every live row carries its attention history
+    (reordered with the beams); otherwise none is kept.
     """
     if nbest > beam_size:
         raise ValueError(f"nbest ({nbest}) cannot exceed beam_size ({beam_size})")
+    _check_attention(model, attention_layer)
     bsz, k, dev = src.size(0), beam_size, src.device
-    caps, lens = max_lengths(src_lens, max_len_a, max_len_b).tolist(), src_lens.tolist()
+    caps, lens = output_caps(model, src_lens, max_len_a, max_len_b, max_output_tokens), src_lens.tolist()
     enc = select(model.encode(src, src_lens), torch.arange(bsz, device=dev).repeat_interleave(k))
     state = model.init_state(enc)
     sents = list(range(bsz))  # input index of each sentence in the batch, K rows each
     scores = torch.full((bsz, k), -math.inf, dtype=torch.float64, device=dev)
     scores[:, 0] = 0.0  # one live beam at step 0, so the first K candidates are distinct
     seqs: list[list[int]] = [[] for _ in range(bsz * k)]  # tokens of each row's hypothesis
-    attn: torch.Tensor | None = None  # (rows, steps, S) attention history, when the model has it
+    attn: torch.Tensor | None = None  # (rows, steps, S) attention history, when asked for
     prev = torch.full((bsz * k,), BOS, dtype=torch.long, device=dev)
     finished: list[list[Hypothesis]] = [[] for _ in range(bsz)]
 
@@ -152,8 +178,8 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, 
         finished[i].append(Hypothesis(toks, score, att, score / gnmt_penalty(steps, length_penalty)))
 
     for step in range(max(caps)):
-        out = model.decode_step(prev, enc, state)
-        if out.attention is not None:
+        out = model.decode_step(prev, enc, state, attention_layer)
+        if attention_layer is not None and out.attention is not None:
             new = out.attention.unsqueeze(1)
             attn = new if attn is None else torch.cat([attn, new], dim=1)
         logp = F.log_softmax(out.logits.float(), dim=-1)
@@ -222,19 +248,21 @@ def _done(finished: list[Hypothesis], live: list[tuple[int, int, float]], nbest:
 
 # ------------------------------------------------------------------------------ dispatcher
 def search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, cfg: SearchConfig,
-           generator: torch.Generator | None = None) -> list[list[Hypothesis]]:
+           generator: torch.Generator | None = None, attention_layer: int | None = None) -> list[list[Hypothesis]]:
     """Decode a batch as ``cfg`` says; returns an n-best list per sentence, best first.
 
     Sampling draws ``cfg.nbest`` independent samples per sentence (ranked by model score);
-    beam size 1 is greedy search.
+    beam size 1 is greedy search. ``attention_layer``: keep that attention's weights (see
+    :func:`greedy_search`); None keeps none.
     """
+    cap = cfg.max_output_tokens
     if cfg.sample:
         n = cfg.nbest
         rows = torch.arange(src.size(0), device=src.device).repeat_interleave(n)
         hyps = sample_search(model, src[rows], src_lens[rows], cfg.max_len_a, cfg.max_len_b,
-                             cfg.temperature, cfg.top_k, cfg.top_p, generator)
+                             cfg.temperature, cfg.top_k, cfg.top_p, generator, cap, attention_layer)
         return [sorted(hyps[i * n : (i + 1) * n], key=lambda h: -h.score) for i in range(src.size(0))]
     if cfg.beam_size == 1:
-        return [[h] for h in greedy_search(model, src, src_lens, cfg.max_len_a, cfg.max_len_b)]
+        return [[h] for h in greedy_search(model, src, src_lens, cfg.max_len_a, cfg.max_len_b, cap, attention_layer)]
     return beam_search(model, src, src_lens, cfg.beam_size, cfg.max_len_a, cfg.max_len_b,
-                       cfg.length_penalty, cfg.nbest)
+                       cfg.length_penalty, cfg.nbest, cap, attention_layer)

@@ -44,6 +44,7 @@ from .models import Seq2SeqModel, build_model
 from .runtime import CoreWatch
 from .tasks import resolve_dataset
 from .rundir import open_run
+from .runtime import HeapBound, release_freed_memory
 from .teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio
 from .translate import resolve_device, translate_ids
 
@@ -188,6 +189,7 @@ class Trainer:
         self._signatures_shown = False
         self._clock = time.perf_counter()  # train_seconds counts from here (and from each train())
         self.stopped: str | None = None  # "SIGINT"/"SIGTERM" if train() stopped early on it (checkpoint saved)
+        self.heap = HeapBound()  # resident memory within 1.5x the first updates' peak (runtime.py)
 
     # -- setup helpers -------------------------------------------------------------------------
     @staticmethod
@@ -343,6 +345,7 @@ class Trainer:
                     batch = collate(self.train_data, idx).to(self.device)
                     loss = self.train_step(batch)
                     self.cores.check(torch.get_num_threads())
+                    self.heap.after_update()
                     tokens0 += batch.n_tokens
                     p.batch_in_epoch += 1
                     bar.update()
@@ -461,6 +464,16 @@ class Trainer:
         return total / max(tokens, 1)
 
     def _validate(self) -> dict[str, float]:
+        # Validation allocates tensors of other shapes than the training step (decoding steps,
+        # fp32 dev batches): the freed heap of each phase is returned before the other runs, so
+        # that neither phase's memory stays resident on top of the other's (runtime.py).
+        release_freed_memory()
+        try:
+            return self._validate_and_record()
+        finally:
+            release_freed_memory()
+
+    def _validate_and_record(self) -> dict[str, float]:
         tc, p = self.cfg.training, self.progress
         loss = self.dev_loss(1.0)
         values: dict[str, float] = {"loss": loss, "ppl": math.exp(min(loss, 50.0))}

@@ -6,7 +6,9 @@ A model directory is self-contained: ``config.yaml``, the tokenizers, and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -21,6 +23,8 @@ from .models import Seq2SeqModel, build_model
 from .models.ensemble import Ensemble
 from .search import Hypothesis, search
 
+log = logging.getLogger("seq2seqkit")
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -30,23 +34,62 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Told about each input over the length limit: (its index in the call, its length in tokens, the limit).
+LongInputHook = Callable[[int, int, int], None]
+
+
+def input_limit(cfg: SearchConfig, max_positions: int | None) -> int:
+    """The most source tokens (EOS not counted) an input may have: ``cfg.max_input_tokens``,
+    and what a model whose positions stop at ``max_positions`` (EOS included) can encode."""
+    return cfg.max_input_tokens if max_positions is None else min(cfg.max_input_tokens, max_positions - 1)
+
+
+def limit_inputs(sources: Sequence[Sequence[int]], limit: int, cfg: SearchConfig,
+                 on_long_input: LongInputHook | None = None) -> dict[int, Sequence[int]]:
+    """The inputs to decode by index: those over ``limit`` tokens cut to it, or left out with
+    ``cfg.on_long_input: refuse``; ``on_long_input`` (default: a logged warning) is told of each."""
+    kept: dict[int, Sequence[int]] = {}
+    for i, ids in enumerate(sources):
+        if len(ids) > limit:
+            if on_long_input is not None:
+                on_long_input(i, len(ids), limit)
+            else:
+                action = f"truncated to {limit}" if cfg.on_long_input == "truncate" else "refused (empty output)"
+                log.warning("input %d: %d tokens, over the limit of %d (search.max_input_tokens, or the model's "
+                            "max_positions): %s", i + 1, len(ids), limit, action)
+            if cfg.on_long_input == "refuse":
+                continue
+            ids = ids[:limit]
+        kept[i] = ids
+    return kept
+
+
+def refused() -> list[Hypothesis]:
+    """The n-best list of an input that was not translated: one empty output of score -inf."""
+    return [Hypothesis([], -math.inf)]
+
+
 @torch.no_grad()
 def translate_ids_nbest(
     model: Seq2SeqModel, sources: Sequence[Sequence[int]], cfg: SearchConfig, device: torch.device,
-    progress: str | None = None,
+    progress: str | None = None, attention_layer: int | None = None, on_long_input: LongInputHook | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode id sequences as ``cfg`` says (greedy, beam or sampling) in length-sorted batches
     (little padding); returns each input's n-best list, best first, in input order. ``progress``:
-    the label of a progress bar over the batches (on a terminal only)."""
+    the label of a progress bar over the batches (on a terminal only).
+
+    Inputs over :func:`input_limit` are handled by :func:`limit_inputs`; a refused one gets
+    :func:`refused`. ``attention_layer``: see :func:`~seq2seqkit.search.search`."""
     model.eval()
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    out: list[list[Hypothesis]] = [[] for _ in sources]
+    kept = limit_inputs(sources, input_limit(cfg, model.max_positions), cfg, on_long_input)
+    out = [refused() for _ in sources]
+    order = sorted(kept, key=lambda i: len(kept[i]))
     starts = range(0, len(order), cfg.batch_size)
     for start in tqdm(starts, desc=progress, unit="batch", dynamic_ncols=True, leave=False,
                       disable=None if progress else True):
         idx = order[start : start + cfg.batch_size]
-        src, lens = pad_sources([sources[i] for i in idx])
-        for i, hyps in zip(idx, search(model, src.to(device), lens.to(device), cfg)):
+        src, lens = pad_sources([kept[i] for i in idx])
+        for i, hyps in zip(idx, search(model, src.to(device), lens.to(device), cfg, attention_layer=attention_layer)):
             out[i] = hyps
     return out
 
@@ -138,9 +181,13 @@ class Translator:
     def hypotheses(self, texts: Sequence[str]) -> list[Hypothesis]:
         return [hyps[0] for hyps in self.nbest_hypotheses(texts)]
 
-    def nbest_hypotheses(self, texts: Sequence[str]) -> list[list[Hypothesis]]:
+    def nbest_hypotheses(self, texts: Sequence[str], attention_layer: int | None = None,
+                         on_long_input: LongInputHook | None = None) -> list[list[Hypothesis]]:
+        """Each text's n-best list; ``attention_layer``: also keep that attention's weights
+        (``model.attention_layers`` says which exist); ``on_long_input``: see :func:`translate_ids_nbest`."""
         sources = cut_sources([self.src_tok.encode(t) for t in texts], self.cfg.data, "inputs")
-        return translate_ids_nbest(self.model, sources, self.cfg.search, self.device)
+        return translate_ids_nbest(self.model, sources, self.cfg.search, self.device,
+                                   attention_layer=attention_layer, on_long_input=on_long_input)
 
     def translate(self, texts: str | Sequence[str]) -> list[str]:
         """Translate sentences (one string or a list); returns detokenized outputs."""

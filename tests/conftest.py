@@ -75,12 +75,13 @@ def train_reverse_and_score(cfg: Config, tmp_path: Path) -> tuple[float, float]:
 
 def step_by_step(model, src: torch.Tensor, lens: torch.Tensor, tin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Teacher-forced decoding one ``decode_step`` at a time (as search runs a model): (B, T, V)
-    logits and (B, T, S) attention weights (None if the model gives none)."""
+    logits and (B, T, S) weights of its first attention (None if the model has none)."""
     enc = model.encode(src, lens)
     state = model.init_state(enc)
     logits, attn = [], []
+    layer = 0 if model.attention_layers else None
     for t in range(tin.size(1)):
-        out = model.decode_step(tin[:, t], enc, state)
+        out = model.decode_step(tin[:, t], enc, state, layer)
         logits.append(out.logits)
         attn.append(out.attention)
         state = out.state

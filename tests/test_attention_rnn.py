@@ -79,7 +79,7 @@ def test_greedy_search_returns_attention(kw):
     model = make(**kw)
     sources = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
     src, lens = pad_sources(sources)
-    hyps = greedy_search(model, src, lens, max_len_a=1.0, max_len_b=2)
+    hyps = greedy_search(model, src, lens, max_len_a=1.0, max_len_b=2, attention_layer=0)
     for i, (s, h) in enumerate(zip(sources, hyps)):
         assert h.attention is not None
         assert h.attention.shape[0] in (len(h.tokens), len(h.tokens) + 1)  # +1: the EOS step
@@ -89,7 +89,7 @@ def test_greedy_search_returns_attention(kw):
         assert (h.attention[:, real:] == 0).all()
         # Batch-independent: the same sentence alone gives the same tokens and weights.
         s1, l1 = pad_sources([s])
-        alone = greedy_search(model, s1, l1, max_len_a=1.0, max_len_b=2)[0]
+        alone = greedy_search(model, s1, l1, max_len_a=1.0, max_len_b=2, attention_layer=0)[0]
         assert alone.tokens == h.tokens
         torch.testing.assert_close(alone.attention, h.attention[:, :real], rtol=1e-4, atol=1e-5)
 
@@ -99,7 +99,7 @@ def test_beam_search_reorders_the_attention_state(kw):
     model = make(**kw)
     sources = [[5, 6, 7, 8, 9], [10, 11]]
     src, lens = pad_sources(sources)
-    beams = beam_search(model, src, lens, beam_size=3, max_len_a=1.0, max_len_b=2, nbest=2)
+    beams = beam_search(model, src, lens, beam_size=3, max_len_a=1.0, max_len_b=2, nbest=2, attention_layer=0)
     for s, hyps in zip(sources, beams):
         assert len(hyps) == 2
         for h in hyps:
@@ -141,7 +141,7 @@ def test_learns_the_reverse_task(tmp_path, attention):
     assert scores.values["exact"] >= 95
     # Reversal is a known alignment: output token i should mostly attend to source token n-1-i.
     aligned = total = 0
-    for text, hyp in zip(data.sources[:50], translator.hypotheses(data.sources[:50])):
+    for text, (hyp, *_) in zip(data.sources[:50], translator.nbest_hypotheses(data.sources[:50], attention_layer=0)):
         n = len(text.split())
         peaks = hyp.attention[:n].argmax(-1).tolist()
         aligned += sum(p == n - 1 - i for i, p in enumerate(peaks))

@@ -130,7 +130,7 @@ def test_translate_bad_search_flags_and_plots_without_attention(model_dir, tmp_p
 
 
 def test_translate_plots_attention_of_a_model_that_has_it(model_dir, tmp_path, monkeypatch, capsys):
-    """The RNN wrapped with made-up attention that, like the Transformer's, is off until asked."""
+    """The RNN wrapped with made-up attention (two layers' worth), kept only when asked for."""
     from seq2seqkit.translate import Translator
     from test_search import ToyAttention
 
@@ -138,7 +138,7 @@ def test_translate_plots_attention_of_a_model_that_has_it(model_dir, tmp_path, m
 
     def load_with_attention(*args, **kwargs):
         tr = load(*args, **kwargs)
-        tr.model = ToyAttention(tr.model, return_attention=False).eval()
+        tr.model = ToyAttention(tr.model, layers=2).eval()
         wrapped.append(tr.model)
         return tr
 
@@ -149,7 +149,7 @@ def test_translate_plots_attention_of_a_model_that_has_it(model_dir, tmp_path, m
     assert main(["-q", "translate", "-m", str(model_dir), "-i", str(src), "--beam", "2",
                  "--plot-attention", str(plots), "--attention-layer", "1"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
-    assert wrapped[0].return_attention and wrapped[0].attention_layer == 1
+    assert set(wrapped[0].asked) == {1}
     assert sorted(p.name for p in plots.iterdir()) == ["0001.png", "0002.png", "0003.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.iterdir())
 

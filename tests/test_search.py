@@ -32,10 +32,10 @@ class ToyAttention(Seq2SeqModel):
     """An RNN model plus made-up attention weights that depend on the decoder state, so a
     search that mixed up hypotheses' histories would return the wrong rows."""
 
-    def __init__(self, inner: Seq2SeqModel, return_attention: bool = True) -> None:
+    def __init__(self, inner: Seq2SeqModel, layers: int = 1) -> None:
         super().__init__()
         self.inner, self.src_vocab, self.tgt_vocab = inner, inner.src_vocab, inner.tgt_vocab
-        self.return_attention, self.attention_layer = return_attention, 0  # as the Transformer has
+        self.layers, self.asked = layers, []  # the attention_layer of every decode_step call
         torch.manual_seed(1)
         self.query = nn.Linear(inner.rnn.hidden_size, inner.encoder.embed.embedding_dim)
 
@@ -45,9 +45,14 @@ class ToyAttention(Seq2SeqModel):
     def init_state(self, enc):
         return self.inner.init_state(enc)
 
-    def decode_step(self, prev, enc, state):
+    @property
+    def attention_layers(self):
+        return self.layers
+
+    def decode_step(self, prev, enc, state, attention_layer=None):
+        self.asked.append(attention_layer)
         out = self.inner.decode_step(prev, enc, state)
-        if not self.return_attention:
+        if attention_layer is None:
             return out
         scores = torch.einsum("bse,be->bs", enc["keys"], self.query(out.state["h"][:, -1]))
         return StepOutput(out.logits, out.state, scores.masked_fill(enc["pad"], -math.inf).softmax(-1))
@@ -74,14 +79,19 @@ def models(cell: str) -> list[Seq2SeqModel]:
     return [make(cell=cell), ToyAttention(make(cell=cell)).eval()]
 
 
+def layer(model: Seq2SeqModel) -> int | None:
+    """Ask for attention where the model has it."""
+    return 0 if model.attention_layers else None
+
+
 # ----------------------------------------------------------------------------- beam search
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_size_1_equals_greedy(cell, alpha):
     src, lens = pad_sources(random_sources(8, seed=1))
     for model in models(cell):
-        greedy = greedy_search(model, src, lens)
-        beam = beam_search(model, src, lens, 1, length_penalty=alpha)
+        greedy = greedy_search(model, src, lens, attention_layer=layer(model))
+        beam = beam_search(model, src, lens, 1, length_penalty=alpha, attention_layer=layer(model))
         for g, (b,) in zip(greedy, beam):
             same(g, b)
 
@@ -156,9 +166,9 @@ def test_batched_beam_equals_one_sentence_at_a_time(cell):
     sources = random_sources(7, seed=4)
     src, lens = pad_sources(sources)
     for model in models(cell):
-        batched = beam_search(model, src, lens, 4, nbest=3)
+        batched = beam_search(model, src, lens, 4, nbest=3, attention_layer=layer(model))
         for source, hyps in zip(sources, batched):
-            alone = beam_search(model, *pad_sources([source]), 4, nbest=3)[0]
+            alone = beam_search(model, *pad_sources([source]), 4, nbest=3, attention_layer=layer(model))[0]
             for a, b in zip(hyps, alone):
                 same(a, b)
 
@@ -167,7 +177,7 @@ def test_beam_keeps_each_hypothesis_own_attention():
     """Replaying an n-best hypothesis token by token gives back the attention search returned."""
     model = ToyAttention(make(cell="lstm")).eval()
     src, lens = pad_sources(random_sources(3, seed=5))
-    for i, hyps in enumerate(beam_search(model, src, lens, 3, nbest=3)):
+    for i, hyps in enumerate(beam_search(model, src, lens, 3, nbest=3, attention_layer=0)):
         for h in hyps:
             assert h.attention.size(0) in (len(h.tokens), len(h.tokens) + 1)  # +1: the step that chose EOS
             assert h.attention.size(1) == lens[i]  # this sentence's source, not the batch's padding
@@ -175,7 +185,7 @@ def test_beam_keeps_each_hypothesis_own_attention():
                 enc = model.encode(src[i : i + 1, : lens[i]], lens[i : i + 1])
                 state, rows = model.init_state(enc), []
                 for tok in [BOS] + h.tokens[: h.attention.size(0) - 1]:
-                    out = model.decode_step(torch.tensor([tok]), enc, state)
+                    out = model.decode_step(torch.tensor([tok]), enc, state, 0)
                     rows.append(out.attention[0])
                     state = out.state
             torch.testing.assert_close(h.attention, torch.stack(rows), rtol=1e-5, atol=1e-5)
@@ -188,7 +198,7 @@ def test_length_cap_is_respected(cell):
     for model in models(cell):
         for cfg in (SearchConfig(), SearchConfig(beam_size=4, nbest=4), SearchConfig(sample=True, nbest=2)):
             cfg = cfg.model_copy(update={"max_len_a": 0.5, "max_len_b": 2})
-            results = search(model, src, lens, cfg)
+            results = search(model, src, lens, cfg, attention_layer=layer(model))
             for cap, hyps in zip(caps, results):
                 assert all(len(h.tokens) <= cap for h in hyps)
                 assert all(h.attention is None or h.attention.size(0) <= cap for h in hyps)

@@ -116,22 +116,19 @@ def test_attention_weights_are_a_distribution_over_real_tokens():
         enc = model.encode(src, lens)
         state = model.init_state(enc)
         assert model.decode_step(tin[:, 0], enc, state).attention is None  # off by default: no cost
-        model.return_attention = True
         for layer in (-1, 0):
-            model.attention_layer = layer
-            out = model.decode_step(tin[:, 0], enc, state)
+            out = model.decode_step(tin[:, 0], enc, state, layer)
             assert out.attention.shape == (3, src.size(1))
             real = enc["mask"]
             torch.testing.assert_close(out.attention.sum(-1), torch.ones(3))
             assert (out.attention[~real] == 0).all() and (out.attention[real] > 0).all()
         # Asking for weights does not change the logits.
-        model.return_attention = False
         plain = model.decode_step(tin[:, 0], enc, state)
         torch.testing.assert_close(plain.logits, out.logits)
-        # Greedy search collects one row per output step (EOS included).
-        model.return_attention = True
-        hyp = greedy_search(model, src[:1], lens[:1], max_len_a=1.0, max_len_b=2)[0]
+        # Greedy search collects one row per output step (EOS included), when asked.
+        hyp = greedy_search(model, src[:1], lens[:1], max_len_a=1.0, max_len_b=2, attention_layer=-1)[0]
         assert hyp.attention is not None and hyp.attention.size(1) == src.size(1)
+        assert greedy_search(model, src[:1], lens[:1], max_len_a=1.0, max_len_b=2)[0].attention is None
 
 
 def test_reordered_cache_continues_like_a_fresh_decode():

@@ -81,9 +81,13 @@ class AttentionRNNSeq2Seq(Seq2SeqModel):
             state["feed"] = enc["context"].new_zeros(enc["context"].size(0), self.hidden)
         return state
 
-    def decode_step(self, prev: torch.Tensor, enc: State, state: State) -> StepOutput:
+    @property
+    def attention_layers(self) -> int:
+        return 1
+
+    def decode_step(self, prev: torch.Tensor, enc: State, state: State, attention_layer: int | None = None) -> StepOutput:
         feats, state, weights = self._step(self.dropout(self.embed(prev)), enc, state)
-        return StepOutput(self.output(feats), state, weights)
+        return StepOutput(self.output(feats), state, None if attention_layer is None else weights)
 
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(src, src_lens, tgt_in)[0]

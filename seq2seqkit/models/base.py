@@ -4,8 +4,12 @@ Search, training, evaluation and serving talk to models only through these metho
 never ask which family they hold:
 
 * ``encode(src, src_lens)`` reads the whole input once;
-* ``init_state(enc)`` and ``decode_step(prev, enc, state)`` generate one token at a time
-  (greedy, beam search, sampling, scheduled sampling, free-running validation);
+* ``init_state(enc)`` and ``decode_step(prev, enc, state, attention_layer=None)`` generate one
+  token at a time (greedy, beam search, sampling, scheduled sampling, free-running validation);
+  with ``attention_layer`` set, the step also returns that attention's weights over the source
+  (for heatmaps), which costs memory and, for some families, compute, so it is never the default;
+* ``attention_layers`` says how many attentions a model can return weights of (0: none), and
+  ``max_positions`` how long a source (and how many decoding steps) it can take (None: any);
 * ``forward(src, src_lens, tgt_in)`` scores a whole target at once under teacher forcing
   (training), which a family may compute far faster than step by step.
 
@@ -28,7 +32,7 @@ State = Any  # nested dict / tuple / list of batch-first tensors (or None)
 class StepOutput(NamedTuple):
     logits: torch.Tensor  # (B, V) scores of the next token
     state: State  # to pass to the next step
-    attention: torch.Tensor | None  # (B, S) weights over source positions, if the family has them
+    attention: torch.Tensor | None  # (B, S) weights over source positions, when asked for and the family has them
 
 
 def map_batch(obj: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
@@ -62,12 +66,38 @@ class Seq2SeqModel(nn.Module, ABC):
         """The decoder state before the first target token."""
 
     @abstractmethod
-    def decode_step(self, prev: torch.Tensor, enc: State, state: State) -> StepOutput:
-        """Feed one token per sentence ((B,) ids) and get the next-token logits."""
+    def decode_step(self, prev: torch.Tensor, enc: State, state: State, attention_layer: int | None = None) -> StepOutput:
+        """Feed one token per sentence ((B,) ids) and get the next-token logits; with
+        ``attention_layer`` (an index checked by :func:`check_attention_layer`) also the weights of
+        that attention over the source, otherwise ``attention`` is None."""
+
+    @property
+    @abstractmethod
+    def attention_layers(self) -> int:
+        """How many attentions over the source ``decode_step`` can return weights of: 0 for a
+        family without attention, 1 for an attention RNN, one per decoder layer for the Transformer."""
 
     @abstractmethod
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) for ``tgt_in`` = BOS + target."""
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest source (EOS included) the model can encode and the most steps it can
+        decode, where its architecture caps them (learned positions); None: no cap."""
+        return None
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def check_attention_layer(model: Seq2SeqModel, layer: int) -> None:
+    """Refuse (ValueError naming the valid range) an ``attention_layer`` the model does not have;
+    valid: ``0 .. attention_layers - 1``, or negative ones counting from the last, as in Python.
+    Families take ``layer % attention_layers`` of a checked index; nothing wraps around unchecked."""
+    n = model.attention_layers
+    if n == 0:
+        raise ValueError("this model has no attention over the source")
+    if not -n <= layer < n:
+        raise ValueError(f"{layer} is out of range: this model has {n} attention layer{'s' * (n != 1)} "
+                         f"(0..{n - 1}, or -{n}..-1 counting from the last)")

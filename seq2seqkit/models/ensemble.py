@@ -41,27 +41,15 @@ class Ensemble(Seq2SeqModel):
         self.members = nn.ModuleList(members)
         self.src_vocab, self.tgt_vocab = members[0].src_vocab, members[0].tgt_vocab
 
-    # Attention for heatmaps: members that compute it only on request (the Transformer) are
-    # asked through these, like a single model; the weights shown are the members' mean.
+    # Attention for heatmaps: the mean of the members that have it; a layer index must be valid
+    # for each of them (negative ones count from each member's last layer).
     @property
-    def return_attention(self) -> bool:
-        return any(getattr(m, "return_attention", False) for m in self.members)
-
-    @return_attention.setter
-    def return_attention(self, value: bool) -> None:
-        for m in self.members:
-            if hasattr(m, "return_attention"):
-                m.return_attention = value
+    def attention_layers(self) -> int:
+        return min((n for n in (m.attention_layers for m in self.members) if n), default=0)
 
     @property
-    def attention_layer(self) -> int | None:
-        return next((m.attention_layer for m in self.members if hasattr(m, "attention_layer")), None)
-
-    @attention_layer.setter
-    def attention_layer(self, value: int) -> None:
-        for m in self.members:
-            if hasattr(m, "attention_layer"):
-                m.attention_layer = value
+    def max_positions(self) -> int | None:
+        return min((n for n in (m.max_positions for m in self.members) if n is not None), default=None)
 
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
         return tuple(m.encode(src, src_lens) for m in self.members)
@@ -69,8 +57,9 @@ class Ensemble(Seq2SeqModel):
     def init_state(self, enc: State) -> State:
         return tuple(m.init_state(e) for m, e in zip(self.members, enc))
 
-    def decode_step(self, prev: torch.Tensor, enc: State, state: State) -> StepOutput:
-        outs = [m.decode_step(prev, e, s) for m, e, s in zip(self.members, enc, state)]
+    def decode_step(self, prev: torch.Tensor, enc: State, state: State, attention_layer: int | None = None) -> StepOutput:
+        outs = [m.decode_step(prev, e, s, attention_layer if m.attention_layers else None)
+                for m, e, s in zip(self.members, enc, state)]
         attns = [o.attention for o in outs if o.attention is not None]
         attention = torch.stack(attns).mean(0) if attns else None
         return StepOutput(mean_log_probs([o.logits for o in outs]), tuple(o.state for o in outs), attention)

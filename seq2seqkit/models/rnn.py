@@ -119,7 +119,11 @@ class RNNSeq2Seq(Seq2SeqModel):
     def init_state(self, enc: State) -> State:
         return bridged_state(self.bridge_h, self.bridge_c, enc)
 
-    def decode_step(self, prev: torch.Tensor, enc: State, state: State) -> StepOutput:
+    @property
+    def attention_layers(self) -> int:
+        return 0  # one context vector: no attention over source positions
+
+    def decode_step(self, prev: torch.Tensor, enc: State, state: State, attention_layer: int | None = None) -> StepOutput:
         logits, new_state = self._decode(prev.unsqueeze(1), enc, state)
         return StepOutput(logits.squeeze(1), new_state, None)
 

@@ -221,7 +221,7 @@ class Decoder(nn.Module):
         """-> features (B, T, D), the self-attention K/V of every layer, and the cross-attention
         weights of layer ``attention_layer`` (None: not computed)."""
         x = self.embed(tokens, pos)
-        want = None if attention_layer is None else attention_layer % len(self.layers)
+        want = None if attention_layer is None else attention_layer % len(self.layers)  # checked by the caller
         new_cache, weights = [], None
         for i, layer in enumerate(self.layers):
             x, kv, w = layer(x, enc["cross"][i], enc["mask"], None if cache is None else cache[i], i == want)
@@ -235,8 +235,9 @@ class TransformerSeq2Seq(Seq2SeqModel):
 
     enc: ``{"memory": (B, S, D), "mask": (B, S) True = real, "cross": per layer (K, V)}``;
     decoder state: ``{"pos": (B,) index of the next position, "self": per layer (K, V) of the
-    positions so far, each (B, heads, t, d_head)}``. Set ``return_attention`` to get the
-    cross-attention weights of decoder layer ``attention_layer`` from ``decode_step``.
+    positions so far, each (B, heads, t, d_head)}``. ``decode_step(..., attention_layer=i)``
+    also returns the head-averaged cross-attention weights of decoder layer ``i`` (computed
+    explicitly, since SDPA does not return them, so only when asked for).
     """
 
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
@@ -251,8 +252,6 @@ class TransformerSeq2Seq(Seq2SeqModel):
         self.encoder = Encoder(cfg, src_table)
         self.decoder = Decoder(cfg, tgt_table)
         self.output = nn.Linear(cfg.embed_dim, tgt_vocab, bias=False)
-        self.attention_layer: int = -1  # whose cross-attention decode_step exposes ...
-        self.return_attention: bool = False  # ... when asked for (it costs an extra softmax)
         self._init_weights(cfg.embed_dim)
         if cfg.tie_embeddings:
             self.output.weight = tgt_table.weight
@@ -283,10 +282,18 @@ class TransformerSeq2Seq(Seq2SeqModel):
             "self": tuple((empty, empty) for _ in self.decoder.layers),
         }
 
-    def decode_step(self, prev: torch.Tensor, enc: State, state: State) -> StepOutput:
+    @property
+    def attention_layers(self) -> int:
+        return len(self.decoder.layers)
+
+    @property
+    def max_positions(self) -> int | None:
+        pos = self.encoder.embed.positions  # the decoder's table has the same size
+        return pos.max_positions if pos.kind == "learned" else None
+
+    def decode_step(self, prev: torch.Tensor, enc: State, state: State, attention_layer: int | None = None) -> StepOutput:
         self.decoder.embed.positions.check(state["self"][0][0].size(2) + 1)
-        layer = self.attention_layer if self.return_attention else None
-        feats, cache, attn = self.decoder(prev[:, None], state["pos"][:, None], enc, state["self"], layer)
+        feats, cache, attn = self.decoder(prev[:, None], state["pos"][:, None], enc, state["self"], attention_layer)
         new_state = {"pos": state["pos"] + 1, "self": cache}
         return StepOutput(self.output(feats[:, 0]), new_state, None if attn is None else attn[:, 0])
 

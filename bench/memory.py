@@ -1,0 +1,276 @@
+"""Memory: peak resident memory (RSS) of translation and of whole training runs.
+
+    python bench/memory.py translate            # s2s translate on one 1k / 10k / 100k-character line
+    python bench/memory.py train --epochs 3     # a Multi30k Transformer run: training steps vs validation
+    python bench/memory.py ... --record         # ... and append the table to BENCHMARKS.md
+
+* ``translate``: trains (once) a small attention GRU on the G2P task (``configs/g2p-attention.yaml``,
+  ``--steps`` updates, into ``runs/mem-att``; the point is the memory of search, not quality),
+  then runs ``s2s translate`` in a fresh process on a file holding one line of N characters
+  (letters and spaces) and reads the child's peak RSS from ``wait4``. Each length runs with the
+  default search limits (the line is truncated to ``search.max_input_tokens``), greedy and beam 5,
+  and, to show what the limit protects against, with the limits raised so that the whole line is
+  decoded (``--no-limit-max N``: the longest line tried that way).
+* ``train``: runs ``configs/multi30k-transformer.yaml`` (bf16, one thread, validation every
+  epoch) in a child process that resets the kernel's high-water mark (``/proc/self/clear_refs``)
+  at each switch between training and validation and reads ``VmHWM`` at the end of each phase,
+  so every training epoch and every validation has its own peak; a side thread samples
+  ``VmRSS`` every few seconds into ``OUT/rss.csv``. The table compares the training phases'
+  peak with the whole run's (``ru_maxrss`` of the child).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+S2S = [sys.executable, "-m", "seq2seqkit.cli"]
+MULTI30K = Path(os.environ.get("MULTI30K", "/work/shared/data/multi30k"))
+MIB = 1 << 20
+
+
+# ------------------------------------------------------------------------------ helpers
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS / VmHWM of a process, in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def reset_peak() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_measured(cmd: list[str], **kw) -> tuple[int, int, float]:
+    """Run ``cmd``; return (exit status, peak RSS in bytes, wall seconds) of that child alone."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss * 1024, time.perf_counter() - t0
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{cpu}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB"
+
+
+def record(title: str, command: str, table: str) -> None:
+    path = REPO / "BENCHMARKS.md"
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    with path.open("a", encoding="utf-8") as f:
+        f.write(f"\n### {title} ({stamp})\n\n`{command}` on {machine_line()}\n\n{table}\n")
+
+
+# ---------------------------------------------------------------------------- translate
+def train_small_attention(out: Path, steps: int) -> None:
+    if (out / "checkpoints" / "last.pt").exists():
+        return
+    cmd = [*S2S, "-q", "train", "configs/g2p-attention.yaml", f"output_dir={out}", f"training.max_steps={steps}",
+           "training.num_threads=1"]
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def long_line(chars: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    words, n = [], 0
+    while n < chars:
+        w = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+        words.append(w)
+        n += len(w) + 1
+    return " ".join(words)[:chars]
+
+
+def bench_translate(args: argparse.Namespace) -> str:
+    model = REPO / args.model_dir
+    train_small_attention(model, args.steps)
+    rows = ["| input line | limit | tokens decoded | output tokens | peak RSS | wall |", "|---|---|---|---|---|---|"]
+    tmp = model / "bench-memory"
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for chars in args.lengths:
+        src = tmp / f"line-{chars}.txt"
+        src.write_text(long_line(chars) + "\n", encoding="utf-8")
+        settings = [("default", []), ("default, beam 5", ["--beam=5"])]
+        if chars <= args.no_limit_max:
+            settings.append(("raised", [f"--max-input-tokens={chars + 10}", f"--max-output-tokens={2 * chars + 20}"]))
+        for label, flags in settings:
+            out = tmp / f"out-{chars}-{label}.txt"
+            err = tmp / f"err-{chars}-{label}.txt"
+            with err.open("w") as ferr:
+                rc, peak, wall = run_measured([*S2S, "translate", "-m", str(model), "-i", str(src), "-o", str(out),
+                                               *flags], cwd=REPO, env=env, stderr=ferr)
+            if rc:
+                raise SystemExit(f"translate failed ({rc}): {err.read_text()[-2000:]}")
+            n_out = len(out.read_text(encoding="utf-8").split())
+            decoded = "truncated" if "truncated" in err.read_text() else "all"
+            rows.append(f"| {chars:,} characters | {label} | {decoded} | {n_out:,} | {peak / MIB:,.0f} MiB | {wall:.1f} s |")
+            print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
+# -------------------------------------------------------------------------------- train
+def train_child(args: argparse.Namespace) -> None:
+    """In the child: train with per-phase peaks, then print one JSON line of results."""
+    import torch
+
+    from seq2seqkit.config import load_config
+    from seq2seqkit.training import Trainer
+
+    out = Path(args.out)
+    data = MULTI30K
+    overrides = [f"output_dir={out}", "training.precision=bf16", "training.num_threads=1",
+                 f"training.epochs={args.epochs}", "training.keep_epoch_checkpoints=0",
+                 f"data.train.src={data}/train.de.gz", f"data.train.tgt={data}/train.en.gz",
+                 f"data.dev.src={data}/val.de.gz", f"data.dev.tgt={data}/val.en.gz",
+                 "data.test.src=null", "data.test.tgt=null", *args.overrides]
+    cfg = load_config(REPO / "configs" / "multi30k-transformer.yaml", overrides)
+    phases: list[dict] = []
+    phase = {"name": "setup", "t0": time.time()}
+    can_reset = reset_peak()
+
+    def switch(name: str) -> None:
+        nonlocal phase
+        st = proc_status()
+        phase.update(end_rss=st["VmRSS"], peak=st["VmHWM"], seconds=time.time() - phase["t0"])
+        phases.append(phase)
+        reset_peak()
+        phase = {"name": name, "t0": time.time(), "start_rss": proc_status()["VmRSS"]}
+
+    stop = threading.Event()
+
+    def sampler() -> None:
+        with (out.parent / f"{out.name}-rss.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["seconds", "phase", "rss_mib", "hwm_mib"])
+            t0 = time.time()
+            while not stop.wait(args.sample_every):
+                st = proc_status()
+                w.writerow([f"{time.time() - t0:.0f}", phase["name"], st["VmRSS"] // MIB, st["VmHWM"] // MIB])
+                f.flush()
+
+    trainer = Trainer(cfg)
+    switch("train")
+    validate = trainer._validate
+
+    def measured_validate():
+        switch("validate")
+        values = validate()
+        switch("train")
+        return values
+
+    trainer._validate = measured_validate  # type: ignore[method-assign]
+    threading.Thread(target=sampler, daemon=True).start()
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    stop.set()
+    switch("end")
+    log_file = out / "train_log.jsonl"  # absent when no update was logged
+    log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
+    tok_s = [e["tokens_per_s"] for e in log if e["kind"] == "train"]
+    print(json.dumps({"phases": [{k: v for k, v in p.items() if k != "t0"} for p in phases], "hwm_reset": can_reset,
+                      "steps": trainer.progress.step, "seconds": seconds, "tokens_per_s": tok_s,
+                      "heap_releases": getattr(getattr(trainer, "heap", None), "releases", None),
+                      "heap_limit": getattr(getattr(trainer, "heap", None), "limit", None),
+                      "threads": torch.get_num_threads()}))
+
+
+def bench_train(args: argparse.Namespace) -> str:
+    out = Path(args.out).resolve()
+    if out.exists():
+        raise SystemExit(f"{out} exists: remove it or give another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "train-child", "--out", str(out), "--epochs", str(args.epochs),
+           "--sample-every", str(args.sample_every), "--", *args.overrides]
+    result = out.parent / f"{out.name}-result.json"
+    with result.open("w") as f:
+        rc, peak, wall = run_measured(cmd, cwd=REPO, stdout=f)
+    if rc:
+        raise SystemExit(f"training child failed with status {rc}")
+    res = json.loads(result.read_text().strip().splitlines()[-1])
+    return train_table(res, peak, wall)
+
+
+def train_table(res: dict, peak: int, wall: float) -> str:
+    phases = res["phases"]
+    rows = ["| phase | seconds | RSS at start | peak RSS of the phase | RSS at end |", "|---|---|---|---|---|"]
+    epoch = 0
+    for i, p in enumerate(phases):
+        name = p["name"]
+        if name == "train":
+            last = not any(q["name"] == "validate" for q in phases[i:])
+            epoch += 1
+            name = "after the last validation (checkpoint)" if last and epoch > 1 else f"epoch {epoch} training"
+        elif name == "validate":
+            name = f"epoch {epoch} validation"
+        start = f"{p['start_rss'] / MIB:,.0f} MiB" if "start_rss" in p else ""
+        rows.append(f"| {name} | {p['seconds']:.0f} | {start} | {p['peak'] / MIB:,.0f} MiB | {p['end_rss'] / MIB:,.0f} MiB |")
+    tok = res["tokens_per_s"]
+    rows.append("")
+    line = f"whole run's peak (ru_maxrss) {peak / MIB:,.0f} MiB; {res['steps']} updates in {wall / 60:.1f} min"
+    if tok:
+        line += f"; logged tokens/s median {sorted(tok)[len(tok) // 2]:,.0f}"
+    if res.get("heap_limit"):
+        ref = res["heap_limit"] / 1.5
+        line += (f"; the first 10 updates' peak {ref / MIB:,.0f} MiB (whole run {peak / ref:.2f}x), freed heap "
+                 f"released {res['heap_releases']} times above {res['heap_limit'] / MIB:,.0f} MiB")
+    rows.append(line)
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("translate")
+    t.add_argument("--model-dir", default="runs/mem-att")
+    t.add_argument("--steps", type=int, default=50)
+    t.add_argument("--lengths", type=int, nargs="+", default=[1000, 10000, 100000])
+    t.add_argument("--no-limit-max", type=int, default=10000)
+    t.add_argument("--record", action="store_true")
+    tr = sub.add_parser("train")
+    tr.add_argument("--out", default="runs/mem-multi30k")
+    tr.add_argument("--epochs", type=int, default=3)
+    tr.add_argument("--sample-every", type=float, default=5.0)
+    tr.add_argument("--record", action="store_true")
+    tr.add_argument("overrides", nargs="*")
+    c = sub.add_parser("train-child")
+    c.add_argument("--out", required=True)
+    c.add_argument("--epochs", type=int, required=True)
+    c.add_argument("--sample-every", type=float, default=5.0)
+    c.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    if args.what == "train-child":
+        train_child(args)
+        return
+    sys.path.insert(0, str(REPO))
+    table = bench_translate(args) if args.what == "translate" else bench_train(args)
+    print(table)
+    if args.record:
+        cmd = "python bench/memory.py " + " ".join(sys.argv[1:]).replace(" --record", "")
+        record(f"Memory: {args.what}", cmd, table)
+
+
+if __name__ == "__main__":
+    main()
