@@ -130,6 +130,8 @@ def test_search_refuses_an_attention_the_model_lacks(name, layer):
 # -------------------------------------------------------------------------------- the CLI
 def trained(tmp_path: Path, name: str, **model) -> Path:
     cfg = tiny_config(tmp_path, max_steps=2, num_threads=1)
+    if "max_positions" in model:  # training data must fit learned positions (checked at load)
+        cfg.data.max_src_len = cfg.data.max_tgt_len = model["max_positions"] - 1
     cfg.model = ModelConfig(family=name, **{**SMALL, **model})
     cfg.data.dev = CorpusConfig()  # no validation: only the weights' shapes matter here
     Trainer(cfg).train()
