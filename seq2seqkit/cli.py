@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("data_dir", help="the folder holding train.json.gz and dev.json.gz")
     pq.add_argument("out_dir", nargs="?", default="data/tweetqa",
                     help="where to write train/tune/test.jsonl (default: data/tweetqa, where "
-                         "configs/tweetqa-transformer.yaml reads); test is the official dev set")
+                         "configs/tweetqa-attention.yaml reads); test is the official dev set")
     pr.set_defaults(fn=cmd_prepare)
 
     av = sub.add_parser("average", help="average the last epochs' weights (checkpoint averaging)")

@@ -41,7 +41,7 @@ from .prepared import write_splits
 log = logging.getLogger("seq2seqkit")
 
 SPLITS = ("train", "tune", "test")
-DEFAULT_DIR = "data/tweetqa"  # where configs/tweetqa-transformer.yaml reads
+DEFAULT_DIR = "data/tweetqa"  # where configs/tweetqa-attention.yaml reads
 TUNE_SHARE = 0.1  # of the training tweets
 SEED = 13
 FORMAT = 1
