@@ -227,11 +227,13 @@ def _group_labels(args: argparse.Namespace, data: EvalSet, metrics: list[str]) -
 
 def _fail_above(text: str) -> tuple[str, float]:
     """``METRIC=VALUE`` of --fail-above."""
-    metric, eq, value = text.partition("=")
+    metric, _, value = text.partition("=")
     try:
-        return metric, float(value) if eq and metric else float("x")
+        if metric:
+            return metric, float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected METRIC=VALUE, e.g. wer=5, got {text!r}") from None
+        pass
+    raise argparse.ArgumentTypeError(f"expected METRIC=VALUE, e.g. wer=5, got {text!r}")
 
 
 def evaluate_hypotheses(args: argparse.Namespace) -> int:

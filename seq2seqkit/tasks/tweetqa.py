@@ -21,7 +21,11 @@ The official test answers are not public, so the official dev set is the test se
   item, so the 1,086 records score as 1,083 items.
 
 Metrics (TweetQA paper): BLEU-1 and ROUGE-L, multi-reference; METEOR (needs Java) is not
-computed. A record without a tweet or an answer is skipped, logged and counted.
+computed. The official script (tweetqa_eval.py) first normalises answers SQuAD-style (lower
+case, no punctuation, no articles), then averages NLTK's sentence-level BLEU-1 and the COCO
+caption ROUGE-L (LCS F-measure with beta 1.2) over questions; this toolkit's ``bleu1``
+(sacreBLEU, corpus-level) and ``rougeL`` (rouge-score F1, stemmed) do neither, so their numbers
+are close to the paper's but not the same measure. A record without a tweet or an answer is skipped, logged and counted.
 """
 
 from __future__ import annotations
