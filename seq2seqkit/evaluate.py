@@ -79,10 +79,10 @@ def item_labels(data: EvalSet, src: str | Path, key: str) -> list[str]:
     if detect_format(src) != "jsonl":
         raise UserError(f"--by-field {key}: needs a JSONL --src whose lines hold \"{key}\" (got {src})")
     labels: list[str | None] = [None] * len(data.refs)
-    for row, (item, label) in enumerate(zip(data.rows, jsonl_labels(src, key))):
+    for item, (lineno, label) in zip(data.rows, jsonl_labels(src, key)):
         if labels[item] is not None and labels[item] != label:
-            raise DataError(src, None, f"row {row + 1}: \"{key}\" is {label!r} but an earlier row with the same "
-                                       f"source has {labels[item]!r}; grouped by source, a source needs one value")
+            raise DataError(src, lineno, f"\"{key}\" is {label!r} but an earlier row with the same source has "
+                                         f"{labels[item]!r}; grouped by source, a source needs one value")
         labels[item] = label
     return labels  # type: ignore[return-value]
 

@@ -20,6 +20,7 @@ import pytest
 
 from seq2seqkit.cli import CONFIG_DIR, main
 from seq2seqkit.config import load_config
+from seq2seqkit.data.corpus import iter_examples
 from seq2seqkit.metrics import score, score_groups
 from seq2seqkit.tasks import babi, tweetqa
 
@@ -112,6 +113,26 @@ def test_prepare_babi_writes_all_tasks_with_their_tag(tmp_path, capsys):
     assert {r["tgt"] for r in rows["test"] if r["task"] == 8} == {"n,w"}
     manifest = json.loads((out / "MANIFEST.json").read_text())
     assert manifest["size"] == "1k" and manifest["fallback"] == {} and manifest["rows"]["test"] == 400
+    # the training reader takes the rows as they are (extra keys ignored)
+    examples = list(iter_examples(out / "train.jsonl"))
+    assert len(examples) == 360 and examples[0].src.startswith("task1\nPerson0 went to the kitchen.")
+
+
+def test_by_field_with_grouped_sources_needs_one_value_per_source(tmp_path, capsys):
+    src = tmp_path / "test.jsonl"
+    src.write_text('{"task": 1, "src": "a", "tgt": "b"}\n{"task": 1, "src": "a", "tgt": "c"}\n'
+                   '{"task": 2, "src": "d", "tgt": "e"}\n')
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_text("c\nx\n")  # one output per distinct source
+    assert main(["evaluate", "--hyp", str(hyp), "--src", str(src), "--group-by-source", "--metrics", "exact",
+                 "--by-field", "task"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["1", "1", "100.00%"] and out[2].split() == ["2", "1", "0.00%"]
+    src.write_text('{"task": 1, "src": "a", "tgt": "b"}\n{"task": 2, "src": "a", "tgt": "c"}\n')
+    hyp.write_text("c\n")
+    assert main(["evaluate", "--hyp", str(hyp), "--src", str(src), "--group-by-source", "--metrics", "exact",
+                 "--by-field", "task"]) == 2
+    assert f"{src}:2: \"task\" is '2' but an earlier row with the same source has '1'" in one_line_error(capsys)
 
 
 def test_valid_is_a_deterministic_tenth_of_each_tasks_stories(tmp_path):
@@ -125,7 +146,7 @@ def test_valid_is_a_deterministic_tenth_of_each_tasks_stories(tmp_path):
     held = {(r["task"], r["story"]) for r in valid}
     assert held.isdisjoint({(r["task"], r["story"]) for r in train})  # whole stories held out
     assert all(sum(t == task for t, _ in held) == 4 for task in babi.TASKS)  # 10% of 40 stories
-    assert len({s for t, s in held if t == 1} ^ {s for t, s in held if t == 2}) > 0  # not the same stories in every task
+    assert {s for t, s in held if t == 1} != {s for t, s in held if t == 2}  # not the same stories in every task
 
 
 def test_10k_takes_task_3_training_file_from_1k(tmp_path, caplog):
@@ -235,8 +256,8 @@ def test_prepare_tweetqa_holds_out_tune_tweets_and_keeps_both_references(tmp_pat
     assert len(rows["train"]) == 36 and len(rows["tune"]) == 4  # 2 of 20 tweets, both their questions
     tweets = {s: {r["src"].split("\n")[1] for r in rs} for s, rs in rows.items()}
     assert tweets["train"].isdisjoint(tweets["tune"])
-    assert rows["train"][0] == {"qid": "t0q0", "src": f"who won in tweet 0-0?\n{TWEETS[0]}", "tgt": "team0"} \
-        or "t0q0" in {r["qid"] for r in rows["tune"]}
+    first = next(r for r in rows["train"] + rows["tune"] if r["qid"] == "t0q0")
+    assert first == {"qid": "t0q0", "src": f"who won in tweet 0-0?\n{TWEETS[0]}", "tgt": "team0"}
     # dev: a line per distinct reference (5 questions with two different answers, 5 with one)
     assert len(rows["test"]) == 15 and len({r["src"] for r in rows["test"]}) == 10
     again = tmp_path / "again"

@@ -203,8 +203,8 @@ def json_fields(line: str, path: str | Path, lineno: int, keys: tuple[str, ...] 
     return [obj[key] for key in keys]
 
 
-def jsonl_labels(path: str | Path, key: str) -> list[str]:
-    """The value of ``key`` (a string or a number, as text) in each row of a JSONL file, the rows
+def jsonl_labels(path: str | Path, key: str) -> list[tuple[int, str]]:
+    """``(line number, value of key)`` (a string or a number, as text) of each row of a JSONL file, the rows
     being the lines :func:`iter_examples` reads (blank lines skipped): what ``s2s evaluate
     --by-field`` groups the rows by (the task of a bAbI question)."""
     labels = []
@@ -217,7 +217,7 @@ def jsonl_labels(path: str | Path, key: str) -> list[str]:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             found = "no such key" if key not in obj else f"found {_JSON_TYPES.get(type(value), 'value')}"
             raise DataError(path, lineno, f'"{key}": expected a string or a number to group by ({found})')
-        labels.append(str(value))
+        labels.append((lineno, str(value)))
     return labels
 
 
