@@ -178,6 +178,19 @@ def test_a_malformed_line_is_refused_with_its_member_and_line_and_nothing_writte
     assert not out.exists()
 
 
+def test_the_extracted_folder_gives_the_same_files(tmp_path):
+    archive = write_babi(tmp_path / "babi.tar.gz")
+    folder = tmp_path / "extracted"
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    babi.prepare(archive, tmp_path / "a", size="10k")
+    babi.prepare(folder, tmp_path / "b", size="10k")
+    for name in ("train.jsonl", "valid.jsonl", "test.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    manifest = json.loads((tmp_path / "b" / "MANIFEST.json").read_text())
+    assert manifest["fallback"] == {"3": "babi/en/qa3_some-name_train.txt"}
+
+
 def test_a_missing_or_damaged_archive_is_one_line(tmp_path, capsys):
     assert main(["prepare", "babi", str(tmp_path / "nope.tar.gz"), str(tmp_path / "o")]) == 2
     assert "nope.tar.gz: no such file" in one_line_error(capsys)

@@ -26,8 +26,9 @@ one question a line, ``{"task": N, "story": K, "src": ..., "tgt": answer}``:
   recorded in ``MANIFEST.json`` under ``fallback``).
 
 A line of another form (no number, a number that neither continues the story nor restarts it,
-a question line without an answer, a question before any story line is fine) stops the command
-with the member's name inside the archive and the line number, before anything is written.
+a question line without its three tab-separated fields or with an empty answer) stops the
+command with the member's name inside the archive and the line number, before anything is
+written.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ MAX_STORY = 50  # sentences before a question, the most recent kept
 VALID_SHARE = 0.1  # of each task's training stories
 FORMAT = 1  # of the conversion; prepared files of another format are redone
 FAILED_ABOVE = 5.0  # a task with a higher test error (%) counts as failed, as in every bAbI paper
-_MEMBER = re.compile(r"(?:^|/)babi/(en|en-10k)/qa(\d+)_[a-z-]+_(train|test)\.txt$")
+_MEMBER = re.compile(r"(?:^|/)(en|en-10k)/qa(\d+)_[a-z-]+_(train|test)\.txt$")
 _LINE = re.compile(r"(\d+) (.*)")
 
 
@@ -68,15 +69,16 @@ class Question:
 
 
 def read_archive(archive: str | Path) -> dict[tuple[str, int, str], tuple[str, bytes]]:
-    """``{(folder, task, split): (where, bytes)}`` of every task file in the tar.gz (or the folder
-    it extracts to); a missing or damaged archive is a DataError."""
+    """``{(folder, task, split): (where, bytes)}`` of every task file (``en/`` or ``en-10k/`` ``qaN_*``)
+    in the tar.gz or the folder it extracts to, ``where`` being ``ARCHIVE/member``; a missing or
+    damaged archive is a DataError."""
     path = Path(archive)
     found: dict[tuple[str, int, str], tuple[str, bytes]] = {}
     if path.is_dir():
         for f in sorted(path.rglob("qa*_*.txt")):
-            m = _MEMBER.search(f.resolve().as_posix())
+            m = _MEMBER.search(f.relative_to(path).as_posix())
             if m:
-                found[(m[1], int(m[2]), m[3])] = (str(f), f.read_bytes())
+                found[(m[1], int(m[2]), m[3])] = (f"{path}/{f.relative_to(path).as_posix()}", f.read_bytes())
     elif not path.exists():
         raise DataError(path, None, "no such file (the bAbI archive, babi-tasks-1-20-v1-2.tar.gz)")
     else:
@@ -90,7 +92,7 @@ def read_archive(archive: str | Path) -> dict[tuple[str, int, str], tuple[str, b
         except (tarfile.TarError, zlib.error, EOFError, OSError) as e:  # not a tar, truncated, bad gzip
             raise DataError(path, None, f"not a readable tar archive ({e})") from None
     if not found:
-        raise DataError(path, None, "holds no babi/en/qaN_*_{train,test}.txt files: is it the bAbI archive?")
+        raise DataError(path, None, "holds no en/qaN_*_{train,test}.txt files: is it the bAbI archive?")
     return found
 
 
@@ -107,7 +109,7 @@ def parse(where: str, data: bytes, task: int) -> list[list[Question]]:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        m = _LINE.fullmatch(line.rstrip())
+        m = _LINE.fullmatch(line.rstrip("\r "))
         if m is None:
             raise DataError(where, lineno, "expected 'N sentence' or 'N question<TAB>answer<TAB>supporting ids'")
         number, rest = int(m[1]), m[2]
@@ -156,11 +158,11 @@ def files_for(raw: dict[tuple[str, int, str], tuple[str, bytes]], size: str,
             key = (folder, task, split)
             if key not in raw and folder != "en" and split == "train" and ("en", task, split) in raw:
                 key = ("en", task, split)
-                fallback[str(task)] = "babi/" + raw[key][0].rsplit("/babi/", 1)[-1]
+                fallback[str(task)] = raw[key][0].removeprefix(f"{where}/")
                 log.info("babi %s: task %d has no training file in babi/%s; using the 1k one (%s)",
                          size, task, folder, fallback[str(task)])
             if key not in raw:
-                raise DataError(where, None, f"has no babi/{folder}/qa{task}_*_{split}.txt: is it the bAbI archive?")
+                raise DataError(where, None, f"has no {folder}/qa{task}_*_{split}.txt: is it the bAbI archive?")
             chosen[(task, split)] = raw[key]
     return chosen, fallback
 
@@ -184,7 +186,7 @@ def prepare(archive: str | Path, out_dir: str | Path | None = None, size: str = 
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}")
     raw = read_archive(archive)
-    files, fallback = files_for(raw, size, str(archive))
+    files, fallback = files_for(raw, size, str(Path(archive)))
     digest = hashlib.sha256(b"".join(files[k][1] for k in sorted(files))).hexdigest()
     out = Path(out_dir if out_dir is not None else DEFAULT_DIRS[size])
     paths = {s: out / f"{s}.jsonl" for s in SPLITS}
