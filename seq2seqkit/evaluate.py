@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import metrics as M
-from .data.corpus import iter_examples, read_lines
-from .errors import DataError
+from .data.corpus import detect_format, iter_examples, jsonl_labels, read_lines
+from .errors import DataError, UserError
 from .translate import Translator
 
 
@@ -71,6 +71,20 @@ def read_hypotheses(path: str | Path, data: EvalSet, ref_name: str | Path) -> li
         raise DataError(path, None, f"has {len(lines)} lines but {ref_name} has {rows}: give one output per row{hint}")
     raise DataError(path, None, f"has {len(lines)} lines but {ref_name} has {rows} ({n_items} distinct sources): "
                                 f"give one output per row, or one per distinct source in order of first appearance")
+
+
+def item_labels(data: EvalSet, src: str | Path, key: str) -> list[str]:
+    """The value of ``key`` for each item of ``data`` read from the JSONL file ``src`` (for
+    :func:`metrics.score_groups`); the rows of an item grouped by source must agree on it."""
+    if detect_format(src) != "jsonl":
+        raise UserError(f"--by-field {key}: needs a JSONL --src whose lines hold \"{key}\" (got {src})")
+    labels: list[str | None] = [None] * len(data.refs)
+    for item, (lineno, label) in zip(data.rows, jsonl_labels(src, key)):
+        if labels[item] is not None and labels[item] != label:
+            raise DataError(src, lineno, f"\"{key}\" is {label!r} but an earlier row with the same source has "
+                                         f"{labels[item]!r}; grouped by source, a source needs one value")
+        labels[item] = label
+    return labels  # type: ignore[return-value]
 
 
 def evaluate_model(translator: Translator, data: EvalSet, metrics: Sequence[str]) -> tuple[M.Scores, list[str]]:

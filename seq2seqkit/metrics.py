@@ -199,3 +199,65 @@ def score(
         else:
             values[name] = _per(hyps, refs)
     return Scores(values, signatures)
+
+
+# ------------------------------------------------------------------- scores per group of rows
+@dataclass
+class GroupScores:
+    """Scores of each group of items (e.g. each bAbI task), their unweighted mean over the groups
+    (how bAbI papers average over tasks: each group counts once, whatever its size) and the
+    scores of all items pooled."""
+
+    groups: dict[str, Scores]  # in natural order of the labels (numbers as numbers)
+    counts: dict[str, int]
+    mean: dict[str, float]
+    overall: Scores
+
+    def failed(self, metric: str, above: float) -> list[str]:
+        """The groups whose ``metric`` is above ``above`` (bAbI: error above 5%)."""
+        return [g for g, s in self.groups.items() if s.values[metric] > above]
+
+    def format(self, name: str = "group", fail_above: tuple[str, float] | None = None) -> str:
+        """A table, a row per group, then the mean over groups, the pooled scores and their
+        signatures, and (``fail_above=(metric, value)``) how many groups have ``metric`` above ``value``."""
+        metrics = list(self.overall.values)
+        width = max(len(name), len("mean"), *(len(g) for g in self.groups))
+
+        def row(label: str, n: str, values: dict[str, float]) -> str:
+            cells = [f"{values[m]:.2f}" + ("%" if m in _PERCENT_SIGN else "") for m in metrics]
+            return f"{label:>{width}}  {n:>7}" + "".join(f"  {c:>10}" for c in cells)
+
+        lines = [f"{name:>{width}}  {'rows':>7}" + "".join(f"  {_LABELS.get(m, m):>10}" for m in metrics)]
+        lines += [row(g, f"{self.counts[g]:,}", s.values) for g, s in self.groups.items()]
+        lines.append(row("mean", "", self.mean))
+        lines.append(row("all", f"{sum(self.counts.values()):,}", self.overall.values))
+        lines += [f"{_LABELS.get(m, m)} signature: {sig}" for m, sig in self.overall.signatures.items()]
+        if fail_above is not None:
+            metric, above = fail_above
+            failed = self.failed(metric, above)
+            lines.append(f"{name}s with {_LABELS.get(metric, metric)} above {above:g}: {len(failed)} of {len(self.groups)}"
+                         + (f" ({', '.join(failed)})" if failed else ""))
+        return "\n".join(lines)
+
+
+def _natural(label: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def score_groups(hyps: Sequence[str], refs: Sequence[Sequence[str]], groups: Sequence[str],
+                 metrics: Iterable[str] = METRICS, tokenize: str = "13a") -> GroupScores:
+    """:func:`score` on each group of items (``groups[i]``: the label of item ``i``), the mean
+    of each metric over the groups, and :func:`score` on all items."""
+    names = list(metrics)
+    if len(groups) != len(hyps):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(groups)} group labels")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    per = {g: score([hyps[i] for i in members[g]], [refs[i] for i in members[g]], names, tokenize)
+           for g in sorted(members, key=_natural)}
+    mean = {m: sum(s.values[m] for s in per.values()) / len(per) if per else 0.0 for m in names}
+    return GroupScores(per, {g: len(members[g]) for g in per}, mean, score(hyps, refs, names, tokenize))

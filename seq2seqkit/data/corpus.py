@@ -203,6 +203,24 @@ def json_fields(line: str, path: str | Path, lineno: int, keys: tuple[str, ...] 
     return [obj[key] for key in keys]
 
 
+def jsonl_labels(path: str | Path, key: str) -> list[tuple[int, str]]:
+    """``(line number, value of key)`` (a string or a number, as text) of each row of a JSONL file, the rows
+    being the lines :func:`iter_examples` reads (blank lines skipped): what ``s2s evaluate
+    --by-field`` groups the rows by (the task of a bAbI question)."""
+    labels = []
+    for lineno, line in read_lines(path):
+        if not line.strip():
+            continue
+        json_fields(line, path, lineno, ())  # a JSON object, or a DataError
+        obj = json.loads(line)
+        value = obj.get(key)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            found = "no such key" if key not in obj else f"found {_JSON_TYPES.get(type(value), 'value')}"
+            raise DataError(path, lineno, f'"{key}": expected a string or a number to group by ({found})')
+        labels.append((lineno, str(value)))
+    return labels
+
+
 def _iter_jsonl(path: str | Path) -> Iterator[Example]:
     for lineno, line in read_lines(path):
         if line.strip():
