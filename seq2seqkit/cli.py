@@ -225,6 +225,8 @@ def evaluate_hypotheses(args: argparse.Namespace) -> int:
         data = load_references(args.ref)
     else:
         raise UserError("--hyp: give the references: --ref FILE, or --src FILE (TSV/JSONL holding src and tgt)")
+    if "ppl" in (args.metrics or []):
+        raise UserError("--metrics ppl: the perplexity is the model's: give -m MODEL_DIR instead of --hyp")
     hyps = read_hypotheses(args.hyp, data, args.ref or args.src)
     if args.group_by_source is None:
         _note_repeated_sources(data, args)
@@ -235,7 +237,7 @@ def evaluate_hypotheses(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_model, format_examples, load_eval_set
+    from .evaluate import evaluate_model, format_examples, load_eval_set, perplexity
 
     if args.model is None:
         if not args.hyp:
@@ -251,7 +253,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_eval_set(args.src, args.ref, group_by_source=group)
     if args.group_by_source is None:
         _note_repeated_sources(data, args)
-    scores, hyps = evaluate_model(tr, data, args.metrics or tr.cfg.evaluation.metrics)
+    metrics = args.metrics or tr.cfg.evaluation.metrics
+    if "ppl" in metrics and args.engine == "ctranslate2":
+        raise UserError("--metrics ppl: needs the PyTorch model (the perplexity is a teacher-forced pass), not --engine ctranslate2")
+    scores, hyps = evaluate_model(tr, data, [m for m in metrics if m != "ppl"])
+    if "ppl" in metrics:
+        scores.values = {m: perplexity(tr, data) if m == "ppl" else scores.values[m] for m in metrics}
     print(scores.format())
     if args.examples:
         print(format_examples(data, hyps, args.examples))
@@ -446,9 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--hyp", help="outputs to score instead of running a model: one line per row of the "
                                   "references, or (grouped) one per distinct source")
     ev.add_argument("--metrics", nargs="+", choices=["bleu", "chrf", "wer", "per", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum",
-                                                        "bleu1", "bleu2", "distinct1", "distinct2", "length"],
+                                                        "bleu1", "bleu2", "distinct1", "distinct2", "length", "ppl"],
                     help="default: the model's evaluation.metrics (bleu chrf with --hyp); ROUGE F1: rouge1 rouge2 rougeL "
-                         "rougeLsum; dialogue: bleu1 bleu2 distinct1 distinct2 length (mean output tokens)")
+                         "rougeLsum; dialogue: bleu1 bleu2 distinct1 distinct2 length (mean output tokens); ppl: "
+                         "the model's perplexity on the references (-m only)")
     ev.add_argument("--group-by-source", action=argparse.BooleanOptionalAction, default=None,
                     help="identical sources count once, their targets as alternative references")
     ev.add_argument("--examples", type=int, default=0, help="show N example predictions")

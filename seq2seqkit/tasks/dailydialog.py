@@ -14,6 +14,8 @@ licence (CC BY-NC-SA 4.0) keeps it out of the toolkit. ``s2s prepare dailydialog
   response-generation setups use (a few turns): the median dialogue has 7 utterances, so 3
   keeps most of the conversation while sources stay short (~45 words) for an RNN or a small
   Transformer. ``s2s chat`` keeps the same number (``data.context_turns`` in the recipe).
+- Blanks inside an utterance are collapsed to one space; control characters (one DEL in the
+  published train file) are dropped.
 - A dialogue with a single utterance has no pair: it is skipped and counted (the published
   files have none).
 - ``id`` is ``SPLIT-DIALOGUE-TURN`` (1-based line of the dialogue in its file, 1-based index
@@ -32,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -44,8 +47,9 @@ log = logging.getLogger("seq2seqkit")
 SPLITS = {"train": "train", "val": "validation", "test": "test"}  # our name -> the archive's
 DEFAULT_DIR = "data/dailydialog"  # where configs/dailydialog-transformer.yaml reads (relative to where s2s runs)
 DEFAULT_TURNS = 3
-FORMAT = 1  # of the conversion; prepared files of another format are redone
+FORMAT = 2  # of the conversion; prepared files of another format are redone
 EOU = "__eou__"
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not text (tabs, line ends are blanks)
 
 
 def read_archives(archive_dir: str | Path) -> dict[str, tuple[str, bytes]]:
@@ -76,16 +80,20 @@ def dialogues(where: str, data: bytes) -> list[tuple[int, list[str]]]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(where, None, f"not UTF-8 text (byte {e.start})") from None
-    out = []
+    out, controls = [], 0
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        line, k = _CONTROL.subn("", line)
+        controls += k
         parts = [" ".join(u.split()) for u in line.split(EOU)]
         if parts[-1]:
             raise DataError(where, n, f"the last utterance is not ended by '{EOU}' (a truncated line?)")
         if not all(parts[:-1]):
             raise DataError(where, n, f"an empty utterance (two '{EOU}' with nothing between)")
         out.append((n, parts[:-1]))
+    if controls:  # the published train file has one DEL (U+007F) after an utterance
+        log.info("%s: dropped %d control character(s)", where, controls)
     return out
 
 
