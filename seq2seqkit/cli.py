@@ -306,7 +306,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         history = (history + [text.strip()])[-turns:]
         reply = " ".join(split_lines(tr.translate("\n".join(history))[0]))
-        history = (history + [reply])[-turns:]
+        if reply:  # an empty reply is printed (an empty line) but is no turn
+            history = (history + [reply])[-turns:]
         print(f"bot> {reply}" if tty else reply, flush=True)
     return 0
 

@@ -79,7 +79,8 @@ def dialogues(where: str, data: bytes) -> list[tuple[int, list[str]]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(where, None, f"not UTF-8 text (byte {e.start})") from None
+        n, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
+        raise DataError(where, n, f"not UTF-8 text (byte {column} of the line)") from None
     out, controls = [], 0
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
