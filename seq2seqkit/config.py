@@ -296,6 +296,9 @@ class Config(_Section):
             raise Invalid("training.early_stopping.metric", f"{metric!r} is not computed at validation (choose from "
                           f"{', '.join(self.validation_metrics())}; evaluation.metrics adds more)",
                           ("evaluation.metrics", "training.exposure_bias"))
+        if metric == "length":
+            raise Invalid("training.early_stopping.metric", "'length' (the mean output length) is neither better high "
+                          "nor low: choose another metric")
         needs_dev = {"training.early_stopping.patience": tc.early_stopping.patience is not None,
                      "training.lr_schedule": tc.lr_schedule == "plateau"}
         for key, used in needs_dev.items():

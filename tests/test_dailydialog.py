@@ -105,6 +105,7 @@ def test_turns_option_and_redo_when_it_changes(tmp_path):
 
 @pytest.mark.parametrize("case, expected", [
     ("missing", "validation.zip: no such file"),
+    ("file", "train.zip: not a directory (give the folder holding"),
     ("corrupt", "validation.zip: not a readable zip archive"),
     ("no member", "validation.zip: has no validation/dialogues_validation.txt"),
     ("unterminated", "dialogues_validation.txt:2: the last utterance is not ended by '__eou__'"),
@@ -126,7 +127,8 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, capsys, case, ex
         with zipfile.ZipFile(archives / "validation.zip", "w") as z:
             z.writestr("validation/", "")
     out = tmp_path / "data"
-    assert main(["prepare", "dailydialog", str(archives), str(out), "--turns", "0" if case == "turns" else "3"]) == 2
+    given = archives / "train.zip" if case == "file" else archives
+    assert main(["prepare", "dailydialog", str(given), str(out), "--turns", "0" if case == "turns" else "3"]) == 2
     assert expected in one_line_error(capsys)
     assert not out.exists()
 
@@ -178,6 +180,8 @@ def test_recipe_config_and_dialogue_metrics_in_config(tmp_path):
     assert cfg.training.early_stopping.metric in cfg.validation_metrics()
     raw = {"evaluation": {"metrics": ["bleu2", "distinct2"]}, "training": {"early_stopping": {"metric": "distinct2"}}}
     assert from_dict(raw).training.early_stopping.metric == "distinct2"
+    with pytest.raises(ConfigError, match="training.early_stopping.metric: 'length'"):
+        from_dict({"evaluation": {"metrics": ["length"]}, "training": {"early_stopping": {"metric": "length"}}})
     with pytest.raises(ConfigError, match="data.context_turns"):
         from_dict({"data": {"context_turns": 0}})
 

@@ -57,7 +57,8 @@ def read_archives(archive_dir: str | Path) -> dict[str, tuple[str, bytes]]:
     missing or damaged archive, or one without its dialogue file, is a DataError."""
     folder = Path(archive_dir)
     if not folder.is_dir():
-        raise DataError(folder, None, "no such directory (the folder holding DailyDialog's train.zip, validation.zip, test.zip)")
+        what = "not a directory" if folder.exists() else "no such directory"
+        raise DataError(folder, None, f"{what} (give the folder holding DailyDialog's train.zip, validation.zip, test.zip)")
     out = {}
     for split, name in SPLITS.items():
         path, member = folder / f"{name}.zip", f"{name}/dialogues_{name}.txt"
