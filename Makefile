@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-g2p bench-multi30k bench-speed clean
+.PHONY: demo test install bench-g2p bench-multi30k bench-speed bench-exposure clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench-multi30k: $(STAMP)
 # Training/decoding speed beside JoeyNMT 2.3.0 (own venv under ~/.cache/seq2seqkit/bench) and CTranslate2.
 bench-speed: $(STAMP)
 	$(PY) bench/speed.py
+
+# Teacher forcing vs scheduled sampling, and the exposure-bias measure, on G2P and Multi30k
+# (12 runs; hours on a CPU; resumable: run it again after an interruption). BUDGET: updates per run.
+BUDGET ?= 4000
+bench-exposure: $(STAMP)
+	$(PY) bench/exposure.py --max-steps $(BUDGET)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -180,10 +180,10 @@ class TeacherForcingConfig(_Section):
     decay_steps: int = Field(10000, ge=1)  # linear: steps to reach min_ratio
     decay: float = Field(0.9999, gt=0, le=1)  # exponential: ratio * decay**step
     sigmoid_k: float = Field(1000.0, ge=1)  # inverse_sigmoid: k / (k + exp(step / k))
-    # Where the predictions fed below ratio 1 come from (see teacher_forcing.py). parallel: two
-    # teacher-forced passes (the second fed the mix), ~2x the cost of teacher forcing for every
-    # family; sequential: decoded step by step on the mix so far (Bengio et al. 2015), T decoder
-    # calls per update. Irrelevant at ratio 1.
+    # Where the predictions fed below ratio 1 come from (see teacher_forcing.py). parallel: a
+    # teacher-forced pass without gradients, then a second pass fed the mix (every family, a cost
+    # independent of length and hardware); sequential: decoded step by step on the mix so far
+    # (Bengio et al. 2015), T decoder steps one after another. Irrelevant at ratio 1.
     mode: Literal["parallel", "sequential"] = "parallel"
 
 

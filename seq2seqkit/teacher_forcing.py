@@ -8,13 +8,15 @@ on the kind of inputs it will see at inference. Two ways to get that prediction:
 * ``parallel`` (Duckworth et al. 2019; Mihaylova & Martins 2019): one teacher-forced pass,
   without gradients, gives the prediction for every position at once (the argmax at t-1 given
   the gold prefix); a second pass, the one trained, is fed the mix of gold and predicted tokens.
-  Two calls of ``model.forward``, so it works for every family at about twice the cost of
-  teacher forcing, whatever the target length.
+  Two calls of ``model.forward``, so it works for every family; the cost over teacher forcing is
+  one forward pass without gradients, whatever the length (1.4x a teacher-forced update on one
+  CPU thread: ``bench/scheduled_sampling.py --cost``).
 * ``sequential`` (Bengio et al. 2015): the target is decoded one ``decode_step`` at a time and
   the prediction fed at t is the argmax of the step before, itself fed on the mix so far, so
-  errors can compound. T decoder calls: T times the cost of a parallel pass for the Transformer.
+  errors compound as at inference. T decoder steps one after another: as cheap as one pass on a
+  single CPU thread (1.1-1.2x teacher forcing), but the positions cannot run in parallel.
 
-The same two parallel passes measure exposure bias at validation (``exposure_bias_losses``):
+The same two parallel passes measure exposure bias at validation (training.exposure_bias_sums):
 the reference loss when a share ``p`` of the decoder's inputs are the model's own predictions,
 against the teacher-forced loss. A substituted token keeps its position, so the loss at every
 position still scores the reference token that belongs there: like is compared with like.

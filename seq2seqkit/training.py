@@ -282,7 +282,9 @@ class Trainer:
     # -- logging -------------------------------------------------------------------------------
     def _record(self, kind: str, values: dict[str, float]) -> None:
         p = self.progress  # "epoch": the (1-based) epoch of the latest update, also right after its last batch
-        entry = {"kind": kind, "step": p.step, "epoch": p.epoch + (1 if p.batch_in_epoch else 0), **values}
+        # time_s: wall-clock seconds spent in train() so far, summed over resumes (validations included)
+        entry = {"kind": kind, "step": p.step, "epoch": p.epoch + (1 if p.batch_in_epoch else 0),
+                 "time_s": round(p.train_seconds + time.perf_counter() - self._clock, 3), **values}
         with self.log_file.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
         if self.tb is not None:
