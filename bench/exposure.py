@@ -19,7 +19,10 @@ Scheduled sampling uses ``--mode`` (parallel by default: two passes through ``mo
 Everything else is the config's, except: no early stopping and no epoch limit (the budget ends
 every run), validation every ``--validate-every`` updates, no epoch checkpoints. Runs live in
 ``runs/exposure/TASK-FAMILY-VARIANT/`` and resume where they stopped (kill the script at any
-time and run it again; a raised budget continues the runs).
+time and run it again; a raised budget continues the runs). A run keeps the config it started
+with: when raising ``--max-steps``, pass the old value as ``--decay-steps`` so that runs started
+later get the same schedules. Wall-clock numbers are only comparable between runs made on the
+same, equally loaded machine.
 
 Printed: per run the last validation (teacher-forced dev loss, next-token accuracy, the
 exposure-bias gaps eb_gap@p, dev WER or BLEU) and the greedy test WER/PER or BLEU/chrF of the
