@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from seq2seqkit.checkpoint import epoch_checkpoints, load_checkpoint, write_average
 from seq2seqkit.config import Config
 from seq2seqkit.evaluate import EvalSet, evaluate_model
-from seq2seqkit.training import LOWER_IS_BETTER, Trainer, load_for_resume
+from seq2seqkit.training import Trainer, load_for_resume, lower_is_better
 from seq2seqkit.translate import Translator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def select_checkpoint(cfg: Config, dev: EvalSet, metric: str) -> tuple[str, dict
         tr = Translator.load(cfg.output_dir, checkpoint=name)
         tr.cfg.search = tr.cfg.search.model_copy(update={"beam_size": 1, "nbest": 1, "sample": False})
         dev_scores[name] = evaluate_model(tr, dev, [metric])[0].values[metric]
-    pick = (min if metric in LOWER_IS_BETTER else max)(candidates, key=lambda n: dev_scores[n])
+    pick = (min if lower_is_better(metric) else max)(candidates, key=lambda n: dev_scores[n])
     return pick, dev_scores
 
 

@@ -187,10 +187,15 @@ class TeacherForcingConfig(_Section):
     decay_steps: int = Field(10000, ge=1)  # linear: steps to reach min_ratio
     decay: float = Field(0.9999, gt=0, le=1)  # exponential: ratio * decay**step
     sigmoid_k: float = Field(1000.0, ge=1)  # inverse_sigmoid: k / (k + exp(step / k))
+    # Where the predictions fed below ratio 1 come from (see teacher_forcing.py). parallel: a
+    # teacher-forced pass without gradients, then a second pass fed the mix (every family, a cost
+    # independent of length and hardware); sequential: decoded step by step on the mix so far
+    # (Bengio et al. 2015), T decoder steps one after another. Irrelevant at ratio 1.
+    mode: Literal["parallel", "sequential"] = "parallel"
 
 
 class EarlyStoppingConfig(_Section):
-    metric: str = "loss"  # loss, ppl, free_loss, or one of evaluation.metrics (bleu, rougeL, ...)
+    metric: str = "loss"  # loss, ppl, acc, eb_loss@P, eb_gap@P, or one of evaluation.metrics (bleu, rougeL, ...)
     patience: int | None = Field(None, ge=1)  # validations without improvement; None = off
 
 
@@ -216,12 +221,26 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(200, ge=1)  # steps between 'last' checkpoints
     keep_epoch_checkpoints: int = Field(0, ge=0)  # weights of the last N epochs, for `s2s average`
     log_every: int = Field(50, ge=1)
-    exposure_bias: bool = True  # also compute free-running validation loss
+    # At validation, also the dev loss with a share p of the decoder's inputs replaced by the
+    # model's own predictions (eb_loss@p) and its excess over the teacher-forced loss (eb_gap@p).
+    exposure_bias: bool = True
+    exposure_bias_rates: list[float] = [0.25, 0.5, 1.0]
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (None: see runtime.configure_process)
     # bf16: forward pass under torch.autocast in bfloat16 (weights, gradients and the optimizer
     # stay fp32). Matrix multiplies run ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs.
     precision: Literal["fp32", "bf16"] = "fp32"
+
+    @field_validator("exposure_bias_rates")
+    @classmethod
+    def _rates(cls, rates: list[float]) -> list[float]:
+        if not rates:
+            raise ValueError("give at least one rate (or set training.exposure_bias: false)")
+        if not all(0 < p <= 1 for p in rates):
+            raise ValueError(f"each rate is a share of decoder inputs, in (0, 1]: got {rates}")
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"a rate is given twice: {rates}")
+        return sorted(rates)
 
     @model_validator(mode="after")
     def _schedule_options(self) -> TrainingConfig:
@@ -230,6 +249,11 @@ class TrainingConfig(_Section):
         if self.lr_schedule == "plateau" and self.warmup_steps:
             raise Invalid("warmup_steps", "not supported with lr_schedule=plateau (set it to 0)", ("lr_schedule",))
         return self
+
+
+def exposure_bias_key(kind: str, rate: float) -> str:
+    """The logged name of an exposure-bias number: ``eb_loss@0.5``, ``eb_gap@0.5``."""
+    return f"eb_{kind}@{rate:g}"
 
 
 # --------------------------------------------------------------------------- search
@@ -291,8 +315,9 @@ class Config(_Section):
 
     def validation_metrics(self) -> list[str]:
         """What a validation during training computes (and early stopping may watch)."""
-        free = ["free_loss"] if self.training.exposure_bias else []
-        return ["loss", "ppl", *free, *self.evaluation.metrics]
+        tc = self.training
+        eb = [exposure_bias_key(k, p) for p in tc.exposure_bias_rates for k in ("loss", "gap")] if tc.exposure_bias else []
+        return ["loss", "ppl", "acc", *eb, *self.evaluation.metrics]
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Config:

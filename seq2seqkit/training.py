@@ -35,7 +35,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import metrics as M
 from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
-from .config import Config, TrainingConfig, dump_config, from_dict, read_config_file
+from .config import Config, TrainingConfig, dump_config, exposure_bias_key, from_dict, read_config_file
 from .data.corpus import iter_examples
 from .data.dataset import Batch, EncodedCorpus, collate, corpus_texts, cut_sources, encode_corpus, token_batches
 from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokenizers
@@ -45,12 +45,18 @@ from .runtime import CoreWatch
 from .tasks import resolve_dataset
 from .rundir import open_run
 from .runtime import HeapBound, release_freed_memory
-from .teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio
+from .teacher_forcing import decode_with_teacher_forcing, own_predictions, substitute, teacher_forcing_ratio
 from .translate import resolve_device, translate_ids
 
 log = logging.getLogger("seq2seqkit")
 
-LOWER_IS_BETTER = {"loss", "ppl", "wer", "per", "free_loss"}
+LOWER_IS_BETTER = {"loss", "ppl", "wer", "per"}
+EXPOSURE_BIAS_SEED = 0  # which dev inputs the exposure-bias measure replaces: the same at every validation and in every run
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of a validation number is better (losses, error rates, eb_*)."""
+    return metric in LOWER_IS_BETTER or metric.startswith("eb_")
 
 
 @dataclass
@@ -76,6 +82,22 @@ def token_loss(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float 
         logits.reshape(-1, logits.size(-1)).float(), gold.reshape(-1),
         ignore_index=PAD, reduction="sum", label_smoothing=label_smoothing,
     )
+
+
+@torch.no_grad()
+def exposure_bias_sums(model: Seq2SeqModel, b: Batch, draws: torch.Tensor,
+                       rates: list[float]) -> tuple[float, int, dict[float, float]]:
+    """On one batch: the teacher-forced loss sum, the number of reference tokens the model
+    predicts right (argmax), and for each rate p the loss sum of the reference when the decoder
+    inputs where ``draws`` (B, T uniform in [0, 1)) < p are the model's own predictions from the
+    teacher-forced pass (teacher_forcing.own_predictions; positions kept, BOS and padding never
+    replaced). Two parallel passes per rate at most, through ``model.forward``: any family."""
+    logits = model(b.src, b.src_lens, b.tgt_in)
+    correct = int(((logits.argmax(-1) == b.tgt_out) & (b.tgt_out != PAD)).sum())
+    pred = own_predictions(logits, b.tgt_in)
+    sums = {p: token_loss(model(b.src, b.src_lens, substitute(b.tgt_in, pred, draws < p)), b.tgt_out).item()
+            for p in rates}
+    return token_loss(logits, b.tgt_out).item(), correct, sums
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
@@ -262,7 +284,9 @@ class Trainer:
     # -- logging -------------------------------------------------------------------------------
     def _record(self, kind: str, values: dict[str, float]) -> None:
         p = self.progress  # "epoch": the (1-based) epoch of the latest update, also right after its last batch
-        entry = {"kind": kind, "step": p.step, "epoch": p.epoch + (1 if p.batch_in_epoch else 0), **values}
+        # time_s: wall-clock seconds spent in train() so far, summed over resumes (validations included)
+        entry = {"kind": kind, "step": p.step, "epoch": p.epoch + (1 if p.batch_in_epoch else 0),
+                 "time_s": round(p.train_seconds + time.perf_counter() - self._clock, 3), **values}
         with self.log_file.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
         if self.tb is not None:
@@ -387,7 +411,8 @@ class Trainer:
         self.model.train()
         ratio = teacher_forcing_ratio(tc.teacher_forcing, p.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            logits = decode_with_teacher_forcing(self.model, batch.src, batch.src_lens, batch.tgt_in, ratio)
+            logits = decode_with_teacher_forcing(self.model, batch.src, batch.src_lens, batch.tgt_in, ratio,
+                                                 tc.teacher_forcing.mode)
         n = batch.n_tokens
         loss_sum = token_loss(logits, batch.tgt_out, tc.label_smoothing)  # in fp32
         self.optimizer.zero_grad(set_to_none=True)
@@ -448,20 +473,41 @@ class Trainer:
         return tqdm.format_interval(left * (time.perf_counter() - start) / done)
 
     @torch.no_grad()
-    def dev_loss(self, ratio: float) -> float:
-        """Per-token dev loss with the decoder fed ground truth with probability ``ratio``
-        (1: teacher-forced, 0: free-running on its own greedy predictions)."""
+    def dev_losses(self) -> dict[str, float]:
+        """Teacher-forced per-token dev loss and perplexity, next-token accuracy (%), and, with
+        ``training.exposure_bias``, for each rate p in ``training.exposure_bias_rates``:
+
+        * ``eb_loss@p``: the per-token loss of the reference when a share p of the decoder's
+          inputs (after BOS) are the model's own greedy predictions from the teacher-forced pass
+          (the guess for the token at t given the gold prefix); positions are kept, so each
+          position is still scored against its own reference token;
+        * ``eb_gap@p``: ``eb_loss@p`` minus the teacher-forced loss (0 at p = 0 by definition).
+
+        The replaced positions are drawn from a generator seeded with EXPOSURE_BIAS_SEED at every
+        call (nested: those at p include those at any smaller p), never from the global RNG, so
+        every validation and every run, resumed or not, replaces the same positions."""
         assert self.dev_data is not None
+        tc = self.cfg.training
+        rates = tc.exposure_bias_rates if tc.exposure_bias else []
         self.model.eval()
-        total, tokens = 0.0, 0
-        batches = token_batches(self.dev_data.src_lens, self.dev_data.tgt_lens, self.cfg.training.batch_tokens, None)
-        desc = "validation: loss" if ratio == 1.0 else "validation: free-running loss"
-        for idx in tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=None):
+        gen = torch.Generator().manual_seed(EXPOSURE_BIAS_SEED)
+        total, correct, tokens = 0.0, 0, 0
+        mixed = dict.fromkeys(rates, 0.0)
+        batches = token_batches(self.dev_data.src_lens, self.dev_data.tgt_lens, tc.batch_tokens, None)
+        for idx in tqdm(batches, desc="validation: losses", unit="batch", dynamic_ncols=True, leave=False, disable=None):
             b = collate(self.dev_data, idx).to(self.device)
-            logits = decode_with_teacher_forcing(self.model, b.src, b.src_lens, b.tgt_in, ratio)
-            total += token_loss(logits, b.tgt_out).item()
-            tokens += b.n_tokens
-        return total / max(tokens, 1)
+            draws = torch.rand(b.tgt_in.shape, generator=gen).to(self.device)
+            tf, right, sums = exposure_bias_sums(self.model, b, draws, rates)
+            total, correct, tokens = total + tf, correct + right, tokens + b.n_tokens
+            for p in rates:
+                mixed[p] += sums[p]
+        n = max(tokens, 1)
+        loss = total / n
+        values = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": 100.0 * correct / n}
+        for p in rates:
+            values[exposure_bias_key("loss", p)] = mixed[p] / n
+            values[exposure_bias_key("gap", p)] = mixed[p] / n - loss
+        return values
 
     def _validate(self) -> dict[str, float]:
         # Validation allocates tensors of other shapes than the training step (decoding steps,
@@ -475,11 +521,7 @@ class Trainer:
 
     def _validate_and_record(self) -> dict[str, float]:
         tc, p = self.cfg.training, self.progress
-        loss = self.dev_loss(1.0)
-        values: dict[str, float] = {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
-        if tc.exposure_bias:
-            values["free_loss"] = self.dev_loss(0.0)
-            values["exposure_gap"] = values["free_loss"] - loss
+        values = self.dev_losses()
         # Validation decodes deterministically: sampling would draw from the global RNG and make
         # a resumed run diverge from an uninterrupted one.
         search = self.cfg.search.model_copy(update={"sample": False, "nbest": 1})
@@ -492,7 +534,7 @@ class Trainer:
             raise ConfigError(f"training.early_stopping.metric: {metric!r} is not computed "
                               f"(choose from {', '.join(sorted(values))})")
         current = values[metric]
-        lower = metric in LOWER_IS_BETTER
+        lower = lower_is_better(metric)
         improved = p.best is None or (current < p.best if lower else current > p.best)
         if improved:
             p.best, p.best_step, p.bad_validations = current, p.step, 0
@@ -521,4 +563,7 @@ def load_for_resume(model_dir: str | Path, overrides: list[str]) -> Config:
         raise UserError(f"{model_dir}: not a model directory (no config.yaml)")
     raw = read_config_file(path)
     raw["output_dir"] = str(model_dir)
+    teacher = (raw.get("training") or {}).get("teacher_forcing")
+    if isinstance(teacher, dict):  # saved before teacher_forcing.mode existed: it decoded step by step
+        teacher.setdefault("mode", "sequential")
     return from_dict(raw, str(path), overrides)

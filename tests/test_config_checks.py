@@ -99,12 +99,16 @@ def test_share_embeddings_needs_a_joint_vocabulary(tmp_path: Path):
 def test_early_stopping_metric_must_be_computed(tmp_path: Path):
     path = write(tmp_path / "c.yaml", "training:\n  early_stopping:\n    metric: bleu\nevaluation:\n  metrics: [wer, per]\n")
     assert error(path) == (f"{path}: training.early_stopping.metric: 'bleu' is not computed at validation (choose "
-                           f"from loss, ppl, free_loss, wer, per; evaluation.metrics adds more)")
+                           f"from loss, ppl, acc, eb_loss@0.25, eb_gap@0.25, eb_loss@0.5, eb_gap@0.5, eb_loss@1, eb_gap@1, "
+                           f"wer, per; evaluation.metrics adds more)")
     assert load_config(path, ["evaluation.metrics=[bleu]"]).training.early_stopping.metric == "bleu"
-    assert "'free_loss' is not computed" in error(None, "training.early_stopping.metric=free_loss",
-                                                  "training.exposure_bias=false")
+    assert "'eb_gap@0.5' is not computed" in error(None, "training.early_stopping.metric=eb_gap@0.5",
+                                                   "training.exposure_bias=false")
+    assert "'eb_gap@0.3' is not computed" in error(None, "training.early_stopping.metric=eb_gap@0.3")
+    assert load_config(None, ["training.early_stopping.metric=eb_gap@0.3",
+                              "training.exposure_bias_rates=[0.3]"]).training.early_stopping.metric == "eb_gap@0.3"
     assert "'accuracy' is not computed at validation" in error(None, "training.early_stopping.metric=accuracy")
-    for metric in ("loss", "ppl", "free_loss", "bleu", "chrf"):
+    for metric in ("loss", "ppl", "acc", "eb_loss@1", "eb_gap@0.5", "bleu", "chrf"):
         assert load_config(None, [f"training.early_stopping.metric={metric}"]).training.early_stopping.metric == metric
 
 

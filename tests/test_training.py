@@ -126,7 +126,7 @@ def test_log_names_the_epoch_each_validation_ends(tmp_path):
     assert [e["epoch"] for e in entries if e["kind"] == "valid"] == [1, 2, 3]
 
 
-def test_log_has_teacher_forcing_and_exposure_gap(tmp_path):
+def test_log_has_teacher_forcing_and_exposure_bias(tmp_path):
     cfg = _resumable_cfg(tmp_path, max_steps=30)
     Trainer(cfg).train()
     entries = [json.loads(x) for x in (Path(cfg.output_dir) / "train_log.jsonl").read_text().splitlines()]
@@ -136,8 +136,9 @@ def test_log_has_teacher_forcing_and_exposure_gap(tmp_path):
     assert [round(e["teacher_forcing"], 6) for e in train[:3]] == [round(0.8 - 0.8 * s / 40, 6) for s in (4, 9, 14)]
     assert [e["step"] for e in valid] == [15, 30]
     for e in valid:
-        assert e["exposure_gap"] == pytest.approx(e["free_loss"] - e["loss"])
-        assert {"loss", "ppl", "exact", "wer", "per"} <= e.keys()
+        for p in ("0.25", "0.5", "1"):
+            assert e[f"eb_gap@{p}"] == pytest.approx(e[f"eb_loss@{p}"] - e["loss"])
+        assert {"loss", "ppl", "acc", "exact", "wer", "per"} <= e.keys()
     assert (Path(cfg.output_dir) / "checkpoints" / "best.pt").exists()
     assert list((Path(cfg.output_dir) / "tensorboard").iterdir())
 
