@@ -34,6 +34,7 @@ class Successor(Seq2SeqModel):
     other logits 0), and records every ``tgt_in`` that ``forward`` is fed."""
 
     src_vocab = tgt_vocab = V
+    attention_layers = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,7 +50,7 @@ class Successor(Seq2SeqModel):
     def init_state(self, enc):
         return None
 
-    def decode_step(self, prev, enc, state):
+    def decode_step(self, prev, enc, state, attention_layer=None):
         return StepOutput(self._logits(prev), None, None)
 
     def forward(self, src, src_lens, tgt_in):
