@@ -62,7 +62,8 @@ def _input_lines(path: str | None) -> Iterator[str]:
 SEARCH_FLAGS = {"batch_size": "--batch-size", "beam": "--beam", "length_penalty": "--length-penalty",
                 "nbest": "--nbest", "sample": "--sample", "temperature": "--temperature", "top_k": "--top-k",
                 "top_p": "--top-p", "max_input_tokens": "--max-input-tokens", "on_long_input": "--on-long-input",
-                "max_output_tokens": "--max-output-tokens"}
+                "max_output_tokens": "--max-output-tokens", "no_repeat_ngram_size": "--no-repeat-ngram-size",
+                "min_len": "--min-len", "repetition_penalty": "--repetition-penalty"}
 SEARCH_FIELDS = {"beam": "beam_size"}
 
 
@@ -78,9 +79,13 @@ def apply_search_flags(tr: Translator, args: argparse.Namespace) -> None:
         tr.cfg.search = SearchConfig.model_validate({**tr.cfg.search.model_dump(), **updates})
     except ValidationError as e:
         err = e.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""  # no field: a check across fields
-        flag = next((f for k, f in SEARCH_FLAGS.items() if SEARCH_FIELDS.get(k, k) == field), "search flags")
-        raise ConfigError(f"{flag}: {err['msg'].removeprefix('Value error, ')}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        # A check across fields has no field: name the given flag whose field its message names first.
+        fields = [str(err["loc"][0])] if err["loc"] else msg.replace("(", " ").split()
+        flag = next((SEARCH_FLAGS[k] for name in fields for k in SEARCH_FLAGS
+                     if SEARCH_FIELDS.get(k, k) == name and (err["loc"] or SEARCH_FIELDS.get(k, k) in updates)),
+                    "search flags")
+        raise ConfigError(f"{flag}: {msg}") from None
 
 
 def attention_to_plot(tr: Translator, args: argparse.Namespace) -> int | None:
@@ -290,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--on-long-input", choices=["truncate", "refuse"],
                         help="an over-long input is cut to the limit, or refused (empty output); a warning names it")
         sp.add_argument("--max-output-tokens", type=int, metavar="N", help="no output longer than N tokens")
+        sp.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
+                        help="no n-gram of N tokens occurs twice in an output (0: off)")
+        sp.add_argument("--min-len", type=int, metavar="N",
+                        help="no output shorter than N tokens (EOS not counted): EOS is blocked until then")
+        sp.add_argument("--repetition-penalty", type=float, metavar="P",
+                        help="CTRL repetition penalty: log-probs of tokens already output are multiplied by P (>1: fewer repeats)")
 
     tr = sub.add_parser("translate", help="translate lines from a file or stdin")
     model_args(tr, True)
