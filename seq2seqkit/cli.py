@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -80,11 +81,11 @@ def apply_search_flags(tr: Translator, args: argparse.Namespace) -> None:
     except ValidationError as e:
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
-        # A check across fields has no field: name the given flag whose field its message names first.
-        fields = [str(err["loc"][0])] if err["loc"] else msg.replace("(", " ").split()
-        flag = next((SEARCH_FLAGS[k] for name in fields for k in SEARCH_FLAGS
-                     if SEARCH_FIELDS.get(k, k) == name and (err["loc"] or SEARCH_FIELDS.get(k, k) in updates)),
-                    "search flags")
+        if err["loc"]:
+            field = str(err["loc"][0])
+        else:  # a check across fields: the first field its message names among those given
+            field = next((w for w in re.findall(r"\w+", msg) if w in updates), "")
+        flag = next((f for k, f in SEARCH_FLAGS.items() if SEARCH_FIELDS.get(k, k) == field), "search flags")
         raise ConfigError(f"{flag}: {msg}") from None
 
 

@@ -121,7 +121,7 @@ def test_translate_bad_search_flags_and_plots_without_attention(model_dir, tmp_p
     assert len(out.splitlines()) == 1
     assert "model family 'rnn' has no attention: no heatmaps written" in err
     for flags, message in [(["--beam", "0"], "--beam: "),
-                           (["--beam", "2", "--nbest", "3"], "search flags: nbest cannot exceed beam_size")]:
+                           (["--beam", "2", "--nbest", "3"], "--nbest: nbest cannot exceed beam_size")]:
         assert main(["-q", "translate", "-m", str(model_dir), "-i", str(src), *flags]) == 2
         out, err = capsys.readouterr()
         assert out == "" and "Traceback" not in err
