@@ -83,7 +83,8 @@ DEFAULT_CHAT_TURNS = 3  # s2s chat's history for a model whose config has no dat
 SEARCH_FLAGS = {"batch_size": "--batch-size", "beam": "--beam", "length_penalty": "--length-penalty",
                 "nbest": "--nbest", "sample": "--sample", "temperature": "--temperature", "top_k": "--top-k",
                 "top_p": "--top-p", "max_input_tokens": "--max-input-tokens", "on_long_input": "--on-long-input",
-                "max_output_tokens": "--max-output-tokens"}
+                "max_output_tokens": "--max-output-tokens", "no_repeat_ngram_size": "--no-repeat-ngram-size",
+                "min_len": "--min-len", "repetition_penalty": "--repetition-penalty"}
 SEARCH_FIELDS = {"beam": "beam_size"}
 
 
@@ -495,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--on-long-input", choices=["truncate", "refuse"],
                         help="an over-long input is cut to the limit, or refused (empty output); a warning names it")
         sp.add_argument("--max-output-tokens", type=int, metavar="N", help="no output longer than N tokens")
+        sp.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
+                        help="no n-gram of N tokens occurs twice in an output (0: off)")
+        sp.add_argument("--min-len", type=int, metavar="N",
+                        help="no output shorter than N tokens (EOS not counted): EOS is blocked until then")
+        sp.add_argument("--repetition-penalty", type=float, metavar="P",
+                        help="CTRL repetition penalty: log-probs of tokens already output are multiplied by P (>1: fewer repeats)")
 
     def sampling_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--sample", action="store_true", default=None, help="sample outputs instead of searching")

@@ -270,6 +270,13 @@ class SearchConfig(_Section):
     (or than a learned-position Transformer's ``model.max_positions`` minus its EOS) is cut to
     the limit (``on_long_input: truncate``) or not translated (``refuse``: an empty output), with
     a warning that names it; the other inputs are translated as usual.
+
+    Generation controls, off by default, apply to every search (see
+    :mod:`~seq2seqkit.generation_controls`): ``no_repeat_ngram_size`` bans any n-gram from
+    occurring twice in an output; ``min_len`` bans EOS until the output has that many tokens (EOS
+    not counted; the length cap is raised to it, and it may not exceed ``max_output_tokens``);
+    ``repetition_penalty`` multiplies the log-probability of every token already output by it
+    (CTRL; above 1 discourages repeats).
     """
 
     max_len_a: float = Field(1.5, ge=0)
@@ -285,12 +292,18 @@ class SearchConfig(_Section):
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0)  # 0: no top-k filtering
     top_p: float = Field(1.0, gt=0, le=1)
+    no_repeat_ngram_size: int = Field(0, ge=0)  # 0: off
+    min_len: int = Field(0, ge=0)  # fewest output tokens, EOS not counted; 0: off
+    repetition_penalty: float = Field(1.0, gt=0)  # 1: off
 
     @model_validator(mode="after")
-    def _nbest_fits(self) -> SearchConfig:
+    def _settings_fit(self) -> SearchConfig:
         if self.nbest > self.beam_size and not self.sample:
             raise Invalid("nbest", f"{self.nbest} best outputs asked for, but beam search keeps only "
                                    f"beam_size={self.beam_size} (raise beam_size, or sample)", ("beam_size", "sample"))
+        if self.min_len > self.max_output_tokens:
+            raise Invalid("min_len", f"{self.min_len} cannot exceed max_output_tokens ({self.max_output_tokens})",
+                          ("max_output_tokens",))
         return self
 
 

@@ -246,6 +246,8 @@ class CTranslate2Translator(Translator):
     CTranslate2 divides by ``length ** alpha`` where ours is GNMT's ``((5 + length) / 6) ** alpha``,
     (measured: its scores are ours divided by (tokens + EOS) ** alpha), so with alpha > 0 the two
     can rank long and short hypotheses differently; at alpha 0 both rank by log-probability.
+    The generation controls are CTranslate2's own options of the same meaning
+    (``no_repeat_ngram_size``, ``min_decoding_length``, ``repetition_penalty``).
     """
 
     def __init__(self, engine: Any, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config) -> None:
@@ -301,6 +303,8 @@ class CTranslate2Translator(Translator):
         options: dict[str, Any] = dict(
             beam_size=1 if s.sample else s.beam_size, num_hypotheses=s.nbest, length_penalty=s.length_penalty,
             return_scores=True, max_input_length=0, patience=1,
+            no_repeat_ngram_size=s.no_repeat_ngram_size, min_decoding_length=s.min_len,
+            repetition_penalty=s.repetition_penalty,
         )
         if s.sample:
             options.update(sampling_topk=s.top_k or 0, sampling_topp=s.top_p, sampling_temperature=s.temperature)
@@ -308,8 +312,8 @@ class CTranslate2Translator(Translator):
             idx = order[start : start + s.batch_size]
             batch = [[self._src_vocab[t] for t in encoded[i]] for i in idx]
             longest = max(len(b) for b in batch)
-            results = self.engine.translate_batch(batch, max_decoding_length=min(int(longest * s.max_len_a) + s.max_len_b, s.max_output_tokens),
-                                                  **options)
+            cap = min(max(int(longest * s.max_len_a) + s.max_len_b, s.min_len), s.max_output_tokens)
+            results = self.engine.translate_batch(batch, max_decoding_length=cap, **options)
             for i, res in zip(idx, results):
                 out[i] = [self._hypothesis(hyp, score, options["length_penalty"] if options["beam_size"] > 1 else 0.0)
                           for hyp, score in zip(res.hypotheses, res.scores)]

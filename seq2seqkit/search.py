@@ -8,7 +8,12 @@ family. Greedy search and sampling follow one path per sentence; beam search kee
 Attention weights are kept only when asked for (``attention_layer``): a hypothesis then holds
 one row per step over its source, which for long inputs is most of search's memory; otherwise
 nothing per step is kept beyond the tokens. Every output is capped at ``max_len_a * source
-length + max_len_b`` tokens, at ``max_output_tokens`` and at the model's ``max_positions``.
+length + max_len_b`` tokens (raised to ``min_len`` where lower), at ``max_output_tokens`` and at
+the model's ``max_positions``.
+
+Generation controls (:mod:`~seq2seqkit.generation_controls`: no repeated n-grams, a minimum
+length, a repetition penalty) rewrite each step's log-probabilities before any search picks from
+them, per row with the row's own history; scores are sums of those processed log-probabilities.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import torch.nn.functional as F
 
 from .config import SearchConfig
 from .data.tokenizers import BOS, EOS, PAD
+from .generation_controls import OFF, GenerationControls, apply_controls
 from .models.base import Seq2SeqModel, check_attention_layer, select
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without BOS/EOS
-    score: float  # sum of token log-probabilities (EOS included when it was produced)
+    score: float  # sum of token log-probabilities (EOS included when it was produced), after generation controls
     attention: torch.Tensor | None = None  # (steps, S) when asked for (attention_layer); steps = len(tokens) + EOS
     norm_score: float | None = None  # beam search: score / GNMT length penalty, what n-best lists are ranked by
 
@@ -39,10 +45,13 @@ def max_lengths(src_lens: torch.Tensor, a: float, b: int, limit: int | None = No
     return caps if limit is None else caps.clamp(max=limit)
 
 
-def output_caps(model: Seq2SeqModel, src_lens: torch.Tensor, a: float, b: int, limit: int | None) -> list[int]:
-    """Each sentence's most decoding steps: :func:`max_lengths`, within what the model can take."""
+def output_caps(model: Seq2SeqModel, src_lens: torch.Tensor, a: float, b: int, limit: int | None,
+                min_len: int = 0) -> list[int]:
+    """Each sentence's most decoding steps: :func:`max_lengths`, at least ``min_len`` (a floor on
+    the output length lifts a lower cap), within ``limit`` and what the model can take."""
     cap = min((n for n in (limit, model.max_positions) if n is not None), default=None)
-    return max_lengths(src_lens, a, b, cap).tolist()
+    caps = max_lengths(src_lens, a, b).clamp(min=min_len)
+    return (caps if cap is None else caps.clamp(max=cap)).tolist()
 
 
 def _check_attention(model: Seq2SeqModel, attention_layer: int | None) -> None:
@@ -62,25 +71,30 @@ Chooser = Callable[[torch.Tensor], torch.Tensor]  # (B, V) log-probs -> (B,) nex
 @torch.no_grad()
 def _single_path(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float,
                  max_len_b: int, choose: Chooser, max_output_tokens: int | None = None,
-                 attention_layer: int | None = None) -> list[Hypothesis]:
+                 attention_layer: int | None = None, controls: GenerationControls = OFF) -> list[Hypothesis]:
     """Batched decoding of one path per sentence (greedy or sampled); each sentence stops at its
-    own EOS or length cap and leaves the batch, so a step costs what the unfinished ones need."""
+    own EOS or length cap and leaves the batch, so a step costs what the unfinished ones need.
+    ``choose`` picks from the log-probabilities after ``controls``, and the score adds those."""
     _check_attention(model, attention_layer)
     bsz = src.size(0)
     enc = model.encode(src, src_lens)
     state = model.init_state(enc)
-    caps, lens = output_caps(model, src_lens, max_len_a, max_len_b, max_output_tokens), src_lens.tolist()
+    caps = output_caps(model, src_lens, max_len_a, max_len_b, max_output_tokens, controls.min_len)
+    lens = src_lens.tolist()
     tokens: list[list[int]] = [[] for _ in range(bsz)]
     scores = [0.0] * bsz
     attn: list[list[torch.Tensor]] = [[] for _ in range(bsz)]  # stays empty unless attention is asked for
     alive = torch.arange(bsz, device=src.device)  # batch rows still decoding
     prev = torch.full((bsz,), BOS, dtype=torch.long, device=src.device)
+    history = torch.empty((bsz, 0), dtype=torch.long, device=src.device) if controls.needs_history else None
     step = 0
     while alive.numel():
         out = model.decode_step(prev, enc, state, attention_layer)
-        logp = F.log_softmax(out.logits.float(), dim=-1)
+        logp = apply_controls(F.log_softmax(out.logits.float(), dim=-1), history, step, controls)
         best = choose(logp)
-        best_lp = logp.gather(1, best.unsqueeze(1)).squeeze(1)  # the model's log-prob, whatever chose it
+        best_lp = logp.gather(1, best.unsqueeze(1)).squeeze(1)  # the (processed) log-prob, whatever chose it
+        if history is not None:
+            history = torch.cat([history, best.unsqueeze(1)], dim=1)
         keep = []
         for row, (i, tok, lp) in enumerate(zip(alive.tolist(), best.tolist(), best_lp.tolist())):
             scores[i] += lp
@@ -98,6 +112,7 @@ def _single_path(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor,
             idx = torch.tensor(keep, device=src.device)
             alive, prev = alive[idx], best[idx]
             enc, state = select(enc, idx), select(out.state, idx)
+            history = history[idx] if history is not None else None
         else:
             prev, state = best, out.state
     return [Hypothesis(tokens[i], scores[i], torch.stack(attn[i]).cpu() if attn[i] else None) for i in range(bsz)]
@@ -105,11 +120,11 @@ def _single_path(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor,
 
 def greedy_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float = 1.5,
                   max_len_b: int = 10, max_output_tokens: int | None = None,
-                  attention_layer: int | None = None) -> list[Hypothesis]:
-    """Batched greedy decoding: the most probable next token at every step. With
-    ``attention_layer``, each hypothesis keeps that attention's weights at every step."""
+                  attention_layer: int | None = None, controls: GenerationControls = OFF) -> list[Hypothesis]:
+    """Batched greedy decoding: the most probable next token at every step (after ``controls``).
+    With ``attention_layer``, each hypothesis keeps that attention's weights at every step."""
     return _single_path(model, src, src_lens, max_len_a, max_len_b, lambda logp: logp.argmax(dim=-1),
-                        max_output_tokens, attention_layer)
+                        max_output_tokens, attention_layer, controls)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -129,15 +144,17 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 def sample_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float = 1.5,
                   max_len_b: int = 10, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   generator: torch.Generator | None = None, max_output_tokens: int | None = None,
-                  attention_layer: int | None = None) -> list[Hypothesis]:
-    """Batched sampling (temperature, then top-k, then top-p). ``score`` is the model's own
-    log-probability of the sample, untempered, so it compares with other searches."""
+                  attention_layer: int | None = None, controls: GenerationControls = OFF) -> list[Hypothesis]:
+    """Batched sampling (``controls``, then temperature, then top-k, then top-p). ``score`` is the
+    log-probability of the sample after ``controls`` (without them: the model's own), untempered,
+    so it compares with other searches."""
 
     def choose(logp: torch.Tensor) -> torch.Tensor:
         probs = filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-    return _single_path(model, src, src_lens, max_len_a, max_len_b, choose, max_output_tokens, attention_layer)
+    return _single_path(model, src, src_lens, max_len_a, max_len_b, choose, max_output_tokens, attention_layer,
+                        controls)
 
 
 # ---------------------------------------------------------------------------- beam search
@@ -145,7 +162,7 @@ def sample_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor
 def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, beam_size: int,
                 max_len_a: float = 1.5, max_len_b: int = 10, length_penalty: float = 1.0,
                 nbest: int = 1, max_output_tokens: int | None = None,
-                attention_layer: int | None = None) -> list[list[Hypothesis]]:
+                attention_layer: int | None = None, controls: GenerationControls = OFF) -> list[list[Hypothesis]]:
     """Batched beam search; returns the ``nbest`` best hypotheses per sentence, best first.
 
     All sentences and beams run as one batch of ``B*K`` rows. Each step takes the top ``2K``
@@ -156,13 +173,15 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, 
     A sentence is done when its ``nbest`` best finished hypotheses beat every live one (see
     ``_done``), or at its length cap, where the live ones finish without EOS. Done sentences
     leave the batch. With ``attention_layer``, every live row carries its attention history
-    (reordered with the beams); otherwise none is kept.
+    (reordered with the beams); otherwise none is kept. ``controls`` rewrite each row's
+    log-probabilities with that beam's own output so far; scores are sums of the results.
     """
     if nbest > beam_size:
         raise ValueError(f"nbest ({nbest}) cannot exceed beam_size ({beam_size})")
     _check_attention(model, attention_layer)
     bsz, k, dev = src.size(0), beam_size, src.device
-    caps, lens = output_caps(model, src_lens, max_len_a, max_len_b, max_output_tokens), src_lens.tolist()
+    caps = output_caps(model, src_lens, max_len_a, max_len_b, max_output_tokens, controls.min_len)
+    lens = src_lens.tolist()
     enc = select(model.encode(src, src_lens), torch.arange(bsz, device=dev).repeat_interleave(k))
     state = model.init_state(enc)
     sents = list(range(bsz))  # input index of each sentence in the batch, K rows each
@@ -171,6 +190,7 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, 
     seqs: list[list[int]] = [[] for _ in range(bsz * k)]  # tokens of each row's hypothesis
     attn: torch.Tensor | None = None  # (rows, steps, S) attention history, when asked for
     prev = torch.full((bsz * k,), BOS, dtype=torch.long, device=dev)
+    history = torch.empty((bsz * k, 0), dtype=torch.long, device=dev) if controls.needs_history else None
     finished: list[list[Hypothesis]] = [[] for _ in range(bsz)]
 
     def finish(i: int, row: int, toks: list[int], score: float, steps: int) -> None:
@@ -182,7 +202,7 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, 
         if attention_layer is not None and out.attention is not None:
             new = out.attention.unsqueeze(1)
             attn = new if attn is None else torch.cat([attn, new], dim=1)
-        logp = F.log_softmax(out.logits.float(), dim=-1)
+        logp = apply_controls(F.log_softmax(out.logits.float(), dim=-1), history, step, controls)
         vocab = logp.size(-1)
         # A sentence's best 2K (parent, token) candidates are among each parent's best 2K
         # tokens (a parent's score shifts all its tokens alike), so the double-precision sums
@@ -227,6 +247,8 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, 
         attn = attn.index_select(0, idx) if attn is not None else None
         seqs = [seqs[r] + [t] for r, t in zip(parents, next_tokens)]
         prev = torch.tensor(next_tokens, device=dev)
+        if history is not None:  # each row's own output so far, reordered with its beam
+            history = torch.cat([history.index_select(0, idx), prev.unsqueeze(1)], dim=1)
         scores = torch.tensor(next_scores, dtype=torch.float64, device=dev).view(-1, k)
         sents = kept
     return [sorted(f, key=lambda h: -h.norm_score)[:nbest] for f in finished]  # type: ignore[operator]
@@ -253,16 +275,22 @@ def search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, cfg: 
 
     Sampling draws ``cfg.nbest`` independent samples per sentence (ranked by model score);
     beam size 1 is greedy search. ``attention_layer``: keep that attention's weights (see
-    :func:`greedy_search`); None keeps none.
+    :func:`greedy_search`); None keeps none. The config's generation controls apply to all three.
     """
-    cap = cfg.max_output_tokens
+    cap, ctl = cfg.max_output_tokens, controls_of(cfg)
     if cfg.sample:
         n = cfg.nbest
         rows = torch.arange(src.size(0), device=src.device).repeat_interleave(n)
         hyps = sample_search(model, src[rows], src_lens[rows], cfg.max_len_a, cfg.max_len_b,
-                             cfg.temperature, cfg.top_k, cfg.top_p, generator, cap, attention_layer)
+                             cfg.temperature, cfg.top_k, cfg.top_p, generator, cap, attention_layer, ctl)
         return [sorted(hyps[i * n : (i + 1) * n], key=lambda h: -h.score) for i in range(src.size(0))]
     if cfg.beam_size == 1:
-        return [[h] for h in greedy_search(model, src, src_lens, cfg.max_len_a, cfg.max_len_b, cap, attention_layer)]
+        return [[h] for h in greedy_search(model, src, src_lens, cfg.max_len_a, cfg.max_len_b, cap, attention_layer,
+                                           ctl)]
     return beam_search(model, src, src_lens, cfg.beam_size, cfg.max_len_a, cfg.max_len_b,
-                       cfg.length_penalty, cfg.nbest, cap, attention_layer)
+                       cfg.length_penalty, cfg.nbest, cap, attention_layer, ctl)
+
+
+def controls_of(cfg: SearchConfig) -> GenerationControls:
+    """The generation controls a search config sets."""
+    return GenerationControls(cfg.no_repeat_ngram_size, cfg.min_len, cfg.repetition_penalty)

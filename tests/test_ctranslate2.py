@@ -55,6 +55,29 @@ def test_ctranslate2_decodes_like_our_search(trained, lines, tmp_path, beam):
         assert y.score == pytest.approx(x.score, abs=2e-3)
 
 
+def repeats(hyps) -> int:
+    return sum(len(h.tokens) - len(set(h.tokens)) for h in hyps)
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_ctranslate2_honours_the_generation_controls(trained, lines, tmp_path, beam):
+    """Both engines ban alike: greedy outputs agree exactly. CTranslate2 bans (and penalises)
+    on the logits before its softmax, so its log-probs are renormalised where ours are not (as
+    in HF's beam search and fairseq): beam outputs and scores may differ, the rules hold in both."""
+    out = export_ctranslate2(trained, tmp_path / "ct2")
+    free = both(trained, out, beam_size=beam, length_penalty=0.0)[1].hypotheses(lines)
+    assert repeats(free) > 0 and min(len(h.tokens) for h in free) < 7
+    for controls in (dict(no_repeat_ngram_size=1), dict(min_len=7)):
+        ours, ct = both(trained, out, beam_size=beam, length_penalty=0.0, **controls)
+        a, b = ours.hypotheses(lines), ct.hypotheses(lines)
+        if beam == 1:
+            assert [h.tokens for h in a] == [h.tokens for h in b]
+        for hyps in (a, b):
+            assert repeats(hyps) == 0 if "no_repeat_ngram_size" in controls else min(len(h.tokens) for h in hyps) >= 7
+    _, ct = both(trained, out, beam_size=beam, length_penalty=0.0, repetition_penalty=3.0)
+    assert repeats(ct.hypotheses(lines)) < repeats(free)
+
+
 def test_length_penalty_scores_convert_back_to_log_probabilities(trained, lines, tmp_path):
     out = export_ctranslate2(trained, tmp_path / "ct2")
     ours, ct = both(trained, out, beam_size=5, length_penalty=1.0)
