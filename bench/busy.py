@@ -14,7 +14,7 @@ sees them as ``make demo`` on a busy laptop would, and killed after it. Variants
 * ``before``: OpenMP's default wait policy (libgomp spins 300,000 turns at every barrier before it
   sleeps) and one thread per core: what ``s2s`` did before ``configure_process``;
 * ``default``: ``seq2seqkit.runtime.configure_process()``, as ``s2s`` runs it (1,000 turns of
-  spinning; the thread count follows the free cores, checked 5 s into training, then every 30 s);
+  spinning; the thread count follows the free cores, checked 1 s after set-up begins, then every 30 s);
 * ``threads1``: the same with ``training.num_threads=1``;
 * ``before1``: the spinning default with ``training.num_threads=1`` (not in the default set).
 

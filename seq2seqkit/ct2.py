@@ -42,7 +42,7 @@ from .errors import UserError
 from .models.transformer import TransformerSeq2Seq
 from .rundir import EXPORT, check_ours, write_marker
 from .search import Hypothesis
-from .translate import LongInputHook, Translator, input_limit, limit_inputs, refused
+from .translate import LongInputHook, Translator, input_limit, limit_inputs, refused, with_training_cap
 
 POSITION_ROWS = 1024  # rows of the exported sinusoid table: the longest sequence CTranslate2 can then handle
 
@@ -251,7 +251,7 @@ class CTranslate2Translator(Translator):
     """
 
     def __init__(self, engine: Any, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config) -> None:
-        self.engine, self.src_tok, self.tgt_tok, self.cfg = engine, src_tok, tgt_tok, cfg
+        self.engine, self.src_tok, self.tgt_tok, self.cfg = engine, src_tok, tgt_tok, with_training_cap(cfg)
         self.model = None  # no PyTorch model: translate/nbest/translate_stream go through nbest_hypotheses
         self.device = torch.device("cpu")
         self._src_vocab, self._tgt_index = vocabulary(src_tok), {t: i for i, t in enumerate(vocabulary(tgt_tok))}

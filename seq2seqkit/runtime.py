@@ -216,7 +216,7 @@ class CoreWatch:
     :func:`configure_process` applied with ``follow_free_cores``, it sets the thread count to the
     free cores instead, down and up again (never above the count of its first check)."""
 
-    def __init__(self, setting: str, every: float = 30.0, first: float = 5.0, enabled: bool = True,
+    def __init__(self, setting: str, every: float = 30.0, first: float = 1.0, enabled: bool = True,
                  adapt: bool = False) -> None:
         self.setting, self.every, self.enabled = setting, every, enabled
         self.adapt = adapt and _process is not None and _process.follow_free_cores

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_weights
 from .config import Config, SearchConfig, load_config
-from .data.dataset import cut_sources, pad_sources
+from .data.dataset import pad_sources
 from .data.tokenizers import Tokenizer, load_tokenizers
 from .errors import UserError
 from .models import Seq2SeqModel, build_model
@@ -42,6 +42,15 @@ def input_limit(cfg: SearchConfig, max_positions: int | None) -> int:
     """The most source tokens (EOS not counted) an input may have: ``cfg.max_input_tokens``,
     and what a model whose positions stop at ``max_positions`` (EOS included) can encode."""
     return cfg.max_input_tokens if max_positions is None else min(cfg.max_input_tokens, max_positions - 1)
+
+
+def with_training_cap(cfg: Config) -> Config:
+    """A model trained with ``data.truncate_src`` saw its sources cut to ``data.max_src_len``
+    tokens; it reads its inputs the same way through the one input limit of search:
+    ``search.max_input_tokens`` lowered to that length (``--max-input-tokens`` may raise it)."""
+    if cfg.data.truncate_src and cfg.search.max_input_tokens > cfg.data.max_src_len:
+        cfg.search = cfg.search.model_copy(update={"max_input_tokens": cfg.data.max_src_len})
+    return cfg
 
 
 def limit_inputs(sources: Sequence[Sequence[int]], limit: int, cfg: SearchConfig,
@@ -128,7 +137,8 @@ class Translator:
     """A trained model with its tokenizers, ready to translate text."""
 
     def __init__(self, model: Seq2SeqModel, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config, device: torch.device):
-        self.model, self.src_tok, self.tgt_tok, self.cfg, self.device = model, src_tok, tgt_tok, cfg, device
+        self.model, self.src_tok, self.tgt_tok, self.device = model, src_tok, tgt_tok, device
+        self.cfg = with_training_cap(cfg)
         self.family = cfg.model.family  # an ensemble's lists its members'
         self.model.to(device).eval()
 
@@ -185,7 +195,7 @@ class Translator:
                          on_long_input: LongInputHook | None = None) -> list[list[Hypothesis]]:
         """Each text's n-best list; ``attention_layer``: also keep that attention's weights
         (``model.attention_layers`` says which exist); ``on_long_input``: see :func:`translate_ids_nbest`."""
-        sources = cut_sources([self.src_tok.encode(t) for t in texts], self.cfg.data, "inputs")
+        sources = [self.src_tok.encode(t) for t in texts]
         return translate_ids_nbest(self.model, sources, self.cfg.search, self.device,
                                    attention_layer=attention_layer, on_long_input=on_long_input)
 

@@ -238,13 +238,13 @@ def write_inputs(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_generate_reads_jsonl_sources_and_translate_is_an_alias(model_dir, tmp_path, caplog):
+def test_generate_reads_jsonl_sources_and_translate_is_an_alias(model_dir, tmp_path, capsys):
     dialogues = [dialogue(i, turns=2 + i) for i in range(4)]  # 13, 20, 27, 34 words: two are cut
     jsonl = write_inputs(tmp_path / "in.jsonl", [json.dumps({"id": i, "src": d}) for i, d in enumerate(dialogues)]
                          + [""])  # a blank line is skipped, as in a JSONL corpus
-    with caplog.at_level(logging.WARNING):
-        assert main(["-q", "generate", "-m", str(model_dir), "-i", str(jsonl), "-o", str(tmp_path / "a.txt")]) == 0
-    assert "inputs: cut 2 of 4 inputs to data.max_src_len=20 tokens" in caplog.text
+    assert main(["-q", "generate", "-m", str(model_dir), "-i", str(jsonl), "-o", str(tmp_path / "a.txt")]) == 0
+    # trained with data.truncate_src: inputs are cut to data.max_src_len, as in training
+    assert capsys.readouterr().err.count("over the limit of 20 (") == 2
     expected = seq2seqkit.load(str(model_dir)).translate(dialogues)
     assert (tmp_path / "a.txt").read_text().splitlines() == [one_line(e) for e in expected]
     # the format flag (here a name without .jsonl), and the old verb
