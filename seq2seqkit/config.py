@@ -211,7 +211,7 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     clip_grad_norm: float | None = Field(1.0, gt=0)
     lr_schedule: Literal["constant", "plateau", "inverse_sqrt"] = "constant"
-    warmup_steps: int = Field(0, ge=0)  # linear warm-up (all schedules)
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up (constant, inverse_sqrt; refused with plateau)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     plateau_patience: int = Field(2, ge=0)
     min_lr: float = Field(1e-6, ge=0)

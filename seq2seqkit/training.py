@@ -41,10 +41,9 @@ from .data.dataset import Batch, EncodedCorpus, collate, corpus_texts, cut_sourc
 from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokenizers
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
-from .runtime import CoreWatch
 from .tasks import resolve_dataset
 from .rundir import open_run
-from .runtime import HeapBound, release_freed_memory
+from .runtime import CoreWatch, HeapBound, release_freed_memory
 from .teacher_forcing import decode_with_teacher_forcing, own_predictions, substitute, teacher_forcing_ratio
 from .translate import resolve_device, translate_ids
 
