@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -107,3 +108,15 @@ def assert_padding_is_inert(model, sources: list[list[int]], targets: list[list[
     torch.testing.assert_close(alone, padded)
     torch.testing.assert_close(both, alone + second, rtol=1e-5, atol=1e-5)
     assert alone.item() > 0
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def one_line_error(capsys: pytest.CaptureFixture) -> str:
+    """The one ``s2s: error:`` line a refused command printed on stderr (and nothing else)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("s2s: error: "), err
+    return err[0]

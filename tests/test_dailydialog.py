@@ -26,7 +26,7 @@ from seq2seqkit.errors import ConfigError
 from seq2seqkit.metrics import distinct, score
 from seq2seqkit.tasks import dailydialog
 
-from conftest import tiny_config
+from conftest import one_line_error, read_jsonl, tiny_config
 
 NAMES = {"train": "train", "val": "validation", "test": "test"}
 
@@ -57,16 +57,6 @@ def standard_splits() -> dict[str, list[str]]:
         "test": [line("where is the BANK ?", "Next to the shop ."),  # its context is in train (up to case)
                  line("What a day !", "Indeed .", "Tea ?")],
     }
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-
-
-def one_line_error(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("s2s: error: "), err
-    return err[0]
 
 
 # --------------------------------------------------------------------------------- prepare

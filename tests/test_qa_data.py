@@ -24,6 +24,8 @@ from seq2seqkit.data.corpus import iter_examples
 from seq2seqkit.metrics import score, score_groups
 from seq2seqkit.tasks import babi, tweetqa
 
+from conftest import one_line_error, read_jsonl
+
 PLACES = ["kitchen", "garden", "office", "hallway", "bedroom", "bathroom"]
 
 
@@ -64,16 +66,6 @@ def write_babi(path: Path, files: dict[str, str] | None = None, stories: int = 1
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def one_line_error(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("s2s: error: "), err
-    return err[0]
 
 
 # ------------------------------------------------------------------------------ bAbI pairs

@@ -27,6 +27,8 @@ from seq2seqkit.errors import ConfigError
 from seq2seqkit.metrics import Scores, score, summary_sentences
 from seq2seqkit.tasks import samsum
 
+from conftest import one_line_error, read_jsonl
+
 NAMES = ["Anna", "Ben", "Carla", "Dmitri", "Ewa", "Femi", "Gus", "Hana"]
 
 
@@ -56,16 +58,6 @@ def standard_splits() -> dict[str, list]:
     train = [record(i) for i in range(12)]
     train[5] = record(5, dialogue="")  # the corpus has one empty training dialogue
     return {"train": train, "val": [record(i) for i in range(20, 23)], "test": [record(i) for i in range(30, 34)]}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def one_line_error(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("s2s: error: "), err
-    return err[0]
 
 
 # --------------------------------------------------------------------------------- prepare
