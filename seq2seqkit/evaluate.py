@@ -12,10 +12,10 @@ import torch
 
 from . import metrics as M
 from .data.corpus import detect_format, iter_examples, jsonl_labels, read_lines
-from .data.dataset import cut_sources, make_batch
+from .data.dataset import make_batch
 from .errors import DataError, UserError
 from .training import token_loss
-from .translate import Translator
+from .translate import Translator, input_limit
 
 
 @dataclass
@@ -103,12 +103,19 @@ def evaluate_model(translator: Translator, data: EvalSet, metrics: Sequence[str]
 def perplexity(translator: Translator, data: EvalSet, batch_size: int = 64) -> float:
     """The model's perplexity on the references: exp of the mean teacher-forced cross-entropy
     per target token (EOS included), over every (source, reference) pair, computed as
-    validation's ``ppl`` (no label smoothing; sources cut as at generation)."""
+    validation's ``ppl`` (no label smoothing; sources cut as at generation; references longer
+    than learned positions refused)."""
     assert data.sources is not None, "perplexity needs the sources"
     tr = translator
     pairs = [(s, r) for s, rs in zip(data.sources, data.refs) for r in rs]
-    sources = cut_sources([tr.src_tok.encode(s) for s, _ in pairs], tr.cfg.data, "inputs")
+    limit = input_limit(tr.cfg.search, tr.model.max_positions)  # inputs cut as generation cuts them
+    sources = [tr.src_tok.encode(s)[:limit] for s, _ in pairs]
     targets = [tr.tgt_tok.encode(r) for _, r in pairs]
+    cap = tr.model.max_positions
+    too_long = 0 if cap is None else sum(len(t) + 1 > cap for t in targets)  # + BOS
+    if too_long:
+        raise UserError(f"--metrics ppl: {too_long} reference(s) need more than the model's {cap} learned "
+                        f"positions; a perplexity without them would not be the model's on these references")
     order = sorted(range(len(pairs)), key=lambda i: (len(sources[i]), len(targets[i])))
     tr.model.eval()
     total, tokens = 0.0, 0

@@ -284,3 +284,20 @@ def test_heap_bound_releases_only_above_its_limit():
         tight.after_update()
     assert generous.limit is not None and generous.releases == 0
     assert tight.releases == (3 if sys.platform.startswith("linux") else 0)  # every update after the warm-up
+
+
+def test_perplexity_refuses_references_beyond_learned_positions(transformer_dir, tmp_path, capsys):
+    """A reference longer than the model's positions cannot be scored teacher-forced: `evaluate
+    --metrics ppl` says so in one line instead of a traceback (or a perplexity without it)."""
+    src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
+    src.write_text("a b\nc d\n")
+    ref.write_text("b a\n" + " ".join("abcdef" * 2) + "\n")  # 12 tokens + BOS: over 8 positions
+    rc, out, err = run(capsys, "evaluate", "-m", str(transformer_dir), "--src", str(src), "--ref", str(ref),
+                       "--metrics", "ppl", "--no-group-by-source")
+    assert rc == 2 and out == ""
+    assert err.splitlines() == ["s2s: error: --metrics ppl: 1 reference(s) need more than the model's 8 learned "
+                                "positions; a perplexity without them would not be the model's on these references"]
+    ref.write_text("b a\nd c\n")
+    rc, out, err = run(capsys, "evaluate", "-m", str(transformer_dir), "--src", str(src), "--ref", str(ref),
+                       "--metrics", "ppl", "--no-group-by-source")
+    assert rc == 0 and out.startswith("ppl ")
