@@ -77,7 +77,6 @@ def _input_texts(path: str | None, fmt: str) -> Iterable[str]:
     return [json_fields(line, name, n, ("src",))[0] for n, line in lines if line.strip()]
 
 
-DEFAULT_CHAT_TURNS = 3  # s2s chat's history for a model whose config has no data.context_turns
 
 # Search flags -> SearchConfig fields; the flag names are what errors about them show.
 SEARCH_FLAGS = {"batch_size": "--batch-size", "beam": "--beam", "length_penalty": "--length-penalty",
@@ -343,12 +342,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     """Talk to a dialogue model: each reply is generated from the last N turns (the user's and
     the model's), one a line as in training; ``/reset`` forgets them, end of input quits."""
     from .data.tokenizers import split_lines
+    from .tasks.dailydialog import DEFAULT_TURNS
 
     tr = load_translator(args)
     apply_search_flags(tr, args)
     if args.turns is not None and args.turns < 1:
         raise UserError(f"--turns: must be at least 1, got {args.turns}")
-    turns = args.turns or tr.cfg.data.context_turns or DEFAULT_CHAT_TURNS
+    turns = args.turns or tr.cfg.data.context_turns or DEFAULT_TURNS
     tty = sys.stdin.isatty()
     if tty:
         print(f"s2s chat: {args.model[0]}, {turns} turn{'s' if turns != 1 else ''} of history; "
@@ -384,9 +384,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.dataset == "dailydialog":
         from .tasks import dailydialog
 
-        if args.turns < 1:
+        if args.turns is not None and args.turns < 1:
             raise UserError(f"--turns: must be at least 1, got {args.turns}")
-        paths = dailydialog.prepare(args.archive_dir, args.out_dir, turns=args.turns)
+        paths = dailydialog.prepare(args.archive_dir, args.out_dir, turns=args.turns or dailydialog.DEFAULT_TURNS)
     elif args.dataset == "samsum":
         from .tasks import samsum
 
@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(ch, True)
     ch.add_argument("--turns", type=int, metavar="N",
                     help="previous turns (yours and the model's) in each source (default: the model's "
-                         f"data.context_turns, else {DEFAULT_CHAT_TURNS})")
+                         f"data.context_turns, else 3 as prepare's default)")
     search_args(ch)
     sampling_args(ch)
     ch.set_defaults(fn=cmd_chat)
@@ -586,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("out_dir", nargs="?", default="data/dailydialog",
                     help="where to write train/val/test/test-unseen.jsonl (default: data/dailydialog, where "
                          "configs/dailydialog-transformer.yaml reads)")
-    pd.add_argument("--turns", type=int, default=3, metavar="N",
+    pd.add_argument("--turns", type=int, metavar="N",
                     help="previous utterances in each source, one a line (default: 3)")
     pr.set_defaults(fn=cmd_prepare)
 

@@ -91,8 +91,9 @@ def apply_controls(logp: torch.Tensor, history: torch.Tensor | None, step: int,
     if step < controls.min_len:
         out = out.clone() if out is logp else out
         out[:, EOS] = -torch.inf
-    stuck = ~out.isfinite().any(dim=1)
-    if stuck.any():
-        out = out.clone() if out is logp else out
-        out[stuck, EOS] = logp[stuck, EOS]
+    if controls.no_repeat_ngram_size or step < controls.min_len:  # only bans can leave a row nothing
+        stuck = ~out.isfinite().any(dim=1)
+        if stuck.any():  # a host sync: skipped on steps where nothing was banned
+            out = out.clone() if out is logp else out
+            out[stuck, EOS] = logp[stuck, EOS]
     return out

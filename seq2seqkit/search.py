@@ -39,10 +39,9 @@ class Hypothesis:
     norm_score: float | None = None  # beam search: score / GNMT length penalty, what n-best lists are ranked by
 
 
-def max_lengths(src_lens: torch.Tensor, a: float, b: int, limit: int | None = None) -> torch.Tensor:
-    """Output length cap ``a * source_length + b`` (source length without its EOS), at most ``limit``."""
-    caps = ((src_lens - 1).float() * a).long() + b
-    return caps if limit is None else caps.clamp(max=limit)
+def max_lengths(src_lens: torch.Tensor, a: float, b: int) -> torch.Tensor:
+    """Output length cap ``a * source_length + b`` (source length without its EOS)."""
+    return ((src_lens - 1).float() * a).long() + b
 
 
 def output_caps(model: Seq2SeqModel, src_lens: torch.Tensor, a: float, b: int, limit: int | None,

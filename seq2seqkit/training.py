@@ -416,11 +416,13 @@ class Trainer:
         loss_sum = token_loss(logits, batch.tgt_out, tc.label_smoothing)  # in fp32
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / n).backward()
-        value = loss_sum.item()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm) if tc.clip_grad_norm else None
-        if not math.isfinite(value) or (norm is not None and not torch.isfinite(norm)):
+        # one host sync for both numbers (the loss is needed anyway, for the log)
+        value, norm_value = (torch.stack([loss_sum.detach(), norm.float()]).tolist() if norm is not None
+                             else (loss_sum.item(), 0.0))
+        if not math.isfinite(value) or not math.isfinite(norm_value):
             raise self._diverged(p.step + 1, f"the loss is {value / n:.4g}" if not math.isfinite(value) else
-                                 f"the gradient norm is {norm.item():.4g}")  # before the update: weights stay good
+                                 f"the gradient norm is {norm_value:.4g}")  # before the update: weights stay good
         self.optimizer.step()
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
