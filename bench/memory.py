@@ -2,6 +2,7 @@
 
     python bench/memory.py translate            # s2s translate on one 1k / 10k / 100k-character line
     python bench/memory.py train --epochs 3     # a Multi30k Transformer run: training steps vs validation
+    python bench/memory.py ab --epochs 2        # training speed with and without releasing freed heap
     python bench/memory.py ... --record         # ... and append the table to BENCHMARKS.md
 
 * ``translate``: trains (once) a small attention GRU on the G2P task (``configs/g2p-attention.yaml``,
@@ -17,6 +18,10 @@
   so every training epoch and every validation has its own peak; a side thread samples
   ``VmRSS`` every few seconds into ``OUT/rss.csv``. The table compares the training phases'
   peak with the whole run's (``ru_maxrss`` of the child).
+* ``ab``: the same training child with ``training.release_memory`` true and false, alternating
+  (``--repeats`` pairs), validation without the exposure-bias passes. Speed is the CPU time the
+  training phases took per 1,000 target tokens (one thread, so it does not depend on how busy
+  the other cores are, unlike wall-clock tokens/s, which is shown too), beside each run's peak RSS.
 """
 
 from __future__ import annotations
@@ -147,16 +152,17 @@ def train_child(args: argparse.Namespace) -> None:
                  "data.test.src=null", "data.test.tgt=null", *args.overrides]
     cfg = load_config(REPO / "configs" / "multi30k-transformer.yaml", overrides)
     phases: list[dict] = []
-    phase = {"name": "setup", "t0": time.time()}
+    phase = {"name": "setup", "t0": time.time(), "c0": time.process_time()}
     can_reset = reset_peak()
 
     def switch(name: str) -> None:
         nonlocal phase
         st = proc_status()
-        phase.update(end_rss=st["VmRSS"], peak=st["VmHWM"], seconds=time.time() - phase["t0"])
+        phase.update(end_rss=st["VmRSS"], peak=st["VmHWM"], seconds=time.time() - phase["t0"],
+                     cpu_seconds=time.process_time() - phase["c0"])
         phases.append(phase)
         reset_peak()
-        phase = {"name": name, "t0": time.time(), "start_rss": proc_status()["VmRSS"]}
+        phase = {"name": name, "t0": time.time(), "c0": time.process_time(), "start_rss": proc_status()["VmRSS"]}
 
     stop = threading.Event()
 
@@ -181,6 +187,14 @@ def train_child(args: argparse.Namespace) -> None:
         return values
 
     trainer._validate = measured_validate  # type: ignore[method-assign]
+    step = trainer.train_step
+    trained = {"tokens": 0}
+
+    def counted_step(batch):
+        trained["tokens"] += batch.n_tokens
+        return step(batch)
+
+    trainer.train_step = counted_step  # type: ignore[method-assign]
     threading.Thread(target=sampler, daemon=True).start()
     t0 = time.perf_counter()
     trainer.train()
@@ -190,27 +204,58 @@ def train_child(args: argparse.Namespace) -> None:
     log_file = out / "train_log.jsonl"  # absent when no update was logged
     log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
     tok_s = [e["tokens_per_s"] for e in log if e["kind"] == "train"]
-    print(json.dumps({"phases": [{k: v for k, v in p.items() if k != "t0"} for p in phases], "hwm_reset": can_reset,
-                      "steps": trainer.progress.step, "seconds": seconds, "tokens_per_s": tok_s,
+    print(json.dumps({"phases": [{k: v for k, v in p.items() if k not in ("t0", "c0")} for p in phases],
+                      "hwm_reset": can_reset, "steps": trainer.progress.step, "seconds": seconds,
+                      "tokens_per_s": tok_s, "train_tokens": trained["tokens"],
                       "heap_releases": getattr(getattr(trainer, "heap", None), "releases", None),
                       "heap_limit": getattr(getattr(trainer, "heap", None), "limit", None),
                       "threads": torch.get_num_threads()}))
 
 
-def bench_train(args: argparse.Namespace) -> str:
-    out = Path(args.out).resolve()
+def run_train_child(out: Path, epochs: int, sample_every: float, overrides: list[str]) -> tuple[dict, int, float]:
+    """One measured training child: (its result line, its peak RSS, wall seconds)."""
+    out = out.resolve()
     if out.exists():
         raise SystemExit(f"{out} exists: remove it or give another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "train-child", "--out", str(out), "--epochs", str(args.epochs),
-           "--sample-every", str(args.sample_every), "--", *args.overrides]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "train-child", "--out", str(out), "--epochs", str(epochs),
+           "--sample-every", str(sample_every), "--", *overrides]
     result = out.parent / f"{out.name}-result.json"
     with result.open("w") as f:
         rc, peak, wall = run_measured(cmd, cwd=REPO, stdout=f)
     if rc:
         raise SystemExit(f"training child failed with status {rc}")
-    res = json.loads(result.read_text().strip().splitlines()[-1])
-    return train_table(res, peak, wall)
+    return json.loads(result.read_text().strip().splitlines()[-1]), peak, wall
+
+
+def bench_train(args: argparse.Namespace) -> str:
+    return train_table(*run_train_child(Path(args.out), args.epochs, args.sample_every, args.overrides))
+
+
+def bench_ab(args: argparse.Namespace) -> str:
+    """Training speed and peak RSS with and without releasing the freed heap, alternating."""
+    rows = ["| training.release_memory | run | updates | training CPU s | CPU ms per 1k target tokens "
+            "| logged tokens/s (median, wall) | whole run's peak RSS | heap releases |",
+            "|---|---|---|---|---|---|---|---|"]
+    per_1k: dict[bool, list[float]] = {True: [], False: []}
+    for run in range(1, args.repeats + 1):
+        for release in (True, False):
+            out = Path(args.out) / f"{'release' if release else 'keep'}-{run}"
+            res, peak, _ = run_train_child(out, args.epochs, args.sample_every,
+                                           [f"training.release_memory={str(release).lower()}",
+                                            "training.exposure_bias=false", *args.overrides])
+            cpu = sum(p["cpu_seconds"] for p in res["phases"] if p["name"] == "train")
+            ms = 1000 * cpu / max(res["train_tokens"] / 1000, 1e-9)
+            per_1k[release].append(ms)
+            tok = sorted(res["tokens_per_s"])
+            median = f"{tok[len(tok) // 2]:,.0f}" if tok else ""
+            releases = res["heap_releases"] if release else "off"
+            rows.append(f"| {str(release).lower()} | {run} | {res['steps']} | {cpu:,.0f} | {ms:.2f} | {median} "
+                        f"| {peak / MIB:,.0f} MiB | {releases} |")
+    on, off = (sum(v) / len(v) for v in (per_1k[True], per_1k[False]))
+    rows += ["", f"mean CPU ms per 1k target tokens: release {on:.2f}, keep {off:.2f} "
+                 f"(release costs {100 * (on / off - 1):+.1f}%)"]
+    return "\n".join(rows)
 
 
 def train_table(res: dict, peak: int, wall: float) -> str:
@@ -255,6 +300,13 @@ def main() -> None:
     tr.add_argument("--sample-every", type=float, default=5.0)
     tr.add_argument("--record", action="store_true")
     tr.add_argument("overrides", nargs="*")
+    ab = sub.add_parser("ab")
+    ab.add_argument("--out", default="runs/mem-ab")
+    ab.add_argument("--epochs", type=int, default=2)
+    ab.add_argument("--repeats", type=int, default=2)
+    ab.add_argument("--sample-every", type=float, default=5.0)
+    ab.add_argument("--record", action="store_true")
+    ab.add_argument("overrides", nargs="*")
     c = sub.add_parser("train-child")
     c.add_argument("--out", required=True)
     c.add_argument("--epochs", type=int, required=True)
@@ -265,7 +317,7 @@ def main() -> None:
         train_child(args)
         return
     sys.path.insert(0, str(REPO))
-    table = bench_translate(args) if args.what == "translate" else bench_train(args)
+    table = {"translate": bench_translate, "train": bench_train, "ab": bench_ab}[args.what](args)
     print(table)
     if args.record:
         cmd = "python bench/memory.py " + " ".join(sys.argv[1:]).replace(" --record", "")

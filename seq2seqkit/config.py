@@ -230,6 +230,9 @@ class TrainingConfig(_Section):
     # bf16: forward pass under torch.autocast in bfloat16 (weights, gradients and the optimizer
     # stay fp32). Matrix multiplies run ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs.
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Give freed heap back to the OS around validation and whenever resident memory passes 1.5x
+    # the first updates' peak (runtime.HeapBound): a fragmenting heap otherwise keeps growing.
+    release_memory: bool = True
 
     @field_validator("exposure_bias_rates")
     @classmethod

@@ -295,13 +295,20 @@ class HeapBound:
     (:func:`release_freed_memory`); the next update faults its pages in again, once, instead of
     the heap growing for the rest of the run."""
 
-    def __init__(self, warmup: int = 10, headroom: float = 1.5) -> None:
-        self.warmup, self.headroom = warmup, headroom
+    def __init__(self, warmup: int = 10, headroom: float = 1.5, enabled: bool = True) -> None:
+        self.warmup, self.headroom, self.enabled = warmup, headroom, enabled
         self.updates, self.releases = 0, 0
         self.limit: int | None = None
 
+    def release(self) -> None:
+        """Give the freed heap back now (between phases of different shapes, e.g. validation)."""
+        if self.enabled:
+            release_freed_memory()
+
     def after_update(self) -> None:
         self.updates += 1
+        if not self.enabled:
+            return
         if self.limit is None:
             if self.updates >= self.warmup:  # ru_maxrss is in KiB on Linux
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -43,7 +43,7 @@ from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
 from .tasks import resolve_dataset
 from .rundir import open_run
-from .runtime import CoreWatch, HeapBound, release_freed_memory
+from .runtime import CoreWatch, HeapBound
 from .teacher_forcing import decode_with_teacher_forcing, own_predictions, substitute, teacher_forcing_ratio
 from .translate import resolve_device, translate_ids
 
@@ -210,7 +210,8 @@ class Trainer:
         self._signatures_shown = False
         self._clock = time.perf_counter()  # train_seconds counts from here (and from each train())
         self.stopped: str | None = None  # "SIGINT"/"SIGTERM" if train() stopped early on it (checkpoint saved)
-        self.heap = HeapBound()  # resident memory within 1.5x the first updates' peak (runtime.py)
+        # resident memory within 1.5x the first updates' peak (runtime.py)
+        self.heap = HeapBound(enabled=self.cfg.training.release_memory)
 
     # -- setup helpers -------------------------------------------------------------------------
     @staticmethod
@@ -514,11 +515,11 @@ class Trainer:
         # Validation allocates tensors of other shapes than the training step (decoding steps,
         # fp32 dev batches): the freed heap of each phase is returned before the other runs, so
         # that neither phase's memory stays resident on top of the other's (runtime.py).
-        release_freed_memory()
+        self.heap.release()
         try:
             return self._validate_and_record()
         finally:
-            release_freed_memory()
+            self.heap.release()
 
     def _validate_and_record(self) -> dict[str, float]:
         tc, p = self.cfg.training, self.progress

@@ -284,6 +284,10 @@ def test_heap_bound_releases_only_above_its_limit():
         tight.after_update()
     assert generous.limit is not None and generous.releases == 0
     assert tight.releases == (3 if sys.platform.startswith("linux") else 0)  # every update after the warm-up
+    off = HeapBound(warmup=2, headroom=1e-6, enabled=False)  # training.release_memory: false
+    for _ in range(5):
+        off.after_update()
+    assert off.limit is None and off.releases == 0
 
 
 def test_perplexity_refuses_references_beyond_learned_positions(transformer_dir, tmp_path, capsys):
