@@ -170,8 +170,10 @@ def run_tweetqa(config: str, args: argparse.Namespace) -> dict:
     cfg = load_config(config)
     tune = load_eval_set(cfg.data.dev.path)
     progress, tr, checkpoint, tune_rouge = trained_translator(cfg, not args.no_train, tune, "rougeL")
-    tuned, tried = tune_search(tr, tune.sources, {"length_penalty": LENGTH_PENALTIES},
-                               lambda hyps: M.score(hyps, tune.refs, ["rougeL"]).values["rougeL"], {"beam_size": args.beam})
+    idx = spread(len(tune.sources), args.tune_max)
+    tune_refs = [tune.refs[i] for i in idx]
+    tuned, tried = tune_search(tr, [tune.sources[i] for i in idx], {"length_penalty": LENGTH_PENALTIES},
+                               lambda hyps: M.score(hyps, tune_refs, ["rougeL"]).values["rougeL"], {"beam_size": args.beam})
     test = load_eval_set(cfg.data.test.path, group_by_source=True)
     test = EvalSet(test.sources[:args.limit], test.refs[:args.limit], [])
     rows = {}
@@ -183,7 +185,8 @@ def run_tweetqa(config: str, args: argparse.Namespace) -> dict:
                       "signatures": scores.signatures, "hyps": hyps}
     return {"config": config, "model": model_label(tr.cfg), "params": tr.model.num_parameters(),
             "steps": f"{progress['step']} ({progress['epoch']})", "train": run_time(progress),
-            "checkpoint": f"{checkpoint} ({tune_rouge[checkpoint]:.2f})", "tried": tried, "rows": rows, "test": test}
+            "checkpoint": f"{checkpoint} ({tune_rouge[checkpoint]:.2f})", "tried": tried, "tune_items": len(idx),
+            "rows": rows, "test": test}
 
 
 def tweetqa_section(runs: list[dict]) -> str:
@@ -198,7 +201,7 @@ def tweetqa_section(runs: list[dict]) -> str:
              "set): " + "; ".join(f"{name}: dev {dev}, test {test}" for name, dev, test in TWEETQA_PAPER) + ".\n")
     first = runs[0]
     signatures = "".join(f"{k} signature: `{v}`  \n" for k, v in next(iter(first["rows"].values()))["signatures"].items())
-    tuning = "".join(f"- `{r['config']}`: " + "; ".join(f"α {p['length_penalty']:g}: {s:.2f}" for p, s in r["tried"]) + "\n"
+    tuning = "".join(f"- `{r['config']}` ({r['tune_items']} tune questions): " + "; ".join(f"α {p['length_penalty']:g}: {s:.2f}" for p, s in r["tried"]) + "\n"
                      for r in runs)
     test = first["test"]
     examples = "".join(
@@ -224,6 +227,8 @@ def main() -> None:
     ap.add_argument("--tweetqa-config", nargs="+", default=TWEETQA_CONFIGS,
                     help=f"default: {' '.join(TWEETQA_CONFIGS)} (one that does not exist is skipped)")
     add_arguments(ap, beam=5, limit="score N bAbI test questions spread over the file, and the first N TweetQA questions")
+    ap.add_argument("--tune-max", type=int, default=None, metavar="N",
+                    help="tune TweetQA's length penalty on N tune questions spread over the file (default: all 1,065)")
     args = parse_arguments(ap)  # --beam: TweetQA's (bAbI answers are decoded greedily)
     limited = f", {args.limit} questions" if args.limit else ""
 
