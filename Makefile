@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-g2p bench-multi30k bench-speed bench-busy bench-exposure clean
+.PHONY: demo test install bench-g2p bench-multi30k bench-samsum bench-dialogue bench-qa bench-speed bench-busy bench-exposure clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ bench-g2p: $(STAMP)
 
 bench-multi30k: $(STAMP)
 	$(PY) bench/multi30k.py
+
+# Issues 12 and 13 (data first: `s2s prepare samsum|dailydialog|babi|tweetqa ...`, see README).
+bench-samsum: $(STAMP)
+	$(PY) bench/samsum.py
+
+bench-dialogue: $(STAMP)
+	$(PY) bench/dialogue.py
+
+bench-qa: $(STAMP)
+	$(PY) bench/qa.py
 
 # Training/decoding speed beside JoeyNMT 2.3.0 (own venv under ~/.cache/seq2seqkit/bench) and CTranslate2.
 bench-speed: $(STAMP)

@@ -19,21 +19,15 @@ corpus BLEU of the greedy output by source length in whitespace words (``--bucke
 from __future__ import annotations
 
 import argparse
-import io
-import logging
 import sys
-import time
 from pathlib import Path
 
-from common import REPO, duration, ensure_trained, machine, record, select_checkpoint  # first: s2s's process settings, before torch loads
-
-import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from common import (REPO, add_arguments, by_bucket, decode, duration, machine, model_label,  # first: s2s's process
+                    parse_arguments, parse_buckets, plot_lines, record, repo_path,  # settings, before torch loads
+                    trained_translator)
 
 from seq2seqkit import metrics as M
-from seq2seqkit.checkpoint import atomic_write_bytes
-from seq2seqkit.config import Config, SearchConfig, load_config
+from seq2seqkit.config import SearchConfig, load_config
 from seq2seqkit.evaluate import load_eval_set
 from seq2seqkit.translate import Translator
 
@@ -45,39 +39,6 @@ DEFAULT_PLOT = REPO / "bench" / "multi30k-bleu-by-length.png"
 # wider ones, whose top buckets then hold only a few dozen sentences.
 DEFAULT_BUCKETS = "8,10,12,15"
 LENGTH_PENALTIES = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]  # GNMT alphas tried on val when --length-penalty is not given
-
-
-def model_label(cfg: Config) -> str:
-    m = cfg.model
-    if m.family == "transformer":
-        return f"transformer ({m.encoder_layers}+{m.decoder_layers} layers, d {m.embed_dim}, {m.norm}-norm)"
-    rnn = f"{'bi-' if m.bidirectional else ''}{m.cell.upper()} {m.hidden_size}"
-    if m.family == "attention":
-        return f"attention ({m.attention}, {rnn})"
-    return f"rnn ({rnn}, no attention)"
-
-
-def parse_buckets(spec: str) -> list[tuple[int, int | None]]:
-    """``"8,10,12,15"`` -> [(1, 8), (9, 10), (11, 12), (13, 15), (16, None)]."""
-    try:
-        bounds = [int(b) for b in spec.split(",") if b.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--buckets {spec!r}: expected increasing integers, e.g. 10,15,20,25") from None
-    if not bounds or bounds[0] < 1 or any(b >= c for b, c in zip(bounds, bounds[1:])):
-        raise argparse.ArgumentTypeError(f"--buckets {spec!r}: expected increasing positive integers, e.g. 10,15,20,25")
-    lows = [1] + [b + 1 for b in bounds]
-    return list(zip(lows, [*bounds, None]))
-
-
-def bucket_name(low: int, high: int | None) -> str:
-    return f"{low}+" if high is None else f"{low}-{high}"
-
-
-def decode(tr: Translator, sources: list[str], search: SearchConfig) -> tuple[list[str], float]:
-    tr.cfg.search = search
-    start = time.perf_counter()
-    hyps = tr.translate(sources)
-    return hyps, time.perf_counter() - start
 
 
 def tune_length_penalty(tr: Translator, dev, beam: int, alphas: list[float]) -> tuple[float, dict[float, float]]:
@@ -96,14 +57,9 @@ def run(config: str, train: bool, beam: int, length_penalty: float | None, limit
     cfg = load_config(config)
     if not cfg.data.test.is_set:
         sys.exit(f"{config}: data.test is not set: nothing to evaluate on")
-    progress = ensure_trained(cfg, train)
-    if cfg.training.num_threads:
-        torch.set_num_threads(cfg.training.num_threads)
-    checkpoint, dev_bleu, alpha_bleu = "best", {}, {}
+    alpha_bleu = {}
     dev = load_eval_set(*cfg.data.dev.files(), fmt=cfg.data.dev.format) if cfg.data.dev.is_set else None
-    if dev is not None:
-        checkpoint, dev_bleu = select_checkpoint(cfg, dev, "bleu")
-    tr = Translator.load(cfg.output_dir, checkpoint=checkpoint)
+    progress, tr, checkpoint, dev_bleu = trained_translator(cfg, train, dev, "bleu")
     if length_penalty is None:
         if dev is None:
             sys.exit(f"{config}: no data.dev to tune the length penalty on; pass --length-penalty")
@@ -120,12 +76,10 @@ def run(config: str, train: bool, beam: int, length_penalty: float | None, limit
     s_greedy = M.score(hyps_greedy, refs, ["bleu", "chrf"])
     s_beam = M.score(hyps_beam, refs, ["bleu", "chrf"])
 
-    lengths = [len(s.split()) for s in sources]
     by_length = []
-    for low, high in buckets:
-        idx = [i for i, n in enumerate(lengths) if n >= low and (high is None or n <= high)]
+    for name, idx in by_bucket([len(s.split()) for s in sources], buckets):
         bleu = M.score([hyps_greedy[i] for i in idx], [refs[i] for i in idx], ["bleu"]).values["bleu"] if idx else None
-        by_length.append((bucket_name(low, high), len(idx), bleu))
+        by_length.append((name, len(idx), bleu))
 
     return {
         "config": config, "name": cfg.name, "model": model_label(tr.cfg), "params": tr.model.num_parameters(),
@@ -172,47 +126,23 @@ def length_table(rows: list[dict]) -> str:
 
 def plot_by_length(rows: list[dict], path: Path) -> None:
     """One line per config: corpus BLEU (greedy) over the source-length buckets, as a PNG."""
-    fig = Figure(figsize=(7.0, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    labels = [f"{name}\n(n={n})" for name, n, _ in rows[0]["by_length"]]
-    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":")]  # lines that coincide stay visible
-    for k, r in enumerate(rows):
-        ys = [float("nan") if b is None else b for _, _, b in r["by_length"]]
-        marker, line = styles[k % len(styles)]
-        ax.plot(range(len(ys)), ys, marker=marker, linestyle=line, label=f"{r['name']}: {r['model']}")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel("source length (words)")
-    ax.set_ylabel("BLEU (greedy)")
-    ax.set_title(f"Multi30k de→en, BLEU by source length ({rows[0]['sentences']} test sentences)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    atomic_write_bytes(path, buf.getvalue())
+    plot_lines([(f"{r['name']}: {r['model']}", [b for _, _, b in r["by_length"]]) for r in rows],
+               [f"{name}\n(n={n})" for name, n, _ in rows[0]["by_length"]], "source length (words)", "BLEU (greedy)",
+               f"Multi30k de→en, BLEU by source length ({rows[0]['sentences']} test sentences)", path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS, help=f"default: {' '.join(DEFAULT_CONFIGS)}")
-    ap.add_argument("--no-train", action="store_true", help="only evaluate existing model directories")
-    ap.add_argument("--record", action="store_true", help="append the tables to BENCHMARKS.md")
-    ap.add_argument("--beam", type=int, default=5, help="beam size of the beam-search evaluation (default 5)")
+    add_arguments(ap, beam=5, limit="evaluate only the first N test sentences")
     ap.add_argument("--length-penalty", type=float, default=None,
                     help=f"GNMT length penalty alpha for beam search (0 ranks by raw log-probability); default: "
                          f"the best on val of {LENGTH_PENALTIES}")
-    ap.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N test sentences")
     ap.add_argument("--buckets", type=parse_buckets, default=parse_buckets(DEFAULT_BUCKETS), metavar="B1,B2,...",
                     help=f"upper bounds of the source-length buckets in words (default {DEFAULT_BUCKETS})")
     ap.add_argument("--plot", type=Path, default=DEFAULT_PLOT, metavar="PATH",
                     help="where the BLEU-by-length PNG goes (default: bench/multi30k-bleu-by-length.png)")
-    args = ap.parse_args()
-    if args.beam < 2:
-        ap.error("--beam must be at least 2 (greedy is always evaluated)")
-    if args.limit is not None and args.limit < 1:
-        ap.error("--limit must be at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    args = parse_arguments(ap)
 
     rows = [run(c, not args.no_train, args.beam, args.length_penalty, args.limit, args.buckets) for c in args.configs]
     plot_by_length(rows, args.plot)
@@ -225,11 +155,7 @@ def main() -> None:
               f"training) or the average of the last kept epochs, whichever scores higher on val (greedy).  \n"
               + "".join(f"{k} signature: `{v}`  \n" for k, v in rows[0]["signatures"].items())
               + "\n" + scores_table(rows, args.beam))
-    try:
-        plot = args.plot.resolve().relative_to(REPO).as_posix()
-    except ValueError:
-        plot = str(args.plot)
-    lengths = (f"BLEU (greedy) by source length in words (sentences per bucket in brackets); plot: `{plot}`\n\n"
+    lengths = (f"BLEU (greedy) by source length in words (sentences per bucket in brackets); plot: `{repo_path(args.plot)}`\n\n"
                + length_table(rows))
     tuned = [r for r in rows if r["alpha_bleu"]]
     if tuned:
