@@ -293,23 +293,35 @@ def alone(tr: Translator, text: str, **search) -> list[tuple[str, float]]:
     return [(tr.tgt_tok.decode(h.tokens), ranking_score(h)) for h in tr.decode_ids([tr.src_tok.encode(text)], cfg)[0]]
 
 
-def burst(models, limits: Limits, requests: list[dict]) -> tuple[list[dict], int]:
-    """Send ``requests`` at once; (their JSON responses, how many batches decoded them)."""
+def burst(models, limits: Limits, requests: list[dict]) -> tuple[list[dict], list[int]]:
+    """Send ``requests`` at once while the worker is held on its first batch, so that all the
+    others are queued when it is free again (no timing involved); (their JSON responses, the
+    number of inputs in each batch decoded)."""
     app = create_app(models, limits)
+    started, release = hold_decoding(app)
+    sizes = []
+    decode = app.state.batcher.decode
+    app.state.batcher.decode = lambda key, sources: (sizes.append(len(sources)), decode(key, sources))[1]
 
     async def scenario(c):
-        return await asyncio.gather(*(c.post("/v1/generate", json=r) for r in requests))
+        sent = [asyncio.create_task(c.post("/v1/generate", json=r)) for r in requests]
+        await until(started)
+        while len(app.state.batcher.pending) + sum(sizes) < len(requests):  # sizes: the held batch
+            await asyncio.sleep(0.01)
+        release.set()
+        return await asyncio.gather(*sent)
 
     responses = run_async(app, scenario)
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    return [r.json() for r in responses], app.state.batcher.batches
+    assert app.state.batcher.batches == len(sizes)
+    return [r.json() for r in responses], sizes
 
 
 @pytest.mark.parametrize("search", [{}, {"beam_size": 3, "n_best": 2}])
 def test_concurrent_requests_share_batches_and_get_what_decoding_alone_gives(models, search):
     requests = [{"inputs": [w], **search} for w in WORDS]
-    bodies, batches = burst(models, Limits(max_wait_ms=1000), requests)
-    assert batches < len(requests)
+    bodies, sizes = burst(models, Limits(max_wait_ms=0), requests)
+    assert sum(sizes) == len(requests) and len(sizes) <= 2  # the first batch (held), then all the others
     tr = models["att"]
     for w, body in zip(WORDS, bodies):
         got = [(n["output"], n["score"]) for n in body["results"][0]["n_best"]]
@@ -321,16 +333,17 @@ def test_concurrent_requests_share_batches_and_get_what_decoding_alone_gives(mod
 def test_requests_with_other_settings_or_models_are_batched_apart(models):
     requests = [{"inputs": [w], "beam_size": 1 + i % 2, "model": ["att", "rnn"][i % 3 == 0]}
                 for i, w in enumerate(WORDS)]
-    bodies, batches = burst(models, Limits(max_wait_ms=300), requests)
-    assert 3 <= batches < len(requests)
+    bodies, sizes = burst(models, Limits(max_wait_ms=0), requests)
+    assert len({(r["model"], r["beam_size"]) for r in requests}) == 4  # each key held by two requests
+    assert 4 <= len(sizes) <= 5  # the held batch, then one per key
     for r, body in zip(requests, bodies):
         assert body["model"] == r["model"]
         assert body["results"][0]["output"] == alone(models[r["model"]], r["inputs"][0], beam_size=r["beam_size"])[0][0]
 
 
 def test_without_batching_each_request_decodes_alone(models):
-    bodies, batches = burst(models, Limits(batching=False), [{"inputs": [w]} for w in WORDS[:4]])
-    assert batches == 4
+    bodies, sizes = burst(models, Limits(batching=False), [{"inputs": [w]} for w in WORDS[:4]])
+    assert sizes == [1, 1, 1, 1]
     assert [b["results"][0]["output"] for b in bodies] == models["att"].translate(WORDS[:4])
 
 
