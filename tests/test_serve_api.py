@@ -43,6 +43,17 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
+def transformer_dir(tmp_path_factory) -> Path:
+    """A tiny Transformer, a little trained (its own padding masks; exportable to CTranslate2)."""
+    cfg = tiny_config(tmp_path_factory.mktemp("serve-tf"), max_steps=40, validate_every=40, num_threads=1)
+    cfg.model.family, cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = "transformer", 32, 2, 64
+    cfg.model.encoder_layers = cfg.model.decoder_layers = 1
+    cfg.training.lr_schedule, cfg.training.warmup_steps, cfg.training.lr = "inverse_sqrt", 10, 3e-3
+    Trainer(cfg).train()
+    return Path(cfg.output_dir)
+
+
+@pytest.fixture(scope="module")
 def models(model_dirs) -> dict[str, Translator]:
     return load_models([model_dirs["attention"], model_dirs["rnn"]], ["att", "rnn"], device="cpu")
 
@@ -317,12 +328,16 @@ def burst(models, limits: Limits, requests: list[dict]) -> tuple[list[dict], lis
     return [r.json() for r in responses], sizes
 
 
+@pytest.mark.parametrize("family", ["attention", "transformer"])
 @pytest.mark.parametrize("search", [{}, {"beam_size": 3, "n_best": 2}])
-def test_concurrent_requests_share_batches_and_get_what_decoding_alone_gives(models, search):
+def test_concurrent_requests_share_batches_and_get_what_decoding_alone_gives(models, transformer_dir, family, search):
+    """Inputs of different lengths padded into one batch decode as each does alone."""
+    served = models if family == "attention" else load_models([transformer_dir], ["tf"], device="cpu")
     requests = [{"inputs": [w], **search} for w in WORDS]
-    bodies, sizes = burst(models, Limits(max_wait_ms=0), requests)
+    bodies, sizes = burst(served, Limits(max_wait_ms=0), requests)
     assert sum(sizes) == len(requests) and len(sizes) <= 2  # the first batch (held), then all the others
-    tr = models["att"]
+    tr = next(iter(served.values()))
+    assert len({b["results"][0]["output"] for b in bodies}) > 3  # outputs that differ, not one string
     for w, body in zip(WORDS, bodies):
         got = [(n["output"], n["score"]) for n in body["results"][0]["n_best"]]
         want = alone(tr, w, **{"nbest" if k == "n_best" else k: v for k, v in search.items()})
@@ -348,7 +363,7 @@ def test_without_batching_each_request_decodes_alone(models):
 
 
 # -------------------------------------------------------------------------------- engines
-def test_an_ensemble_and_a_ctranslate2_export_are_served(model_dirs, tmp_path):
+def test_an_ensemble_and_a_ctranslate2_export_are_served(model_dirs, transformer_dir, tmp_path):
     ens = load_models([model_dirs["attention"], model_dirs["rnn"]], ensemble=True, device="cpu")
     (name, tr), = ens.items()
     assert name == "model+model"  # both directories are named model
@@ -359,16 +374,12 @@ def test_an_ensemble_and_a_ctranslate2_export_are_served(model_dirs, tmp_path):
     pytest.importorskip("ctranslate2")
     from seq2seqkit.ct2 import export_ctranslate2
 
-    cfg = tiny_config(tmp_path, max_steps=2, validate_every=2, num_threads=1)
-    cfg.model.family, cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = "transformer", 32, 2, 64
-    cfg.model.encoder_layers = cfg.model.decoder_layers = 1
-    Trainer(cfg).train()
-    out = export_ctranslate2(cfg.output_dir, tmp_path / "ct2")
+    out = export_ctranslate2(transformer_dir, tmp_path / "ct2")
     served = load_models([out], ["ct2"], engine="ctranslate2")
     with client(served) as c:
         info = c.get("/v1/models").json()["models"][0]
         assert info["engine"] == "ctranslate2" and info["attention"] is False
-        assert info["parameters"] == Translator.load(cfg.output_dir).model.num_parameters()
+        assert info["parameters"] == Translator.load(transformer_dir).model.num_parameters()
         body = c.post("/v1/generate", json={"inputs": WORDS[:3], "beam_size": 2}).json()
         assert [x["output"] for x in body["results"]] == [alone(served["ct2"], w, beam_size=2)[0][0] for w in WORDS[:3]]
         assert "ctranslate2 engine" in error_of(c.post("/v1/generate", json={"inputs": ["a"], "attention": True}), 400)
