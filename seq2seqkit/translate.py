@@ -110,7 +110,7 @@ class Engine(ABC):
         """One batch (inputs already within :func:`input_limit`): each input's n-best list, best first."""
 
     def placement(self) -> str:
-        """Where it runs, for ``repr``."""
+        """Where it runs, for ``repr`` (the PyTorch engine, the default, goes unnamed)."""
         return f"device={self.device}"
 
 
@@ -222,7 +222,7 @@ class Translator:
         return self.engine.device
 
     def __repr__(self) -> str:
-        return (f"Translator(family={self.family}, engine={self.engine.name}, parameters={self.engine.num_parameters():,}, "
+        return (f"Translator(family={self.family}, parameters={self.engine.num_parameters():,}, "
                 f"{self._vocabularies()}, {self.engine.placement()})")
 
     def _vocabularies(self) -> str:
