@@ -8,7 +8,6 @@ the API from its own OpenAPI schema (no 5xx)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from pathlib import Path
 
