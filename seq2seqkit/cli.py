@@ -113,21 +113,19 @@ def apply_search_flags(tr: Translator, args: argparse.Namespace) -> None:
 def attention_to_plot(tr: Translator, args: argparse.Namespace) -> int | None:
     """Which attention ``--plot-attention`` keeps (``--attention-layer``, by default the last);
     None, with a warning, for a model that has none. A layer the model lacks is refused."""
-    from .models.base import check_attention_layer
-
     if not args.plot_attention:
         if args.attention_layer is not None:
             raise UserError("--attention-layer: only used with --plot-attention DIR")
         return None
     if args.engine == "ctranslate2":
         raise UserError("--plot-attention: not available with --engine ctranslate2 (use the PyTorch model directory)")
-    if tr.model.attention_layers == 0:  # the plain encoder-decoder: one context vector
+    if tr.attention_layers == 0:  # the plain encoder-decoder: one context vector
         print(f"s2s: warning: --plot-attention: model family {tr.cfg.model.family!r} has no attention: "
               f"no heatmaps written", file=sys.stderr)
         return None
     layer = -1 if args.attention_layer is None else args.attention_layer
     try:
-        check_attention_layer(tr.model, layer)
+        tr.check_attention_layer(layer)
     except ValueError as e:
         raise UserError(f"--attention-layer: {e}") from None
     return layer
@@ -136,26 +134,20 @@ def attention_to_plot(tr: Translator, args: argparse.Namespace) -> int | None:
 def save_attention_plot(tr: Translator, text: str, hyp: Hypothesis, path: Path) -> None:
     """Heatmap of the best output's attention, labelled with the tokenizers' own pieces
     (``cmd_generate`` has checked that the model returns attention)."""
-    from .data.tokenizers import EOS, SPECIALS
     from .plots import plot_attention
 
     assert hyp.attention is not None
-    eos = [SPECIALS[EOS]] if hyp.attention.size(0) > len(hyp.tokens) else []
-    source = tr.src_tok.pieces(text)[: hyp.attention.size(1) - 1]  # as decoded: a long input is truncated
-    plot_attention(hyp.attention, source + [SPECIALS[EOS]],
-                   [tr.tgt_tok.id_to_piece(t) for t in hyp.tokens] + eos, path)
+    plot_attention(hyp.attention, *tr.attention_pieces(text, hyp), path)
 
 
 def load_translator(args: argparse.Namespace) -> Translator:
     """The model of ``-m`` (several: an ensemble), run by PyTorch or (``--engine ctranslate2``) by CTranslate2."""
-    if args.engine == "ctranslate2":
-        from .ct2 import CTranslate2Translator
-
-        if len(args.model) > 1:
-            raise UserError("-m: --engine ctranslate2 runs one model; ensembles need the PyTorch engine")
-        return CTranslate2Translator.load(args.model[0], device=args.device, compute_type=args.compute_type)
     from .translate import Translator
 
+    if args.engine == "ctranslate2":
+        if len(args.model) > 1:
+            raise UserError("-m: --engine ctranslate2 runs one model; ensembles need the PyTorch engine")
+        return Translator.load(args.model[0], device=args.device, engine="ctranslate2", compute_type=args.compute_type)
     return Translator.ensemble(args.model, checkpoint=args.checkpoint, device=args.device)
 
 
@@ -428,6 +420,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the models of ``-m`` over HTTP until SIGINT/SIGTERM (then finish what is in flight)."""
+    from pydantic import ValidationError
+
+    try:
+        import uvicorn
+
+        from .serve import Limits, create_app, load_models
+    except ImportError as e:
+        raise UserError(f"serve: {e.name} is not installed: pip install 'seq2seq-kit[serve]'") from None
+    fields = {k: getattr(args, k) for k in Limits.model_fields if getattr(args, k, None) is not None}
+    try:
+        limits = Limits(**fields, batching=not args.no_batching)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    models = load_models(args.model, args.name, engine=args.engine, ensemble=args.ensemble,
+                         checkpoint=args.checkpoint, device=args.device, compute_type=args.compute_type)
+    logging.getLogger("seq2seqkit.serve").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    for name, tr in models.items():
+        log.info("serving %s: %r", name, tr)
+    log.info("http://%s:%d/ (API docs: /docs)%s", args.host, args.port,
+             "" if limits.batching else "; batching across requests off")
+    uvicorn.run(create_app(models, limits), host=args.host, port=args.port, access_log=False,
+                log_level="warning" if args.quiet else "info", timeout_graceful_shutdown=limits.timeout_s + 5)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the embedded G2P task with the quick config, then score its test split."""
     from .config import load_config
@@ -605,6 +625,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="store the weights quantized (default: float32)")
     ex.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     ex.set_defaults(fn=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve models over HTTP: a JSON API that batches concurrent requests")
+    model_args(sv, True)
+    sv.add_argument("--name", nargs="+", metavar="NAME", help="the name each model is served under "
+                    "(default: its directory's name)")
+    sv.add_argument("--ensemble", action="store_true", help="serve the -m directories as one ensemble")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    from .serve.limits import Limits  # pydantic only: the app's modules load when `serve` runs
+
+    d = Limits().model_dump()
+    for flag, kind, what in (
+        ("--max-inputs", int, "inputs per request"), ("--max-chars", int, "characters per input"),
+        ("--max-body-bytes", int, "bytes of a request body"),
+        ("--max-queue", int, "requests waiting; more get 429 with Retry-After"),
+        ("--timeout-s", float, "seconds before a request gets 504"),
+        ("--max-beam", int, "the largest beam_size and n_best a request may ask for"),
+        ("--max-wait-ms", float, "how long a batch waits for more requests"),
+        ("--max-batch-tokens", int, "source tokens that close a batch"),
+    ):
+        sv.add_argument(flag, type=kind, metavar="N", help=f"{what} (default: {d[flag[2:].replace('-', '_')]:g})")
+    sv.add_argument("--no-batching", action="store_true",
+                    help="decode one request at a time (no batching across requests; a benchmark baseline)")
+    sv.set_defaults(fn=cmd_serve)
 
     de = sub.add_parser("demo", help="train and evaluate the embedded G2P task (quick config)")
     de.add_argument("--output-dir", default="runs/demo")

@@ -1,5 +1,5 @@
 """CTranslate2 interop: export a trained Transformer for its fast (and int8) C++ inference,
-and decode with the export (:class:`CTranslate2Translator`, ``--engine ctranslate2``).
+and decode with the export (:class:`CTranslate2Engine` under a Translator, ``--engine ctranslate2``).
 
 The conversion goes through CTranslate2's own converter API: a ``TransformerSpec`` (the
 library's description of an encoder-decoder Transformer) is filled with this model's weights,
@@ -36,13 +36,14 @@ from typing import Any
 
 import torch
 
-from .config import Config, load_config
+from .config import Config, SearchConfig, load_config
 from .data.tokenizers import BOS, EOS, MANIFEST, PAD, UNK, Tokenizer, load_tokenizers
 from .errors import UserError
+from .models import build_model
 from .models.transformer import TransformerSeq2Seq
 from .rundir import EXPORT, check_ours, write_marker
 from .search import Hypothesis
-from .translate import LongInputHook, Translator, input_limit, limit_inputs, refused, with_training_cap
+from .translate import Engine, Translator
 
 POSITION_ROWS = 1024  # rows of the exported sinusoid table: the longest sequence CTranslate2 can then handle
 
@@ -237,51 +238,44 @@ def is_ctranslate2_dir(path: str | Path) -> bool:
     return (Path(path) / "model.bin").is_file() and (Path(path) / "config.json").is_file()
 
 
-class CTranslate2Translator(Translator):
-    """A :class:`~seq2seqkit.translate.Translator` whose decoding runs in CTranslate2.
+class CTranslate2Engine(Engine):
+    """The search of a :class:`~seq2seqkit.translate.Translator` run by CTranslate2 on an export.
 
-    Tokenization, batching by length, n-best handling and detokenization stay ours; only the
-    search itself (greedy, beam, sampling) runs in the C++ engine. Length caps follow ours per
-    batch: ``max_len_a * longest source + max_len_b``. The length penalty is passed as is, but
-    CTranslate2 divides by ``length ** alpha`` where ours is GNMT's ``((5 + length) / 6) ** alpha``,
-    (measured: its scores are ours divided by (tokens + EOS) ** alpha), so with alpha > 0 the two
-    can rank long and short hypotheses differently; at alpha 0 both rank by log-probability.
-    The generation controls are CTranslate2's own options of the same meaning
-    (``no_repeat_ngram_size``, ``min_decoding_length``, ``repetition_penalty``).
+    Only the search itself (greedy, beam, sampling) runs in the C++ engine; tokenization, the
+    input limit, batching by length, n-best handling and detokenization are the Translator's,
+    as for the PyTorch engine. Length caps follow ours per batch: ``max_len_a * longest source
+    + max_len_b``. The length penalty is passed as is, but CTranslate2 divides by ``length **
+    alpha`` where ours is GNMT's ``((5 + length) / 6) ** alpha``, (measured: its scores are ours
+    divided by (tokens + EOS) ** alpha), so with alpha > 0 the two can rank long and short
+    hypotheses differently; at alpha 0 both rank by log-probability. The generation controls
+    are CTranslate2's own options of the same meaning (``no_repeat_ngram_size``,
+    ``min_decoding_length``, ``repetition_penalty``). It returns no attention weights.
     """
 
-    def __init__(self, engine: Any, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config) -> None:
-        self.engine, self.src_tok, self.tgt_tok, self.cfg = engine, src_tok, tgt_tok, with_training_cap(cfg)
-        self.model = None  # no PyTorch model: translate/nbest/translate_stream go through nbest_hypotheses
-        self.device = torch.device("cpu")
+    name = "ctranslate2"
+
+    def __init__(self, translator: Any, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config) -> None:
+        self.translator, self.model_cfg = translator, cfg.model
         self._src_vocab, self._tgt_index = vocabulary(src_tok), {t: i for i, t in enumerate(vocabulary(tgt_tok))}
-        self.family = cfg.model.family
+        self._vocab_sizes = (src_tok.vocab_size, tgt_tok.vocab_size)
+        self.device = torch.device(translator.device)
 
-    def __repr__(self) -> str:
-        return (f"CTranslate2Translator(family={self.family}, compute type={self.engine.compute_type}, "
-                f"{self._vocabularies()}, device={self.engine.device})")
+    @property
+    def max_positions(self) -> int | None:
+        m = self.model_cfg
+        return m.max_positions if m.positions == "learned" else None
 
-    @classmethod
-    def load(cls, model_dir: str | Path, checkpoint: str = "best", device: str = "auto",  # type: ignore[override]
-             compute_type: str = "default", threads: int | None = None) -> CTranslate2Translator:
-        """Load an exported directory (``s2s export --format ctranslate2``); ``checkpoint`` is
-        fixed at export time and ignored here. ``threads`` None: as many as PyTorch uses
-        (``torch.get_num_threads()``, which honours ``OMP_NUM_THREADS``), so both engines run
-        under one thread policy; CTranslate2's own default is 4, more than a 2-core machine has."""
-        ct2 = _ctranslate2()
-        model_dir = Path(model_dir)
-        if not is_ctranslate2_dir(model_dir):
-            raise UserError(f"{model_dir}: not a CTranslate2 model directory (no model.bin/config.json); create one "
-                            f"with 's2s export --format ctranslate2 MODEL_DIR OUT_DIR'")
-        cfg = load_config(model_dir / "config.yaml")
-        src_tok, tgt_tok = load_tokenizers(model_dir)
-        dev = "cuda" if device == "cuda" or (device == "auto" and ct2.get_cuda_device_count() > 0) else "cpu"
-        try:
-            engine = ct2.Translator(str(model_dir), device=dev, compute_type=compute_type,
-                                    intra_threads=torch.get_num_threads() if threads is None else threads)
-        except (ValueError, RuntimeError) as e:
-            raise UserError(f"{model_dir}: CTranslate2 cannot load it ({e})") from None
-        return cls(engine, src_tok, tgt_tok, cfg)
+    @property
+    def attention_layers(self) -> int:
+        return 0
+
+    def num_parameters(self) -> int:
+        """The exported Transformer's: counted on a weightless copy of its architecture."""
+        with torch.device("meta"):
+            return build_model(self.model_cfg, *self._vocab_sizes).num_parameters()
+
+    def describe(self) -> str:
+        return f"compute type={self.translator.compute_type}, device={self.translator.device}"
 
     def _hypothesis(self, tokens: list[str], score: float, alpha: float) -> Hypothesis:
         """CTranslate2's beam score is the log-probability / (length + EOS) ** alpha: undo it for
@@ -291,15 +285,11 @@ class CTranslate2Translator(Translator):
             return Hypothesis(tokens=ids, score=score)
         return Hypothesis(tokens=ids, score=score * (len(ids) + 1) ** alpha, norm_score=score)
 
-    def nbest_hypotheses(self, texts: Sequence[str], attention_layer: int | None = None,
-                         on_long_input: LongInputHook | None = None) -> list[list[Hypothesis]]:
+    def decode(self, sources: Sequence[Sequence[int]], cfg: SearchConfig,
+               attention_layer: int | None = None) -> list[list[Hypothesis]]:
         if attention_layer is not None:
             raise ValueError("CTranslate2 decoding returns no attention weights")
-        s, m = self.cfg.search, self.cfg.model
-        limit = input_limit(s, m.max_positions if m.positions == "learned" else None)
-        encoded = limit_inputs([self.src_tok.encode(t) for t in texts], limit, s, on_long_input)
-        order = sorted(encoded, key=lambda i: len(encoded[i]))
-        out = [refused() for _ in texts]
+        s = cfg
         options: dict[str, Any] = dict(
             beam_size=1 if s.sample else s.beam_size, num_hypotheses=s.nbest, length_penalty=s.length_penalty,
             return_scores=True, max_input_length=0, patience=1,
@@ -308,13 +298,43 @@ class CTranslate2Translator(Translator):
         )
         if s.sample:
             options.update(sampling_topk=s.top_k or 0, sampling_topp=s.top_p, sampling_temperature=s.temperature)
-        for start in range(0, len(order), s.batch_size):
-            idx = order[start : start + s.batch_size]
-            batch = [[self._src_vocab[t] for t in encoded[i]] for i in idx]
-            longest = max(len(b) for b in batch)
-            cap = min(max(int(longest * s.max_len_a) + s.max_len_b, s.min_len), s.max_output_tokens)
-            results = self.engine.translate_batch(batch, max_decoding_length=cap, **options)
-            for i, res in zip(idx, results):
-                out[i] = [self._hypothesis(hyp, score, options["length_penalty"] if options["beam_size"] > 1 else 0.0)
-                          for hyp, score in zip(res.hypotheses, res.scores)]
-        return out
+        batch = [[self._src_vocab[t] for t in ids] for ids in sources]
+        longest = max(len(b) for b in batch)
+        cap = min(max(int(longest * s.max_len_a) + s.max_len_b, s.min_len), s.max_output_tokens)
+        results = self.translator.translate_batch(batch, max_decoding_length=cap, **options)
+        alpha = options["length_penalty"] if options["beam_size"] > 1 else 0.0
+        return [[self._hypothesis(hyp, score, alpha) for hyp, score in zip(res.hypotheses, res.scores)]
+                for res in results]
+
+
+def load_ctranslate2(model_dir: str | Path, device: str = "auto", compute_type: str = "default",
+                     threads: int | None = None) -> Translator:
+    """A :class:`~seq2seqkit.translate.Translator` over an exported directory (``s2s export
+    --format ctranslate2``) run by CTranslate2. ``threads`` None: as many as PyTorch uses
+    (``torch.get_num_threads()``, which honours ``OMP_NUM_THREADS``), so both engines run under
+    one thread policy; CTranslate2's own default is 4, more than a 2-core machine has."""
+    ct2 = _ctranslate2()
+    model_dir = Path(model_dir)
+    if not is_ctranslate2_dir(model_dir):
+        raise UserError(f"{model_dir}: not a CTranslate2 model directory (no model.bin/config.json); create one "
+                        f"with 's2s export --format ctranslate2 MODEL_DIR OUT_DIR'")
+    cfg = load_config(model_dir / "config.yaml")
+    src_tok, tgt_tok = load_tokenizers(model_dir)
+    dev = "cuda" if device == "cuda" or (device == "auto" and ct2.get_cuda_device_count() > 0) else "cpu"
+    try:
+        engine = ct2.Translator(str(model_dir), device=dev, compute_type=compute_type,
+                                intra_threads=torch.get_num_threads() if threads is None else threads)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"{model_dir}: CTranslate2 cannot load it ({e})") from None
+    return Translator(CTranslate2Engine(engine, src_tok, tgt_tok, cfg), src_tok, tgt_tok, cfg)
+
+
+class CTranslate2Translator(Translator):
+    """The Python API's name for a :class:`~seq2seqkit.translate.Translator` over CTranslate2:
+    ``CTranslate2Translator.load(DIR)`` is :func:`load_ctranslate2`."""
+
+    @classmethod
+    def load(cls, model_dir: str | Path, checkpoint: str = "best", device: str = "auto",  # type: ignore[override]
+             compute_type: str = "default", threads: int | None = None) -> Translator:
+        """``checkpoint`` is fixed at export time and ignored here."""
+        return load_ctranslate2(model_dir, device, compute_type, threads)

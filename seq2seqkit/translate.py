@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, load_weights
 from .config import Config, SearchConfig, load_config
 from .data.dataset import pad_sources
-from .data.tokenizers import Tokenizer, load_tokenizers
+from .data.tokenizers import EOS, SPECIALS, Tokenizer, load_tokenizers
 from .errors import UserError
 from .models import Seq2SeqModel, build_model
+from .models.base import check_attention_layer
 from .models.ensemble import Ensemble
 from .search import Hypothesis, search
 
@@ -78,29 +80,92 @@ def refused() -> list[Hypothesis]:
     return [Hypothesis([], -math.inf)]
 
 
-@torch.no_grad()
-def translate_ids_nbest(
-    model: Seq2SeqModel, sources: Sequence[Sequence[int]], cfg: SearchConfig, device: torch.device,
-    progress: str | None = None, attention_layer: int | None = None, on_long_input: LongInputHook | None = None,
-) -> list[list[Hypothesis]]:
+class Engine(ABC):
+    """What runs the search on batches of source ids: the PyTorch model (one, or an ensemble)
+    in :class:`TorchEngine`, or an exported model in CTranslate2
+    (:class:`~seq2seqkit.ct2.CTranslate2Engine`). A :class:`Translator` holds one and does the
+    rest alike for all: tokenizing, the input limit, length-sorted batches, detokenizing."""
+
+    name: str  # "torch", "ctranslate2"
+    model: Seq2SeqModel | None = None  # the PyTorch model, where the engine runs one
+    device: torch.device = torch.device("cpu")
+
+    @property
+    @abstractmethod
+    def max_positions(self) -> int | None:
+        """The longest source (EOS included) the engine can encode; None: no cap."""
+
+    @property
+    @abstractmethod
+    def attention_layers(self) -> int:
+        """How many attentions over the source the engine can return weights of (0: none)."""
+
+    @abstractmethod
+    def num_parameters(self) -> int:
+        """How many weights the model has."""
+
+    @abstractmethod
+    def decode(self, sources: Sequence[Sequence[int]], cfg: SearchConfig,
+               attention_layer: int | None = None) -> list[list[Hypothesis]]:
+        """One batch (inputs already within :func:`input_limit`): each input's n-best list, best first."""
+
+    def describe(self) -> str:
+        return f"parameters={self.num_parameters():,}, device={self.device}"
+
+
+class TorchEngine(Engine):
+    """Search (:func:`~seq2seqkit.search.search`) on a PyTorch model, padded batches on ``device``."""
+
+    name = "torch"
+
+    def __init__(self, model: Seq2SeqModel, device: torch.device) -> None:
+        self.model, self.device = model.to(device).eval(), device
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.model.max_positions
+
+    @property
+    def attention_layers(self) -> int:
+        return self.model.attention_layers
+
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+    @torch.no_grad()
+    def decode(self, sources: Sequence[Sequence[int]], cfg: SearchConfig,
+               attention_layer: int | None = None) -> list[list[Hypothesis]]:
+        self.model.eval()
+        src, lens = pad_sources(sources)
+        return search(self.model, src.to(self.device), lens.to(self.device), cfg, attention_layer=attention_layer)
+
+
+def decode_nbest(engine: Engine, sources: Sequence[Sequence[int]], cfg: SearchConfig, progress: str | None = None,
+                 attention_layer: int | None = None, on_long_input: LongInputHook | None = None) -> list[list[Hypothesis]]:
     """Decode id sequences as ``cfg`` says (greedy, beam or sampling) in length-sorted batches
-    (little padding); returns each input's n-best list, best first, in input order. ``progress``:
-    the label of a progress bar over the batches (on a terminal only).
+    of ``cfg.batch_size`` (little padding); returns each input's n-best list, best first, in
+    input order. ``progress``: the label of a progress bar over the batches (on a terminal only).
 
     Inputs over :func:`input_limit` are handled by :func:`limit_inputs`; a refused one gets
     :func:`refused`. ``attention_layer``: see :func:`~seq2seqkit.search.search`."""
-    model.eval()
-    kept = limit_inputs(sources, input_limit(cfg, model.max_positions), cfg, on_long_input)
+    kept = limit_inputs(sources, input_limit(cfg, engine.max_positions), cfg, on_long_input)
     out = [refused() for _ in sources]
     order = sorted(kept, key=lambda i: len(kept[i]))
     starts = range(0, len(order), cfg.batch_size)
     for start in tqdm(starts, desc=progress, unit="batch", dynamic_ncols=True, leave=False,
                       disable=None if progress else True):
         idx = order[start : start + cfg.batch_size]
-        src, lens = pad_sources([kept[i] for i in idx])
-        for i, hyps in zip(idx, search(model, src.to(device), lens.to(device), cfg, attention_layer=attention_layer)):
+        for i, hyps in zip(idx, engine.decode([kept[i] for i in idx], cfg, attention_layer)):
             out[i] = hyps
     return out
+
+
+def translate_ids_nbest(
+    model: Seq2SeqModel, sources: Sequence[Sequence[int]], cfg: SearchConfig, device: torch.device,
+    progress: str | None = None, attention_layer: int | None = None, on_long_input: LongInputHook | None = None,
+) -> list[list[Hypothesis]]:
+    """:func:`decode_nbest` with a PyTorch model on ``device``."""
+    return decode_nbest(TorchEngine(model, device), sources, cfg, progress, attention_layer, on_long_input)
 
 
 def translate_ids(
@@ -134,25 +199,32 @@ def chunked(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 class Translator:
-    """A trained model with its tokenizers, ready to translate text."""
+    """A trained model with its tokenizers, ready to translate text; ``engine`` runs the search
+    (:class:`TorchEngine`: the PyTorch model or an ensemble; CTranslate2's engine for an export)."""
 
-    def __init__(self, model: Seq2SeqModel, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config, device: torch.device):
-        self.model, self.src_tok, self.tgt_tok, self.device = model, src_tok, tgt_tok, device
+    def __init__(self, engine: Engine, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config):
+        self.engine, self.src_tok, self.tgt_tok = engine, src_tok, tgt_tok
+        self.model, self.device = engine.model, engine.device  # model: None where the engine runs no PyTorch model
         self.cfg = with_training_cap(cfg)
         self.family = cfg.model.family  # an ensemble's lists its members'
-        self.model.to(device).eval()
 
     def __repr__(self) -> str:
-        return (f"Translator(family={self.family}, parameters={self.model.num_parameters():,}, "
-                f"{self._vocabularies()}, device={self.device})")
+        return f"Translator(family={self.family}, engine={self.engine.name}, {self.engine.describe()}, {self._vocabularies()})"
 
     def _vocabularies(self) -> str:
         return (f"source vocabulary={self.src_tok.vocab_size} ({self.src_tok.kind}), "
                 f"target vocabulary={self.tgt_tok.vocab_size} ({self.tgt_tok.kind})")
 
     @classmethod
-    def load(cls, model_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Translator:
-        """Load ``MODEL_DIR`` (``checkpoint``: best, last, or a path to a .pt file)."""
+    def load(cls, model_dir: str | Path, checkpoint: str = "best", device: str = "auto", engine: str = "torch",
+             compute_type: str = "default") -> Translator:
+        """Load ``MODEL_DIR`` (``checkpoint``: best, last, or a path to a .pt file); with ``engine``
+        ``"ctranslate2"``, an ``s2s export`` directory decoded by CTranslate2 (``compute_type``:
+        int8, float32, ...; its checkpoint was chosen at export)."""
+        if engine == "ctranslate2":
+            from .ct2 import load_ctranslate2
+
+            return load_ctranslate2(model_dir, device=device, compute_type=compute_type)
         model_dir = Path(model_dir)
         if not (model_dir / "config.yaml").is_file():
             raise UserError(f"{model_dir}: not a model directory (no config.yaml)")
@@ -164,7 +236,7 @@ class Translator:
         state = load_checkpoint(path)
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
         load_weights(model, state, path)
-        return cls(model, src_tok, tgt_tok, cfg, resolve_device(device))
+        return cls(TorchEngine(model, resolve_device(device)), src_tok, tgt_tok, cfg)
 
     @classmethod
     def ensemble(cls, model_dirs: Sequence[str | Path], checkpoint: str = "best", device: str = "auto") -> Translator:
@@ -179,14 +251,37 @@ class Translator:
         """Loaded translators (``names``: where each came from, for errors) as one ensemble, after
         checking that they share both vocabularies."""
         first = members[0]
+        for name, tr in zip(names, members):
+            if tr.model is None:
+                raise UserError(f"{name}: an ensemble runs PyTorch models; the {tr.engine.name} engine cannot join one")
         for name, tr in zip(names[1:], members[1:]):
             for side, a, b in (("source", first.src_tok, tr.src_tok), ("target", first.tgt_tok, tr.tgt_tok)):
                 if not same_vocabulary(a, b):
                     raise UserError(f"{name}: its {side} vocabulary differs from {names[0]}'s: an ensemble "
                                     f"needs models trained with the same tokenizers")
-        combined = cls(Ensemble([tr.model for tr in members]), first.src_tok, first.tgt_tok, first.cfg, resolve_device(device))
+        model = Ensemble([tr.model for tr in members])  # type: ignore[misc]
+        combined = cls(TorchEngine(model, resolve_device(device)), first.src_tok, first.tgt_tok, first.cfg)
         combined.family = f"ensemble of {' + '.join(tr.family for tr in members)}"
         return combined
+
+    @property
+    def attention_layers(self) -> int:
+        """How many attentions over the source the engine returns weights of (0: none)."""
+        return self.engine.attention_layers
+
+    def check_attention_layer(self, layer: int) -> None:
+        """Refuse (ValueError naming the valid range) an attention the engine does not return."""
+        check_attention_layer(self.engine, layer)
+
+    def input_limit(self, cfg: SearchConfig | None = None) -> int:
+        """The most source tokens (EOS not counted) an input may have under ``cfg`` (default: the model's)."""
+        return input_limit(cfg or self.cfg.search, self.engine.max_positions)
+
+    def decode_ids(self, sources: Sequence[Sequence[int]], cfg: SearchConfig | None = None,
+                   attention_layer: int | None = None, on_long_input: LongInputHook | None = None,
+                   progress: str | None = None) -> list[list[Hypothesis]]:
+        """Each source's n-best list under ``cfg`` (default: the model's search settings)."""
+        return decode_nbest(self.engine, sources, cfg or self.cfg.search, progress, attention_layer, on_long_input)
 
     def hypotheses(self, texts: Sequence[str]) -> list[Hypothesis]:
         return [hyps[0] for hyps in self.nbest_hypotheses(texts)]
@@ -194,10 +289,17 @@ class Translator:
     def nbest_hypotheses(self, texts: Sequence[str], attention_layer: int | None = None,
                          on_long_input: LongInputHook | None = None) -> list[list[Hypothesis]]:
         """Each text's n-best list; ``attention_layer``: also keep that attention's weights
-        (``model.attention_layers`` says which exist); ``on_long_input``: see :func:`translate_ids_nbest`."""
-        sources = [self.src_tok.encode(t) for t in texts]
-        return translate_ids_nbest(self.model, sources, self.cfg.search, self.device,
-                                   attention_layer=attention_layer, on_long_input=on_long_input)
+        (:attr:`attention_layers` says which exist); ``on_long_input``: see :func:`decode_nbest`."""
+        return self.decode_ids([self.src_tok.encode(t) for t in texts], None, attention_layer, on_long_input)
+
+    def attention_pieces(self, text: str, hyp: Hypothesis) -> tuple[list[str], list[str]]:
+        """The labels of ``hyp.attention`` (one row per output step, one column per source
+        position): the source pieces as decoded (a long input cut) and EOS, and the output
+        pieces, with EOS where the output ended with it."""
+        assert hyp.attention is not None
+        eos = [SPECIALS[EOS]] if hyp.attention.size(0) > len(hyp.tokens) else []
+        source = self.src_tok.pieces(text)[: hyp.attention.size(1) - 1]
+        return source + [SPECIALS[EOS]], [self.tgt_tok.id_to_piece(t) for t in hyp.tokens] + eos
 
     def translate(self, texts: str | Sequence[str]) -> list[str]:
         """Translate sentences (one string or a list); returns detokenized outputs."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -91,7 +91,12 @@ class Seq2SeqModel(nn.Module, ABC):
         return sum(p.numel() for p in self.parameters())
 
 
-def check_attention_layer(model: Seq2SeqModel, layer: int) -> None:
+class HasAttention(Protocol):
+    @property
+    def attention_layers(self) -> int: ...
+
+
+def check_attention_layer(model: HasAttention, layer: int) -> None:
     """Refuse (ValueError naming the valid range) an ``attention_layer`` the model does not have;
     valid: ``0 .. attention_layers - 1``, or negative ones counting from the last, as in Python.
     Families take ``layer % attention_layers`` of a checked index; nothing wraps around unchecked."""

@@ -1,0 +1,23 @@
+"""What the server accepts: limits that protect a small machine, and the batching settings.
+
+Every limit has a flag of ``s2s serve`` of the same name (``max_inputs`` -> ``--max-inputs``).
+The defaults suit a 2-core machine serving a model of tens of millions of weights.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_inputs: int = Field(32, ge=1)  # inputs in one request
+    max_chars: int = Field(1000, ge=1)  # characters in one input
+    max_body_bytes: int = Field(256 * 1024, ge=1)  # a request body, in bytes
+    max_queue: int = Field(64, ge=1)  # requests waiting for the model; one more gets 429 with Retry-After
+    timeout_s: float = Field(30.0, gt=0)  # a request not answered by then gets 504
+    max_beam: int = Field(16, ge=1)  # the largest beam_size (and n_best) a request may ask for
+    batching: bool = True  # gather concurrent requests into one batch; False: one request at a time
+    max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a batch waits for others
+    max_batch_tokens: int = Field(4096, ge=1)  # source tokens (EOS included) that close a batch
