@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -26,12 +27,12 @@ import pytest
 
 from conftest import tiny_config
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)")
-uvicorn = pytest.importorskip("uvicorn")
+import uvicorn
+from fastapi.testclient import TestClient
 
-from seq2seqkit.serve import Limits, create_app  # noqa: E402
-from seq2seqkit.training import Trainer  # noqa: E402
-from seq2seqkit.translate import Translator  # noqa: E402
+from seq2seqkit.serve import Limits, create_app
+from seq2seqkit.training import Trainer
+from seq2seqkit.translate import Translator
 
 MAX_CHARS = 300  # the server's per-input limit here (an input over it must show an error on the page)
 PHONE = {"width": 390, "height": 844}
@@ -84,6 +85,7 @@ def server(translators) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)")
     chromium = find_chromium()
     if chromium is None:
         pytest.skip("no Chromium found: apt-get install chromium (or set SEQ2SEQKIT_CHROMIUM to its path)")
@@ -109,6 +111,22 @@ def page(browser, server) -> Iterator[object]:
     context.close()
     # Chromium itself logs each failed request ("Failed to load resource: ..."); nothing else may show.
     assert not [p for p in problems if "Failed to load resource" not in p], problems
+
+
+def test_page_and_its_assets_are_served_locally(translators):
+    """Without a browser: / is the page, everything it loads comes from this server."""
+    with TestClient(create_app(translators)) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        refs = re.findall(r'(?:src|href)="([^"]*)"', page.text)
+        assert {"static/app.js", "static/style.css"} <= set(refs)
+        for ref in refs:
+            assert ":" not in ref and not ref.startswith("/"), ref  # relative: no other host, works under a prefix
+            assert client.get(f"/{ref}").status_code == 200, ref
+        script = client.get("/static/app.js")
+        assert "javascript" in script.headers["content-type"]
+        assert not re.search(r"https?:", script.text)
+        assert "/" not in client.get("/openapi.json").json()["paths"]  # the page is no API
 
 
 def generate(pg, text: str) -> dict:
@@ -192,7 +210,7 @@ def test_page_without_attention_and_with_sampling(page):
     assert pg.is_hidden("#results .attention-block")
 
 
-def test_page_shows_api_and_network_errors(page):
+def test_page_shows_api_and_network_errors(page, tmp_path):
     pg = page
     # The whole text as one input, over the server's limit of characters: the API's 4xx shows.
     pg.check('input[name="split"][value="whole"]')
@@ -206,6 +224,9 @@ def test_page_shows_api_and_network_errors(page):
     text = box.inner_text()
     assert text.startswith(f"HTTP {response.value.status}") and error["message"] in text
     assert pg.locator("#results .result").count() == 0
+    shot = tmp_path / "serve-page-error.png"
+    pg.screenshot(path=str(shot))
+    print(f"screenshot: {shot}")
 
     # A good request clears the box.
     pg.check('input[name="split"][value="lines"]')

@@ -64,6 +64,7 @@ function showError(message) {
   const box = $("#error");
   box.textContent = message;
   box.hidden = false;
+  box.scrollIntoView({ block: "nearest" });  // on a phone the box is below the form
 }
 
 function clearError() {
