@@ -89,6 +89,8 @@ function syncMethod() {
     field.hidden = !on;
     for (const input of $$("input", field)) input.disabled = !on;
   }
+  // Beam search keeps beam_size outputs: the n-best spinner stops there (sampling has no such bound).
+  $("#n_best").max = chosen === "beam" ? $("#beam_size").value : "";
 }
 
 function describe(model) {
@@ -105,7 +107,7 @@ function applyModel() {
   const d = model.search;
   const chosen = d.sample ? "sample" : d.beam_size > 1 ? "beam" : "greedy";
   $(`input[name="method"][value="${chosen}"]`).checked = true;
-  $("#beam_size").value = Math.max(2, d.beam_size);
+  $("#beam_size").value = d.beam_size > 1 ? d.beam_size : 5;
   $("#n_best").value = d.n_best;
   for (const key of ["length_penalty", "top_k", "top_p", "temperature"]) $(`#${key}`).value = d[key];
   for (const key of ["max_output_tokens", "min_len", "no_repeat_ngram_size", "repetition_penalty"]) {
@@ -310,6 +312,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#form").addEventListener("submit", generate);
   $("#model").addEventListener("change", applyModel);
   for (const radio of $$('input[name="method"]')) radio.addEventListener("change", syncMethod);
+  $("#beam_size").addEventListener("input", syncMethod);
   $("#text").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#form").requestSubmit();
   });
