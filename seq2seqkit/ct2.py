@@ -243,8 +243,8 @@ class CTranslate2Engine(Engine):
 
     Only the search itself (greedy, beam, sampling) runs in the C++ engine; tokenization, the
     input limit, batching by length, n-best handling and detokenization are the Translator's,
-    as for the PyTorch engine. Length caps follow ours per batch: ``max_len_a * longest source
-    + max_len_b``. The length penalty is passed as is, but CTranslate2 divides by ``length **
+    as for the PyTorch engine. Length caps are ours, each input's own (``max_len_a *
+    source length + max_len_b``), so an input decodes alike in any batch. The length penalty is passed as is, but CTranslate2 divides by ``length **
     alpha`` where ours is GNMT's ``((5 + length) / 6) ** alpha``, (measured: its scores are ours
     divided by (tokens + EOS) ** alpha), so with alpha > 0 the two can rank long and short
     hypotheses differently; at alpha 0 both rank by log-probability. The generation controls
@@ -298,13 +298,19 @@ class CTranslate2Engine(Engine):
         )
         if s.sample:
             options.update(sampling_topk=s.top_k or 0, sampling_topp=s.top_p, sampling_temperature=s.temperature)
-        batch = [[self._src_vocab[t] for t in ids] for ids in sources]
-        longest = max(len(b) for b in batch)
-        cap = min(max(int(longest * s.max_len_a) + s.max_len_b, s.min_len), s.max_output_tokens)
-        results = self.translator.translate_batch(batch, max_decoding_length=cap, **options)
         alpha = options["length_penalty"] if options["beam_size"] > 1 else 0.0
-        return [[self._hypothesis(hyp, score, alpha) for hyp, score in zip(res.hypotheses, res.scores)]
-                for res in results]
+        # CTranslate2 takes one length cap per call; ours is each input's own, so inputs are
+        # decoded in groups of one cap (in a length-sorted batch: a few runs of neighbours).
+        groups: dict[int, list[int]] = {}
+        for i, ids in enumerate(sources):
+            groups.setdefault(min(max(int(len(ids) * s.max_len_a) + s.max_len_b, s.min_len), s.max_output_tokens),
+                              []).append(i)
+        out: list[list[Hypothesis]] = [[] for _ in sources]
+        for cap, idx in groups.items():
+            batch = [[self._src_vocab[t] for t in sources[i]] for i in idx]
+            for i, res in zip(idx, self.translator.translate_batch(batch, max_decoding_length=cap, **options)):
+                out[i] = [self._hypothesis(hyp, score, alpha) for hyp, score in zip(res.hypotheses, res.scores)]
+        return out
 
 
 def load_ctranslate2(model_dir: str | Path, device: str = "auto", compute_type: str = "default",

@@ -36,7 +36,7 @@ from .page import mount_page
 from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelsResponse, Status
 
 log = logging.getLogger("seq2seqkit.serve")
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 429, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 503, 504)}
 
 
 def create_app(models: Mapping[str, Translator], limits: Limits | None = None) -> FastAPI:

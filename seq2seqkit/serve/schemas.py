@@ -4,7 +4,9 @@ OpenAPI schema at ``/openapi.json``). Unknown keys are refused, types are not co
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Request fields that set the search, by their name in SearchConfig where it differs.
 SEARCH_FIELDS = {"n_best": "nbest"}
@@ -29,6 +31,16 @@ class GenerateRequest(Strict):
     min_len: int | None = Field(None, ge=0, description="no output shorter than this many tokens")
     repetition_penalty: float | None = Field(None, gt=0, le=100, description="CTRL penalty on tokens already output (1: off)")
     attention: bool = Field(False, description="also return the attention weights of each best output")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_numbers(cls, data: Any) -> Any:
+        """A JSON number with no fraction (``2.0``) is an integer, as JSON Schema has it; the
+        integer fields take it (strings and booleans stay refused)."""
+        if not isinstance(data, dict):
+            return data
+        ints = [name for name, f in cls.model_fields.items() if f.annotation == (int | None)]
+        return {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v for k, v in data.items()}
 
     def search_settings(self) -> dict[str, object]:
         """The search settings given, by their SearchConfig names."""
