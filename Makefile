@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-g2p bench-multi30k bench-speed bench-busy bench-exposure clean
+.PHONY: demo test install bench-g2p bench-multi30k bench-speed bench-busy bench-exposure bench-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench-multi30k: $(STAMP)
 # Training/decoding speed beside JoeyNMT 2.3.0 (own venv under ~/.cache/seq2seqkit/bench) and CTranslate2.
 bench-speed: $(STAMP)
 	$(PY) bench/speed.py
+
+# `s2s serve` under 1/8/32/128 concurrent clients, batching across requests vs one at a time.
+bench-serve: $(STAMP)
+	$(PY) bench/serve.py
 
 # Demo training speed on a busy machine: idle, beside one and two CPU-bound programs.
 bench-busy: $(STAMP)

@@ -438,6 +438,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
     models = load_models(args.model, args.name, engine=args.engine, ensemble=args.ensemble,
                          checkpoint=args.checkpoint, device=args.device, compute_type=args.compute_type)
+    for tr in models.values():
+        apply_search_flags(tr, args)
     logging.getLogger("seq2seqkit.serve").setLevel(logging.WARNING if args.quiet else logging.INFO)
     for name, tr in models.items():
         log.info("serving %s: %r", name, tr)
@@ -648,6 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument(flag, type=kind, metavar="N", help=f"{what} (default: {d[flag[2:].replace('-', '_')]:g})")
     sv.add_argument("--no-batching", action="store_true",
                     help="decode one request at a time (no batching across requests; a benchmark baseline)")
+    sv.add_argument("--batch-size", type=int, help="sentences per decoding batch (default: the model's)")
+    search_args(sv)  # the served models' search defaults, which each request may override
+    sv.add_argument("--nbest", type=int, metavar="N", help="outputs per input by default")
+    sampling_args(sv)
     sv.set_defaults(fn=cmd_serve)
 
     de = sub.add_parser("demo", help="train and evaluate the embedded G2P task (quick config)")

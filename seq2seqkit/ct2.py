@@ -274,7 +274,7 @@ class CTranslate2Engine(Engine):
         with torch.device("meta"):
             return build_model(self.model_cfg, *self._vocab_sizes).num_parameters()
 
-    def describe(self) -> str:
+    def placement(self) -> str:
         return f"compute type={self.translator.compute_type}, device={self.translator.device}"
 
     def _hypothesis(self, tokens: list[str], score: float, alpha: float) -> Hypothesis:

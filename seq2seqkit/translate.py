@@ -109,8 +109,9 @@ class Engine(ABC):
                attention_layer: int | None = None) -> list[list[Hypothesis]]:
         """One batch (inputs already within :func:`input_limit`): each input's n-best list, best first."""
 
-    def describe(self) -> str:
-        return f"parameters={self.num_parameters():,}, device={self.device}"
+    def placement(self) -> str:
+        """Where it runs, for ``repr``."""
+        return f"device={self.device}"
 
 
 class TorchEngine(Engine):
@@ -209,7 +210,8 @@ class Translator:
         self.family = cfg.model.family  # an ensemble's lists its members'
 
     def __repr__(self) -> str:
-        return f"Translator(family={self.family}, engine={self.engine.name}, {self.engine.describe()}, {self._vocabularies()})"
+        return (f"Translator(family={self.family}, engine={self.engine.name}, parameters={self.engine.num_parameters():,}, "
+                f"{self._vocabularies()}, {self.engine.placement()})")
 
     def _vocabularies(self) -> str:
         return (f"source vocabulary={self.src_tok.vocab_size} ({self.src_tok.kind}), "

@@ -373,6 +373,24 @@ def test_serve_cli_refuses_bad_arguments_in_one_line(model_dirs, capsys):
     assert "--max-inputs" in one_line_error(capsys)
     assert main(["serve", "-m", str(model_dirs["rnn"] / "nope")]) == 2
     assert "not a model directory" in one_line_error(capsys)
+    assert main(["serve", "-m", d, "--beam", "0"]) == 2
+    assert "--beam" in one_line_error(capsys)
+
+
+def test_serve_cli_builds_the_app_it_is_told_to(model_dirs, monkeypatch):
+    import uvicorn
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    d = [str(model_dirs["attention"]), str(model_dirs["rnn"])]
+    assert main(["-q", "serve", "-m", *d, "--name", "a", "r", "--port", "8123", "--beam", "3", "--max-inputs", "5",
+                 "--no-batching"]) == 0
+    assert (ran["host"], ran["port"]) == ("127.0.0.1", 8123)
+    app = ran["app"]
+    assert app.state.limits.max_inputs == 5 and app.state.limits.batching is False
+    with TestClient(app) as c:
+        listed = c.get("/v1/models").json()["models"]
+        assert [(m["name"], m["search"]["beam_size"]) for m in listed] == [("a", 3), ("r", 3)]
 
 
 # ------------------------------------------------------------------ a real server: uvicorn

@@ -1,0 +1,231 @@
+"""Serving under load: `s2s serve` with batching across requests vs one request at a time.
+
+The model: the Multi30k Transformer (``runs/multi30k-transformer``) where that run exists, else
+the G2P Transformer (``runs/g2p-transformer``), else the quick G2P model of ``s2s demo``
+(``runs/g2p-quick``, trained here if missing); ``--model DIR`` picks another. It is served on
+loopback by ``s2s serve`` (uvicorn, a subprocess), once with batching across requests and once
+with ``--no-batching`` (each request decoded alone, one at a time: OpenNMT-py's design). For
+each number of concurrent clients (1, 8, 32, 128) every client sends ``--requests`` requests
+of one real test sentence each, one after another (httpx, async), and honours a 429's
+Retry-After before its next request. Reported per row: throughput (sentences answered per
+second of wall time), latency p50/p95/p99 of the answered requests, 429s (load shed) and other
+errors (timeouts included). Targets (issue 15): at 32 clients, throughput >= 5x the
+one-at-a-time server's, p95 <= 3x a lone request's (the 1-client p50 of the same server), no
+errors; at 128, load shed with 429s rather than timeouts.
+
+    python bench/serve.py                       # prints the table, writes bench/serve-latency.png
+    python bench/serve.py --record              # also appends it to BENCHMARKS.md
+    python bench/serve.py --clients 1 4 --requests 3   # a quick check that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from common import REPO, ensure_trained, machine, record
+
+from seq2seqkit.config import load_config
+from seq2seqkit.evaluate import load_eval_set
+
+CANDIDATES = ["runs/multi30k-transformer", "runs/g2p-transformer"]
+QUICK = "configs/g2p-quick.yaml"
+DEFAULT_PLOT = REPO / "bench" / "serve-latency.png"
+
+
+def pick_model(given: str | None) -> Path:
+    """The model directory to serve: the one given, the first candidate run with a checkpoint,
+    or the quick G2P model (trained now if missing)."""
+    if given:
+        return Path(given)
+    for run in CANDIDATES:
+        if (Path(run) / "checkpoints" / "last.pt").exists():
+            return Path(run)
+    cfg = load_config(QUICK)
+    ensure_trained(cfg)
+    return Path(cfg.output_dir)
+
+
+def test_sentences(model_dir: Path, n: int) -> list[str]:
+    cfg = load_config(model_dir / "config.yaml")
+    test = cfg.data.test if cfg.data.test.is_set else cfg.data.dev
+    sources = load_eval_set(*test.files(), fmt=test.format).sources or []
+    return [s for s in sources if s.strip()][:n]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``s2s serve`` in a subprocess, until SIGTERM."""
+
+    def __init__(self, model_dir: Path, extra: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "seq2seqkit.cli", "-q", "serve", "-m", str(model_dir), "--port", str(self.port), *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"s2s serve exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit("s2s serve did not get ready in 300 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def load(url: str, sentences: list[str], clients: int, requests: int) -> dict:
+    """``clients`` clients, each sending ``requests`` one-sentence requests in turn."""
+    latencies: list[float] = []
+    shed = errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(c: int, http: httpx.AsyncClient) -> None:
+        nonlocal shed, errors
+        for r in range(requests):
+            text = sentences[(c * requests + r) % len(sentences)]
+            start = time.perf_counter()
+            try:
+                resp = await http.post(f"{url}/v1/generate", json={"inputs": [text]})
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            if resp.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+            elif resp.status_code == 429:
+                shed += 1
+                await asyncio.sleep(float(resp.headers.get("retry-after", "1")))
+            else:
+                errors += 1
+
+    async with httpx.AsyncClient(limits=limits, timeout=120) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(c, http) for c in range(clients)))
+        wall = time.perf_counter() - start
+    qs = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    return {"clients": clients, "sent": clients * requests, "answered": len(latencies), "seconds": wall,
+            "throughput": len(latencies) / wall, "p50": qs[49] if qs else float("nan"),
+            "p95": qs[94] if qs else float("nan"), "p99": qs[98] if qs else float("nan"), "shed": shed, "errors": errors}
+
+
+def run_mode(model_dir: Path, sentences: list[str], args: argparse.Namespace, batching: bool) -> list[dict]:
+    extra = [] if batching else ["--no-batching"]
+    with Server(model_dir, extra + args.serve_args) as server:
+        asyncio.run(load(server.url, sentences, 1, 3))  # warm-up
+        rows = []
+        for clients in args.clients:
+            row = asyncio.run(load(server.url, sentences, clients, args.requests))
+            row["mode"] = "batching" if batching else "one at a time"
+            logging.info("%s, %d clients: %.1f sentences/s, p95 %.0f ms, %d shed, %d errors", row["mode"], clients,
+                         row["throughput"], 1000 * row["p95"], row["shed"], row["errors"])
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| server | clients | requests | answered | sentences/s | p50 ms | p95 ms | p99 ms | 429 | errors |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    return head + "".join(
+        f"| {r['mode']} | {r['clients']} | {r['sent']} | {r['answered']} | {r['throughput']:.1f} | {1000 * r['p50']:.0f} "
+        f"| {1000 * r['p95']:.0f} | {1000 * r['p99']:.0f} | {r['shed']} | {r['errors']} |\n" for r in rows)
+
+
+def targets(batched: list[dict], alone: list[dict]) -> str:
+    """The issue's targets, checked on this run (where it measured 1 and 32 clients)."""
+    by = {(r["mode"], r["clients"]): r for r in batched + alone}
+    lines = []
+    b32, a32, b1 = by.get(("batching", 32)), by.get(("one at a time", 32)), by.get(("batching", 1))
+    if b32 and a32 and b1:
+        ratio = b32["throughput"] / max(a32["throughput"], 1e-9)
+        lines.append(f"- 32 clients: throughput {ratio:.1f}x the one-at-a-time server's (target >= 5x): "
+                     f"{'met' if ratio >= 5 else 'NOT met'}")
+        rel = b32["p95"] / b1["p50"]
+        lines.append(f"- 32 clients: p95 {rel:.1f}x a lone request's latency (target <= 3x): {'met' if rel <= 3 else 'NOT met'}")
+        lines.append(f"- 32 clients: {b32['errors']} errors, {b32['shed']} shed (target 0)")
+    b128 = by.get(("batching", 128))
+    if b128:
+        lines.append(f"- 128 clients: {b128['shed']} requests shed with 429, {b128['errors']} errors or timeouts")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for mode, color in (("batching", "tab:blue"), ("one at a time", "tab:red")):
+        rs = [r for r in rows if r["mode"] == mode and r["answered"]]
+        xs = [r["clients"] for r in rs]
+        ax.plot(xs, [1000 * r["p50"] for r in rs], "o-", color=color, label=f"{mode}: p50")
+        ax.plot(xs, [1000 * r["p95"] for r in rs], "s--", color=color, label=f"{mode}: p95")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    clients = sorted({r["clients"] for r in rows})
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.minorticks_off()
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("latency of answered requests (ms)")
+    ax.set_title("s2s serve: latency vs concurrency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", metavar="DIR", help="the model directory to serve (default: see above)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128], help="default: 1 8 32 128")
+    ap.add_argument("--requests", type=int, default=20, help="requests (one sentence each) per client (default: 20)")
+    ap.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
+                    help="the rest goes to `s2s serve` (e.g. --serve-args --max-wait-ms 10)")
+    ap.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help=f"default: {DEFAULT_PLOT.relative_to(REPO)}")
+    ap.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
+    args = ap.parse_args()
+    if min(args.clients) < 1 or args.requests < 1:
+        ap.error("--clients and --requests must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    model_dir = pick_model(args.model)
+    sentences = test_sentences(model_dir, max(args.clients) * args.requests)
+    logging.info("serving %s, %d test sentences, %s", model_dir, len(sentences), machine())
+    batched = run_mode(model_dir, sentences, args, batching=True)
+    alone = run_mode(model_dir, sentences, args, batching=False)
+    rows = batched + alone
+    plot(rows, args.plot)
+    body = (f"Model: `{model_dir}`; each client sends {args.requests} requests of one test sentence in turn "
+            f"(the server's default limits and search; greedy unless the model's config says otherwise). "
+            f"Plot: `{args.plot.name}`\n\n" + table(rows) + "\n" + targets(batched, alone))
+    print(body)
+    if args.record:
+        record("Serving: batching across requests vs one at a time (bench/serve.py)", body)
+
+
+if __name__ == "__main__":
+    main()
