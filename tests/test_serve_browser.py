@@ -182,6 +182,9 @@ def test_page_shows_output_nbest_and_a_heatmap_that_highlights(page, translators
         assert marked == [w >= 0.5 * top for w in weights]
         assert cards.nth(1).locator(".focus-note").inner_text().startswith(f"“{att['output_pieces'][row]}” attended most to")
         assert table.locator("tbody tr.active").count() == 1
+    # The keyboard does the same: focusing an output piece (Tab) highlights its row.
+    table.locator("tbody th.out-piece").last.focus()
+    assert table.locator("tbody tr.active th.out-piece").inner_text() == att["output_pieces"][-1]
     # Highlight colours differ from the plain header's: a person sees them.
     top_bg = table.locator("thead th.src-piece.top").first.evaluate("h => getComputedStyle(h).backgroundColor")
     assert top_bg != "rgba(0, 0, 0, 0)"
