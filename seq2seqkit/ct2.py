@@ -275,7 +275,7 @@ class CTranslate2Engine(Engine):
             return build_model(self.model_cfg, *self._vocab_sizes).num_parameters()
 
     def placement(self) -> str:
-        return f"compute type={self.translator.compute_type}, device={self.translator.device}"
+        return f"engine=ctranslate2, compute type={self.translator.compute_type}, device={self.translator.device}"
 
     def _hypothesis(self, tokens: list[str], score: float, alpha: float) -> Hypothesis:
         """CTranslate2's beam score is the log-probability / (length + EOS) ** alpha: undo it for

@@ -110,7 +110,7 @@ class Engine(ABC):
         """One batch (inputs already within :func:`input_limit`): each input's n-best list, best first."""
 
     def placement(self) -> str:
-        """Where it runs, for ``repr``."""
+        """Where it runs, for ``repr`` (the PyTorch engine, the default, goes unnamed)."""
         return f"device={self.device}"
 
 
@@ -205,12 +205,24 @@ class Translator:
 
     def __init__(self, engine: Engine, src_tok: Tokenizer, tgt_tok: Tokenizer, cfg: Config):
         self.engine, self.src_tok, self.tgt_tok = engine, src_tok, tgt_tok
-        self.model, self.device = engine.model, engine.device  # model: None where the engine runs no PyTorch model
         self.cfg = with_training_cap(cfg)
         self.family = cfg.model.family  # an ensemble's lists its members'
 
+    @property
+    def model(self) -> Seq2SeqModel | None:
+        """The PyTorch model the engine runs (None for CTranslate2); setting one runs that instead."""
+        return self.engine.model
+
+    @model.setter
+    def model(self, model: Seq2SeqModel) -> None:
+        self.engine = TorchEngine(model, self.engine.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
     def __repr__(self) -> str:
-        return (f"Translator(family={self.family}, engine={self.engine.name}, parameters={self.engine.num_parameters():,}, "
+        return (f"Translator(family={self.family}, parameters={self.engine.num_parameters():,}, "
                 f"{self._vocabularies()}, {self.engine.placement()})")
 
     def _vocabularies(self) -> str:

@@ -8,7 +8,6 @@ the API from its own OpenAPI schema (no 5xx)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from pathlib import Path
 
@@ -40,6 +39,17 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
         Trainer(cfg).train()
         dirs[family] = Path(cfg.output_dir)
     return dirs
+
+
+@pytest.fixture(scope="module")
+def transformer_dir(tmp_path_factory) -> Path:
+    """A tiny Transformer, a little trained (its own padding masks; exportable to CTranslate2)."""
+    cfg = tiny_config(tmp_path_factory.mktemp("serve-tf"), max_steps=40, validate_every=40, num_threads=1)
+    cfg.model.family, cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = "transformer", 32, 2, 64
+    cfg.model.encoder_layers = cfg.model.decoder_layers = 1
+    cfg.training.lr_schedule, cfg.training.warmup_steps, cfg.training.lr = "inverse_sqrt", 10, 3e-3
+    Trainer(cfg).train()
+    return Path(cfg.output_dir)
 
 
 @pytest.fixture(scope="module")
@@ -293,24 +303,40 @@ def alone(tr: Translator, text: str, **search) -> list[tuple[str, float]]:
     return [(tr.tgt_tok.decode(h.tokens), ranking_score(h)) for h in tr.decode_ids([tr.src_tok.encode(text)], cfg)[0]]
 
 
-def burst(models, limits: Limits, requests: list[dict]) -> tuple[list[dict], int]:
-    """Send ``requests`` at once; (their JSON responses, how many batches decoded them)."""
+def burst(models, limits: Limits, requests: list[dict]) -> tuple[list[dict], list[int]]:
+    """Send ``requests`` at once while the worker is held on its first batch, so that all the
+    others are queued when it is free again (no timing involved); (their JSON responses, the
+    number of inputs in each batch decoded)."""
     app = create_app(models, limits)
+    started, release = hold_decoding(app)
+    sizes = []
+    decode = app.state.batcher.decode
+    app.state.batcher.decode = lambda key, sources: (sizes.append(len(sources)), decode(key, sources))[1]
 
     async def scenario(c):
-        return await asyncio.gather(*(c.post("/v1/generate", json=r) for r in requests))
+        sent = [asyncio.create_task(c.post("/v1/generate", json=r)) for r in requests]
+        await until(started)
+        while len(app.state.batcher.pending) + sum(sizes) < len(requests):  # sizes: the held batch
+            await asyncio.sleep(0.01)
+        release.set()
+        return await asyncio.gather(*sent)
 
     responses = run_async(app, scenario)
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    return [r.json() for r in responses], app.state.batcher.batches
+    assert app.state.batcher.batches == len(sizes)
+    return [r.json() for r in responses], sizes
 
 
+@pytest.mark.parametrize("family", ["attention", "transformer"])
 @pytest.mark.parametrize("search", [{}, {"beam_size": 3, "n_best": 2}])
-def test_concurrent_requests_share_batches_and_get_what_decoding_alone_gives(models, search):
+def test_concurrent_requests_share_batches_and_get_what_decoding_alone_gives(models, transformer_dir, family, search):
+    """Inputs of different lengths padded into one batch decode as each does alone."""
+    served = models if family == "attention" else load_models([transformer_dir], ["tf"], device="cpu")
     requests = [{"inputs": [w], **search} for w in WORDS]
-    bodies, batches = burst(models, Limits(max_wait_ms=1000), requests)
-    assert batches < len(requests)
-    tr = models["att"]
+    bodies, sizes = burst(served, Limits(max_wait_ms=0), requests)
+    assert sum(sizes) == len(requests) and len(sizes) <= 2  # the first batch (held), then all the others
+    tr = next(iter(served.values()))
+    assert len({b["results"][0]["output"] for b in bodies}) > 3  # outputs that differ, not one string
     for w, body in zip(WORDS, bodies):
         got = [(n["output"], n["score"]) for n in body["results"][0]["n_best"]]
         want = alone(tr, w, **{"nbest" if k == "n_best" else k: v for k, v in search.items()})
@@ -321,21 +347,22 @@ def test_concurrent_requests_share_batches_and_get_what_decoding_alone_gives(mod
 def test_requests_with_other_settings_or_models_are_batched_apart(models):
     requests = [{"inputs": [w], "beam_size": 1 + i % 2, "model": ["att", "rnn"][i % 3 == 0]}
                 for i, w in enumerate(WORDS)]
-    bodies, batches = burst(models, Limits(max_wait_ms=300), requests)
-    assert 3 <= batches < len(requests)
+    bodies, sizes = burst(models, Limits(max_wait_ms=0), requests)
+    assert len({(r["model"], r["beam_size"]) for r in requests}) == 4  # each key held by two requests
+    assert 4 <= len(sizes) <= 5  # the held batch, then one per key
     for r, body in zip(requests, bodies):
         assert body["model"] == r["model"]
         assert body["results"][0]["output"] == alone(models[r["model"]], r["inputs"][0], beam_size=r["beam_size"])[0][0]
 
 
 def test_without_batching_each_request_decodes_alone(models):
-    bodies, batches = burst(models, Limits(batching=False), [{"inputs": [w]} for w in WORDS[:4]])
-    assert batches == 4
+    bodies, sizes = burst(models, Limits(batching=False), [{"inputs": [w]} for w in WORDS[:4]])
+    assert sizes == [1, 1, 1, 1]
     assert [b["results"][0]["output"] for b in bodies] == models["att"].translate(WORDS[:4])
 
 
 # -------------------------------------------------------------------------------- engines
-def test_an_ensemble_and_a_ctranslate2_export_are_served(model_dirs, tmp_path):
+def test_an_ensemble_and_a_ctranslate2_export_are_served(model_dirs, transformer_dir, tmp_path):
     ens = load_models([model_dirs["attention"], model_dirs["rnn"]], ensemble=True, device="cpu")
     (name, tr), = ens.items()
     assert name == "model+model"  # both directories are named model
@@ -346,16 +373,12 @@ def test_an_ensemble_and_a_ctranslate2_export_are_served(model_dirs, tmp_path):
     pytest.importorskip("ctranslate2")
     from seq2seqkit.ct2 import export_ctranslate2
 
-    cfg = tiny_config(tmp_path, max_steps=2, validate_every=2, num_threads=1)
-    cfg.model.family, cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = "transformer", 32, 2, 64
-    cfg.model.encoder_layers = cfg.model.decoder_layers = 1
-    Trainer(cfg).train()
-    out = export_ctranslate2(cfg.output_dir, tmp_path / "ct2")
+    out = export_ctranslate2(transformer_dir, tmp_path / "ct2")
     served = load_models([out], ["ct2"], engine="ctranslate2")
     with client(served) as c:
         info = c.get("/v1/models").json()["models"][0]
         assert info["engine"] == "ctranslate2" and info["attention"] is False
-        assert info["parameters"] == Translator.load(cfg.output_dir).model.num_parameters()
+        assert info["parameters"] == Translator.load(transformer_dir).model.num_parameters()
         body = c.post("/v1/generate", json={"inputs": WORDS[:3], "beam_size": 2}).json()
         assert [x["output"] for x in body["results"]] == [alone(served["ct2"], w, beam_size=2)[0][0] for w in WORDS[:3]]
         assert "ctranslate2 engine" in error_of(c.post("/v1/generate", json={"inputs": ["a"], "attention": True}), 400)

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from ..translate import Translator
 from .batcher import Batcher, Closed, QueueFull
 from .errors import ApiError, BodyLimit, install_error_handlers
-from .generate import BatchKey, Generation, decode_batch, model_info, prepare, respond
+from .generate import Generation, decode_batch, model_info, prepare, respond
 from .limits import Limits
 from .page import mount_page
 from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelsResponse, Status
@@ -121,4 +121,4 @@ def create_app(models: Mapping[str, Translator], limits: Limits | None = None) -
     return app
 
 
-__all__ = ["BatchKey", "create_app"]
+__all__ = ["create_app"]

@@ -8,7 +8,8 @@ the results of exactly its own inputs. Requests of other keys wait for a later b
 ``batching`` off each request decodes alone, one at a time (the design of OpenNMT-py's server).
 
 Results equal decoding each request alone because search is batch-independent: every input is
-encoded and decoded under its own length mask (tests/test_serve_batching.py checks it).
+encoded and decoded under its own length mask and length cap (tests/test_serve_api.py checks
+it). Sampled outputs are random draws either way: batched, they come from the same distribution.
 """
 
 from __future__ import annotations
