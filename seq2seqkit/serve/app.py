@@ -32,6 +32,7 @@ from .batcher import Batcher, Closed, QueueFull
 from .errors import ApiError, BodyLimit, install_error_handlers
 from .generate import Generation, decode_batch, model_info, prepare, respond
 from .limits import Limits
+from .page import mount_page
 from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelsResponse, Status
 
 log = logging.getLogger("seq2seqkit.serve")
@@ -116,6 +117,7 @@ def create_app(models: Mapping[str, Translator], limits: Limits | None = None) -
             return JSONResponse({"status": "ready"})
         raise ApiError(503, "not ready: the models are loading or the server is shutting down")
 
+    mount_page(app)  # the web page at / (seq2seqkit/serve/page.py and static/)
     return app
 
 
