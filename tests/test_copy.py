@@ -165,6 +165,32 @@ def test_copy_log_probs_by_hand():
     torch.testing.assert_close(p, expected)
 
 
+def test_copy_log_probs_match_the_mixture_in_probability_space_with_repeated_tokens():
+    """Values and gradients equal the plain formula, with a token at several source positions."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 9, generator=gen, requires_grad=True)
+    gate = torch.randn(2, 3, generator=gen, requires_grad=True)
+    scores = torch.randn(2, 3, 5, generator=gen).masked_fill(torch.tensor([False] * 4 + [True]), -torch.inf)
+    scores.requires_grad_(True)
+    src = torch.tensor([[4, 7, 4, 4, 0], [5, 6, 7, 8, 0]])
+    weights = torch.rand(2, 3, 9, generator=gen)
+
+    def mixture(formula):
+        out = formula(logits, gate, scores.softmax(-1), src)
+        grads = torch.autograd.grad((out * weights).sum(), [logits, gate, scores])
+        return out, grads
+
+    def reference(logits, gate, attention, src):
+        copy = torch.zeros_like(logits).scatter_add(-1, src.unsqueeze(1).expand_as(attention), attention)
+        p_gen = torch.sigmoid(gate).unsqueeze(-1)
+        return torch.log(p_gen * logits.softmax(-1) + (1 - p_gen) * copy)
+
+    (got, got_grads), (want, want_grads) = mixture(copy_log_probs), mixture(reference)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+
+
 def test_coverage_loss_is_zero_first_and_positive_when_attention_repeats():
     moves_on = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
     repeats = torch.tensor([[[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]])

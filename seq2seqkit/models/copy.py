@@ -43,17 +43,32 @@ def copy_log_probs(logits: torch.Tensor, gate_logit: torch.Tensor, attention: to
 
     ``logits`` (B, [T,] V) of the vocabulary distribution, ``gate_logit`` (B, [T]) the logit of
     p_gen, ``attention`` (B, [T,] S) over source positions (0 on padding), ``src`` (B, S) the
-    source ids (in the target vocabulary). Tokens absent from the source get no copy mass (their
-    copy log-probability is -inf, with a zero gradient rather than a NaN)."""
+    source ids (in the target vocabulary).
+
+    Only the (at most S) tokens of the source get copy mass, so the mixture is computed at the
+    source positions and written over ``log p_gen + log P_vocab``: no second (B, T, V) tensor
+    of copy probabilities (with an 8k vocabulary and a batch of 4k summary tokens, each such
+    tensor is 128 MB). A token at several positions gets the attention of all of them, written
+    once (at its first position), so gradients are not counted twice; a position whose token has
+    no copy mass leaves the vocabulary part as it is (log 0 = -inf, with a zero gradient rather
+    than a NaN)."""
+    single = attention.dim() == 2
+    if single:  # one decoding step: (B, V), (B,), (B, S) -> a step of length 1
+        logits, gate_logit, attention = logits.unsqueeze(1), gate_logit.unsqueeze(1), attention.unsqueeze(1)
     with torch.autocast(logits.device.type, enabled=False):
-        logits, gate, attention = logits.float(), gate_logit.float(), attention.float()
+        logits, gate, attention = logits.float(), gate_logit.float().unsqueeze(-1), attention.float()
         attention = attention / attention.sum(dim=-1, keepdim=True)  # bf16 weights sum to 1 only within ~1e-3
-        ids = src if attention.dim() == 2 else src.unsqueeze(1).expand(-1, attention.size(1), -1)
-        copy = torch.zeros_like(logits).scatter_add(-1, ids, attention)
-        present = copy > 0
-        log_copy = torch.where(present, torch.where(present, copy, 1.0).log(), -torch.inf)
-        return torch.logaddexp(F.logsigmoid(gate).unsqueeze(-1) + F.log_softmax(logits, dim=-1),
-                               F.logsigmoid(-gate).unsqueeze(-1) + log_copy)
+        log_gen = F.logsigmoid(gate) + F.log_softmax(logits, dim=-1)  # (B, T, V)
+        same = src.unsqueeze(2) == src.unsqueeze(1)  # (B, S, S): positions i, j hold the same token
+        first = ~same.tril(diagonal=-1).any(dim=2)  # (B, S): no earlier position holds it
+        mass = torch.bmm(attention, same.float())  # (B, T, S): copy probability of the token at each position
+        present = mass > 0
+        log_copy = torch.where(present, torch.where(present, mass, 1.0).log(), -torch.inf)
+        ids = src.unsqueeze(1).expand_as(mass)
+        at_src = log_gen.gather(2, ids)
+        mixed = torch.logaddexp(at_src, F.logsigmoid(-gate) + log_copy)
+        out = log_gen.scatter_add(2, ids, (mixed - at_src) * first.unsqueeze(1))
+    return out.squeeze(1) if single else out
 
 
 def coverage_losses(attention: torch.Tensor) -> torch.Tensor:

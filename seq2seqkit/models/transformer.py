@@ -14,9 +14,9 @@ the original. Positions are sinusoidal (any length) or learned (up to ``max_posi
 
 With ``model.copy_attn`` (pointer-generator, ``copy.py``) the copy distribution is the
 cross-attention of the *first head of the last* decoder layer (computed explicitly, since SDPA
-does not return weights), as OpenNMT-py does: one head becomes the pointer while the others stay
-free to attend for the context (a mean over all heads would make every head point, and trained
-worse on our copy test), and the gate p_gen reads
+does not return weights), as in OpenNMT-py: that head learns to point while the others stay free
+to gather context (the mean over heads would ask every head of the layer to point), and the gate
+p_gen reads
 [decoder output; the context that attention gives over the encoder output; the decoder's input
 (token embedding + position)]. Coverage (``model.coverage``) is the sum of that distribution
 over the steps so far, kept in the decoder state; it enters the loss, not the attention.
