@@ -162,9 +162,31 @@ class ModelConfig(_Section):
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
     max_positions: int = Field(1024, ge=1)
     attention_dropout: float = Field(0.1, ge=0, lt=1)
+    # Pointer-generator (See et al. 2017; models/copy.py): at every step a learned gate mixes the
+    # vocabulary distribution with the attention over the source, so source tokens (names, rare
+    # pieces) can be copied. Attention RNN: its attention; Transformer: the last decoder layer's
+    # cross-attention, averaged over heads. Needs tokenizer.joint (source ids = target ids).
+    copy_attn: bool = False  # as OpenNMT-py's -copy_attn
+    # Coverage (See et al. 2017): the sum of the copy attention of the steps so far; its loss
+    # sum_i min(a_i, c_i) per target token is logged and added with training.coverage_weight.
+    # Needs model.copy_attn.
+    coverage: bool = False
+    # Attention RNN with Bahdanau attention: the coverage vector is also an input of the attention
+    # score (See et al. eq. 11), so the decoder can see what it has attended to. Needs model.coverage.
+    coverage_feature: bool = False
 
     @model_validator(mode="after")
     def _family_options(self) -> ModelConfig:
+        if self.copy_attn and self.family == "rnn":
+            raise Invalid("copy_attn", "family 'rnn' has no attention over the source to copy with "
+                                  "(use family 'attention' or 'transformer')", ("family",))
+        if self.coverage and not self.copy_attn:
+            raise Invalid("coverage", "is defined on the copy attention: needs model.copy_attn: true", ("copy_attn",))
+        if self.coverage_feature and not self.coverage:
+            raise Invalid("coverage_feature", "needs model.coverage: true", ("coverage",))
+        if self.coverage_feature and (self.family != "attention" or self.attention != "bahdanau"):
+            raise Invalid("coverage_feature", "only implemented for family 'attention' with attention 'bahdanau'",
+                          ("family", "attention"))
         if self.share_embeddings and self.family != "transformer":
             raise Invalid("share_embeddings", "only implemented for family 'transformer'", ("family",))
         if self.family == "transformer" and self.embed_dim % self.heads:
@@ -216,6 +238,8 @@ class TrainingConfig(_Section):
     plateau_patience: int = Field(2, ge=0)
     min_lr: float = Field(1e-6, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Weight of the coverage loss (model.coverage) in the training loss; See et al. use 1.
+    coverage_weight: float = Field(1.0, ge=0)
     teacher_forcing: TeacherForcingConfig = TeacherForcingConfig()
     validate_every: int = Field(0, ge=0)  # steps; 0 = at the end of every epoch
     checkpoint_every: int = Field(200, ge=1)  # steps between 'last' checkpoints
@@ -342,6 +366,11 @@ class Config(_Section):
         if m.share_embeddings and not self.tokenizer.joint:
             raise Invalid("model.share_embeddings", "needs one vocabulary for both sides (set tokenizer.joint: true)",
                           ("tokenizer.joint",))
+        if m.copy_attn and not self.tokenizer.joint:
+            raise Invalid("model.copy_attn", "copies source tokens as target tokens, so it needs one vocabulary for both "
+                          "sides (set tokenizer.joint: true)", ("tokenizer.joint",))
+        if tc.coverage_weight != TrainingConfig.model_fields["coverage_weight"].default and not m.coverage:
+            raise Invalid("training.coverage_weight", "has no effect without model.coverage: true", ("model.coverage",))
         metric = tc.early_stopping.metric
         if metric not in self.validation_metrics():
             raise Invalid("training.early_stopping.metric", f"{metric!r} is not computed at validation (choose from "

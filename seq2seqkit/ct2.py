@@ -21,7 +21,8 @@ How our Transformer maps onto the spec:
 * the source gets ``</s>`` appended (``add_source_eos``), as our batches do.
 
 Only the Transformer family exists in CTranslate2's vocabulary of models: the RNN families
-have no spec there, and exporting one is refused with that reason.
+have no spec there, and exporting one is refused with that reason; so is a copy model
+(``model.copy_attn``), whose pointer-generator mixture no CTranslate2 spec has.
 """
 
 from __future__ import annotations
@@ -177,6 +178,9 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, checkpoint: s
     if not isinstance(tr.model, TransformerSeq2Seq):
         raise UserError(f"{model_dir}: CTranslate2 runs Transformers only; this model's family is "
                         f"{tr.cfg.model.family!r}")
+    if tr.cfg.model.copy_attn:
+        raise UserError(f"{model_dir}: CTranslate2 cannot represent the copy mechanism (model.copy_attn: true): "
+                        f"decode it with the PyTorch engine")
     spec_holder = transformer_spec(tr.model, tr.src_tok, tr.tgt_tok, pre_norm=tr.cfg.model.norm == "pre")
 
     class _Converter(ct2.converters.Converter):

@@ -30,7 +30,7 @@ import torch
 
 from .config import TeacherForcingConfig
 from .data.tokenizers import PAD
-from .models.base import Seq2SeqModel
+from .models.base import Losses, Seq2SeqModel
 
 
 def teacher_forcing_ratio(cfg: TeacherForcingConfig, step: int) -> float:
@@ -63,37 +63,46 @@ def substitute(tgt_in: torch.Tensor, pred: torch.Tensor, replace: torch.Tensor) 
     return torch.where(replace & (tgt_in != PAD), pred, tgt_in)
 
 
+def mixed_inputs(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
+                 replace: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first of the two parallel passes: a teacher-forced one without gradients gives the
+    predictions. Returns (``tgt_in`` with them where ``replace`` holds, teacher-forced logits)."""
+    with torch.no_grad():
+        tf_logits = model(src, src_lens, tgt_in)
+    return substitute(tgt_in, own_predictions(tf_logits, tgt_in), replace), tf_logits
+
+
 def mixed_pass(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
                replace: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The two parallel passes: a teacher-forced one without gradients gives the predictions,
     a second one (with gradients if enabled) is fed ``tgt_in`` with the predictions where
     ``replace`` holds. Returns (second pass logits, teacher-forced logits)."""
-    with torch.no_grad():
-        tf_logits = model(src, src_lens, tgt_in)
-    mixed = substitute(tgt_in, own_predictions(tf_logits, tgt_in), replace)
+    mixed, tf_logits = mixed_inputs(model, src, src_lens, tgt_in, replace)
     return model(src, src_lens, mixed), tf_logits
 
 
 def decode_with_teacher_forcing(
     model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor, ratio: float,
     mode: str = "sequential",
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, Losses]:
     """Logits (B, T, V) of the target, feeding ground truth with probability ``ratio`` and
     otherwise the prediction of ``mode`` (training passes ``training.teacher_forcing.mode``,
-    parallel unless set; this function keeps its original step-by-step meaning by default).
+    parallel unless set; this function keeps its original step-by-step meaning by default),
+    and the model's auxiliary training losses (B, T) of that pass (``forward_with_losses``).
     The random choices come from the global torch RNG, which checkpoints save and restore."""
     if ratio >= 1.0:
-        return model(src, src_lens, tgt_in)
+        return model.forward_with_losses(src, src_lens, tgt_in)
     if mode == "parallel":
         replace = torch.rand(tgt_in.shape, device=tgt_in.device) >= ratio
-        return mixed_pass(model, src, src_lens, tgt_in, replace)[0]
+        return model.forward_with_losses(src, src_lens, mixed_inputs(model, src, src_lens, tgt_in, replace)[0])
     enc = model.encode(src, src_lens)
     state = model.init_state(enc)
     prev = tgt_in[:, 0]
-    steps = []
+    steps, losses = [], []
     for t in range(tgt_in.size(1)):
         out = model.decode_step(prev, enc, state)
         steps.append(out.logits)
+        losses.append(out.losses)
         state = out.state
         if t + 1 < tgt_in.size(1):
             pred = out.logits.detach().argmax(dim=-1)
@@ -103,4 +112,4 @@ def decode_with_teacher_forcing(
             else:
                 use_gold = torch.rand(gold.shape, device=gold.device) < ratio
                 prev = torch.where(use_gold, gold, pred)
-    return torch.stack(steps, dim=1)
+    return torch.stack(steps, dim=1), {k: torch.stack([x[k] for x in losses], dim=1) for k in losses[0]}

@@ -1,7 +1,8 @@
 """Training: one loop for every model family, resumable to the exact batch.
 
 The encoder and decoder are trained as one model on the cross-entropy of every output token
-(padding masked). A run lives in its model directory::
+(padding masked), plus the auxiliary losses a model reports per output token (the coverage loss
+of ``model.coverage``, weighted by ``training.coverage_weight``), each logged on its own. A run lives in its model directory::
 
     MODEL_DIR/config.yaml           the resolved config (what ``--resume`` re-reads)
     MODEL_DIR/tokenizers.json ...   tokenizers and vocabularies
@@ -24,7 +25,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,14 @@ class Progress:
     window_loss: float = 0.0  # sums since the last log line, so a resumed log matches
     window_tokens: int = 0
     window_steps: int = 0
+    window_aux: dict[str, float] = field(default_factory=dict)  # auxiliary losses (e.g. coverage) since the last log line
     done: bool = False
     train_seconds: float = 0.0  # wall-clock time spent in train(), summed over resumes
+
+
+def aux_weights(cfg: TrainingConfig) -> dict[str, float]:
+    """The weight in the training loss of each auxiliary loss a model may report (by name)."""
+    return {"coverage": cfg.coverage_weight}
 
 
 def token_loss(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -411,18 +418,23 @@ class Trainer:
         self.model.train()
         ratio = teacher_forcing_ratio(tc.teacher_forcing, p.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            logits = decode_with_teacher_forcing(self.model, batch.src, batch.src_lens, batch.tgt_in, ratio,
-                                                 tc.teacher_forcing.mode)
+            logits, aux = decode_with_teacher_forcing(self.model, batch.src, batch.src_lens, batch.tgt_in, ratio,
+                                                      tc.teacher_forcing.mode)
         n = batch.n_tokens
         loss_sum = token_loss(logits, batch.tgt_out, tc.label_smoothing)  # in fp32
+        real = batch.tgt_out != PAD
+        aux_sums = {k: v.float().masked_fill(~real, 0.0).sum() for k, v in aux.items()}
+        weights = aux_weights(tc)
+        total = sum((weights[k] * v for k, v in aux_sums.items()), loss_sum)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss_sum / n).backward()
+        (total / n).backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm) if tc.clip_grad_norm else None
-        # one host sync for both numbers (the loss is needed anyway, for the log)
-        value, norm_value = (torch.stack([loss_sum.detach(), norm.float()]).tolist() if norm is not None
-                             else (loss_sum.item(), 0.0))
-        if not math.isfinite(value) or not math.isfinite(norm_value):
-            raise self._diverged(p.step + 1, f"the loss is {value / n:.4g}" if not math.isfinite(value) else
+        # one host sync for all numbers (the losses are needed anyway, for the log)
+        numbers = torch.stack([total.detach(), loss_sum.detach(), *(v.detach() for v in aux_sums.values()),
+                               norm.float() if norm is not None else torch.zeros((), device=total.device)]).tolist()
+        total_value, value, aux_values, norm_value = numbers[0], numbers[1], numbers[2:-1], numbers[-1]
+        if not math.isfinite(total_value) or not math.isfinite(norm_value):
+            raise self._diverged(p.step + 1, f"the loss is {total_value / n:.4g}" if not math.isfinite(total_value) else
                                  f"the gradient norm is {norm_value:.4g}")  # before the update: weights stay good
         self.optimizer.step()
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -431,6 +443,8 @@ class Trainer:
         p.window_loss += value
         p.window_tokens += n
         p.window_steps += 1
+        for k, v in zip(aux_sums, aux_values):
+            p.window_aux[k] = p.window_aux.get(k, 0.0) + v
         return value / n
 
     def _check_weights(self) -> None:
@@ -458,12 +472,15 @@ class Trainer:
             "loss": loss, "ppl": math.exp(min(loss, 50.0)), "lr": self._lr(),
             "teacher_forcing": teacher_forcing_ratio(self.cfg.training.teacher_forcing, p.step - 1),
             "tokens_per_s": tokens_per_s,
+            # auxiliary losses per output token, unweighted (loss and ppl are the token cross-entropy alone)
+            **{k: v / max(p.window_tokens, 1) for k, v in p.window_aux.items()},
         }
         self._record("train", values)
-        log.info("step %d/%d (epoch %d/%d) | loss %.4f | ppl %.2f | lr %.2e | teacher forcing %.3f | %.0f tok/s | ETA %s",
+        aux = "".join(f" | {k} {values[k]:.4f}" for k in p.window_aux)
+        log.info("step %d/%d (epoch %d/%d) | loss %.4f | ppl %.2f%s | lr %.2e | teacher forcing %.3f | %.0f tok/s | ETA %s",
                  p.step, self._total_steps, p.epoch + (1 if p.batch_in_epoch else 0), self.cfg.training.epochs,
-                 values["loss"], values["ppl"], values["lr"], values["teacher_forcing"], tokens_per_s, self._eta())
-        p.window_loss, p.window_tokens, p.window_steps = 0.0, 0, 0
+                 values["loss"], values["ppl"], aux, values["lr"], values["teacher_forcing"], tokens_per_s, self._eta())
+        p.window_loss, p.window_tokens, p.window_steps, p.window_aux = 0.0, 0, 0, {}
 
     def _eta(self) -> str:
         """Time to the planned last step at this session's pace so far (validations included)."""

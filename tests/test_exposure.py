@@ -184,8 +184,8 @@ def test_parallel_and_sequential_agree_at_ratio_one(name):
     model = make(name)
     src, lens, tin, _ = batch(SRC, TGT)
     with torch.no_grad():
-        par = decode_with_teacher_forcing(model, src, lens, tin, 1.0, "parallel")
-        seq = decode_with_teacher_forcing(model, src, lens, tin, 1.0, "sequential")
+        par = decode_with_teacher_forcing(model, src, lens, tin, 1.0, "parallel")[0]
+        seq = decode_with_teacher_forcing(model, src, lens, tin, 1.0, "sequential")[0]
     assert torch.equal(par, seq) and torch.equal(par, model(src, lens, tin))
 
 
@@ -196,8 +196,8 @@ def test_parallel_and_sequential_agree_on_the_first_position(name, ratio):
     src, lens, tin, _ = batch(SRC, TGT)
     with torch.no_grad():
         torch.manual_seed(1)
-        par = decode_with_teacher_forcing(model, src, lens, tin, ratio, "parallel")
-        seq = decode_with_teacher_forcing(model, src, lens, tin, ratio, "sequential")
+        par = decode_with_teacher_forcing(model, src, lens, tin, ratio, "parallel")[0]
+        seq = decode_with_teacher_forcing(model, src, lens, tin, ratio, "sequential")[0]
         tf = model(src, lens, tin)
     torch.testing.assert_close(par[:, 0], seq[:, 0], rtol=1e-5, atol=1e-5)  # fed BOS in both
     if ratio == 0.0:  # and position 1 is fed the argmax of position 0 in both
@@ -211,7 +211,7 @@ def test_parallel_feeds_the_mix_of_gold_and_teacher_forced_predictions(name):
     src, lens, tin, _ = batch(SRC, TGT)
     with torch.no_grad():
         torch.manual_seed(2)
-        par = decode_with_teacher_forcing(model, src, lens, tin, 0.5, "parallel")
+        par = decode_with_teacher_forcing(model, src, lens, tin, 0.5, "parallel")[0]
         torch.manual_seed(2)
         replace = torch.rand(tin.shape) >= 0.5
         fed = substitute(tin, own_predictions(model(src, lens, tin), tin), replace)

@@ -53,22 +53,22 @@ def test_teacher_forcing_ratio_one_is_the_teacher_forced_pass():
     model = make()
     src, lens, tin, _ = batch(SRC, TGT)
     with torch.no_grad():
-        torch.testing.assert_close(decode_with_teacher_forcing(model, src, lens, tin, 1.0), model(src, lens, tin))
+        torch.testing.assert_close(decode_with_teacher_forcing(model, src, lens, tin, 1.0)[0], model(src, lens, tin))
         # With ratio 1 the gold inputs matter: other gold tokens, other logits.
         other = tin.clone()
         other[:, 1] = 3 + (other[:, 1] % 7)
-        assert not torch.allclose(decode_with_teacher_forcing(model, src, lens, other, 1.0), model(src, lens, tin))
+        assert not torch.allclose(decode_with_teacher_forcing(model, src, lens, other, 1.0)[0], model(src, lens, tin))
 
 
 def test_teacher_forcing_ratio_zero_feeds_own_greedy_predictions():
     model = make()
     src, lens, tin, _ = batch(SRC, TGT)
     with torch.no_grad():
-        free = decode_with_teacher_forcing(model, src, lens, tin, 0.0)
+        free = decode_with_teacher_forcing(model, src, lens, tin, 0.0)[0]
         # Gold tokens after BOS are never looked at ...
         scrambled = tin.clone()
         scrambled[:, 1:] = torch.randint(4, 15, scrambled[:, 1:].shape)
-        torch.testing.assert_close(decode_with_teacher_forcing(model, src, lens, scrambled, 0.0), free)
+        torch.testing.assert_close(decode_with_teacher_forcing(model, src, lens, scrambled, 0.0)[0], free)
         # ... and the inputs are exactly the argmax of the step before (= greedy decoding).
         enc = model.encode(src, lens)
         state, prev, manual = model.init_state(enc), tin[:, 0], []
@@ -84,11 +84,11 @@ def test_intermediate_ratio_mixes_gold_and_predictions():
     src, lens, tin, _ = batch(SRC, TGT)
     with torch.no_grad():
         torch.manual_seed(3)
-        a = decode_with_teacher_forcing(model, src, lens, tin, 0.5)
+        a = decode_with_teacher_forcing(model, src, lens, tin, 0.5)[0]
         torch.manual_seed(3)
-        b = decode_with_teacher_forcing(model, src, lens, tin, 0.5)
+        b = decode_with_teacher_forcing(model, src, lens, tin, 0.5)[0]
         tf = model(src, lens, tin)
-        free = decode_with_teacher_forcing(model, src, lens, tin, 0.0)
+        free = decode_with_teacher_forcing(model, src, lens, tin, 0.0)[0]
     torch.testing.assert_close(a, b)  # reproducible under a seed
     assert not torch.allclose(a, tf) and not torch.allclose(a, free)
     # The first step always sees BOS, whatever the ratio.

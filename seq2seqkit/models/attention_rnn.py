@@ -12,6 +12,13 @@ The encoder, the bridge to the decoder's initial state and the output layer are 
   and predict from the attentional vector h~_t = tanh(W_c [c_t; h_t]). With ``input_feeding``
   h~_{t-1} is fed with the next input, so the decoder knows what it attended to before; without
   it the RNN never sees attention and teacher-forced training runs the whole target at once.
+
+With ``model.copy_attn`` the prediction is the pointer-generator mixture of ``copy.py``: the gate
+p_gen reads [top decoder state; context vector; input embedding] (See et al. eq. 8; for Luong the
+new state h_t and its context) and the copy distribution is this attention. With
+``model.coverage`` the decoder state carries the coverage vector and every step reports its
+coverage loss; ``model.coverage_feature`` (Bahdanau) adds ``w_c * c_i`` inside the attention's
+tanh (See et al. eq. 11).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from ..config import ModelConfig
 from ..data.tokenizers import PAD
 from ..errors import ConfigError
 from .attention import AdditiveAttention, Attention, DotAttention, GeneralAttention
-from .base import Seq2SeqModel, State, StepOutput
+from .base import NO_LOSSES, Losses, Seq2SeqModel, State, StepOutput
+from .copy import CopyGate, copy_log_probs, coverage_losses, step_coverage_loss
 from .dropout import Dropout
 from .rnn import RNNS, Bridge, OutputLayer, RNNEncoder, bridged_state
 
@@ -41,7 +49,8 @@ def build_attention(kind: str, query_dim: int, key_dim: int) -> Attention:
 
 class AttentionRNNSeq2Seq(Seq2SeqModel):
     """Encoder states + attention -> decoder. Encoder output: ``{"memory", "proj", "mask",
-    "context"[, "cell"]}``; decoder state: ``{"h": (B, L, H)[, "c"][, "feed": (B, H)]}``."""
+    "context"[, "cell"][, "src": ids, with copy]}``; decoder state: ``{"h": (B, L, H)[, "c"]
+    [, "feed": (B, H)][, "coverage": (B, S), with coverage]}``."""
 
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
         super().__init__()
@@ -65,6 +74,12 @@ class AttentionRNNSeq2Seq(Seq2SeqModel):
         self.combine = nn.Linear(mem + cfg.hidden_size, cfg.hidden_size, bias=False) if self.luong else None  # W_c
         feat = cfg.hidden_size if self.luong else cfg.hidden_size + mem + cfg.embed_dim
         self.output = OutputLayer(feat, self.embed, cfg.dropout, cfg.tie_embeddings)
+        if cfg.copy_attn and src_vocab != tgt_vocab:
+            raise ValueError(f"model.copy_attn needs one vocabulary for both sides, but the source has {src_vocab} "
+                             f"tokens and the target {tgt_vocab} (use tokenizer.joint: true)")
+        self.copy_gate = CopyGate(cfg.hidden_size + mem + cfg.embed_dim) if cfg.copy_attn else None
+        self.coverage = cfg.coverage
+        self.coverage_proj = nn.Linear(1, cfg.hidden_size, bias=False) if cfg.coverage_feature else None  # w_c
 
     # -- interface -------------------------------------------------------------------------
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
@@ -73,12 +88,16 @@ class AttentionRNNSeq2Seq(Seq2SeqModel):
         enc = {"memory": memory, "proj": self.attention.precompute(memory), "mask": mask, "context": h}
         if c is not None:
             enc["cell"] = c
+        if self.copy_gate is not None:
+            enc["src"] = src
         return enc
 
     def init_state(self, enc: State) -> State:
         state = bridged_state(self.bridge_h, self.bridge_c, enc)
         if self.input_feeding:
             state["feed"] = enc["context"].new_zeros(enc["context"].size(0), self.hidden)
+        if self.coverage:
+            state["coverage"] = enc["mask"].new_zeros(enc["mask"].shape, dtype=torch.float32)
         return state
 
     @property
@@ -86,48 +105,77 @@ class AttentionRNNSeq2Seq(Seq2SeqModel):
         return 1
 
     def decode_step(self, prev: torch.Tensor, enc: State, state: State, attention_layer: int | None = None) -> StepOutput:
-        feats, state, weights = self._step(self.dropout(self.embed(prev)), enc, state)
-        return StepOutput(self.output(feats), state, None if attention_layer is None else weights)
+        feats, new_state, weights, gate_in = self._step(self.dropout(self.embed(prev)), enc, state)
+        losses = {"coverage": step_coverage_loss(weights, state["coverage"])} if self.coverage else NO_LOSSES
+        return StepOutput(self._predict(feats, gate_in, weights, enc), new_state,
+                          None if attention_layer is None else weights, losses)
 
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(src, src_lens, tgt_in)[0]
 
+    def forward_with_losses(self, src: torch.Tensor, src_lens: torch.Tensor,
+                            tgt_in: torch.Tensor) -> tuple[torch.Tensor, Losses]:
+        scores, weights = self.forward_with_attention(src, src_lens, tgt_in)
+        return scores, ({"coverage": coverage_losses(weights)} if self.coverage else NO_LOSSES)
+
     def forward_with_attention(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced logits (B, T, V) and attention weights (B, T, S)."""
+        """Teacher-forced logits (B, T, V) (with copy: mixture log-probabilities) and attention weights (B, T, S)."""
         enc = self.encode(src, src_lens)
         state = self.init_state(enc)
         emb = self.dropout(self.embed(tgt_in))  # (B, T, E), embedded once for all steps
         if self.luong and not self.input_feeding:  # attention never reaches the RNN: all steps at once
             out, _ = self._rnn(emb, state)
-            feats, weights = self._attend(out, enc)
+            feats, weights, context = self._attend(out, enc)
+            gate_in = torch.cat([out, context, emb], dim=-1) if self.copy_gate is not None else None
         else:  # each step's input depends on the previous step's attention
             steps = []
             for t in range(emb.size(1)):
-                f, state, w = self._step(emb[:, t], enc, state)
-                steps.append((f, w))
-            feats, weights = (torch.stack(x, dim=1) for x in zip(*steps))
-        return self.output(feats), weights  # the output layer also runs once for all steps
+                f, state, w, g = self._step(emb[:, t], enc, state)
+                steps.append((f, w, g))
+            feats, weights = (torch.stack(x, dim=1) for x in list(zip(*steps))[:2])
+            gate_in = torch.stack([g for _, _, g in steps], dim=1) if self.copy_gate is not None else None
+        return self._predict(feats, gate_in, weights, enc), weights  # the output layer also runs once for all steps
 
     # -- decoder pieces --------------------------------------------------------------------
-    def _step(self, emb: torch.Tensor, enc: State, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """One target position: (B, E) input embedding -> output features, new state, (B, S) weights."""
+    def _step(self, emb: torch.Tensor, enc: State, state: State
+              ) -> tuple[torch.Tensor, State, torch.Tensor, torch.Tensor | None]:
+        """One target position: (B, E) input embedding -> output features, new state, (B, S)
+        weights, and with copy the gate's input [top state; context; embedding]."""
         if self.luong:
             x = torch.cat([emb, state["feed"]], dim=-1) if self.input_feeding else emb
             out, new_state = self._rnn(x.unsqueeze(1), state)
-            feats, weights = self._attend(out.squeeze(1), enc)
+            h = out.squeeze(1)
+            feats, weights, context = self._attend(h, enc)
             if self.input_feeding:
                 new_state["feed"] = feats
-            return feats, new_state, weights
-        context, weights = self.attention(state["h"][:, -1], enc["memory"], enc["proj"], enc["mask"])
-        out, new_state = self._rnn(torch.cat([emb, context], dim=-1).unsqueeze(1), state)
-        return torch.cat([out.squeeze(1), context, emb], dim=-1), new_state, weights
+        else:
+            proj = enc["proj"]
+            if self.coverage_proj is not None:
+                proj = proj + self.coverage_proj(state["coverage"].unsqueeze(-1).to(proj.dtype))
+            context, weights = self.attention(state["h"][:, -1], enc["memory"], proj, enc["mask"])
+            out, new_state = self._rnn(torch.cat([emb, context], dim=-1).unsqueeze(1), state)
+            h = out.squeeze(1)
+            feats = torch.cat([h, context, emb], dim=-1)
+        if self.coverage:
+            new_state["coverage"] = state["coverage"] + weights.float()
+        gate_in = torch.cat([h, context, emb], dim=-1) if self.copy_gate is not None else None
+        return feats, new_state, weights, gate_in
 
-    def _attend(self, h: torch.Tensor, enc: State) -> tuple[torch.Tensor, torch.Tensor]:
-        """Luong: new top state(s) h (B, [T,] H) -> attentional vector h~ = tanh(W_c [c; h]) and weights."""
+    def _attend(self, h: torch.Tensor, enc: State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Luong: new top state(s) h (B, [T,] H) -> attentional vector h~ = tanh(W_c [c; h]), weights, context c."""
         context, weights = self.attention(h, enc["memory"], enc["proj"], enc["mask"])
-        return torch.tanh(self.combine(torch.cat([context, h], dim=-1))), weights
+        return torch.tanh(self.combine(torch.cat([context, h], dim=-1))), weights, context
+
+    def _predict(self, feats: torch.Tensor, gate_in: torch.Tensor | None, weights: torch.Tensor,
+                 enc: State) -> torch.Tensor:
+        """Output features -> next-token scores: the output layer's logits, or with copy the
+        log-probabilities of the pointer-generator mixture (see ``base``: both are logits)."""
+        logits = self.output(feats)
+        if self.copy_gate is None or gate_in is None:
+            return logits
+        return copy_log_probs(logits, self.copy_gate(gate_in), weights, enc["src"])
 
     def _rnn(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """The decoder RNN over (B, T, in); states are kept batch-first (B, L, H) for search."""

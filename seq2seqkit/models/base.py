@@ -11,7 +11,16 @@ never ask which family they hold:
 * ``attention_layers`` says how many attentions a model can return weights of (0: none), and
   ``max_positions`` how long a source (and how many decoding steps) it can take (None: any);
 * ``forward(src, src_lens, tgt_in)`` scores a whole target at once under teacher forcing
-  (training), which a family may compute far faster than step by step.
+  (training), which a family may compute far faster than step by step;
+  ``forward_with_losses`` also returns the model's own auxiliary training losses (per target
+  position, e.g. coverage), which training adds with their configured weights.
+
+What every family returns as "logits" (``decode_step(...).logits``, ``forward``): next-token
+scores defined up to a constant per row, i.e. ``log_softmax(logits)`` is the model's
+log-distribution. A plain output layer returns its logits; a copy model (``copy.py``) returns the
+normalised log-probabilities of its mixture, which are such scores too (``log_softmax`` leaves
+them unchanged, and so does cross-entropy with or without label smoothing). Search, training and
+the ensemble normalise with ``log_softmax``, so none of them asks which kind a model returns.
 
 Encoder outputs and decoder states are nested dicts/tuples of tensors whose first dimension
 is the batch, so search can select, repeat and reorder hypotheses with one generic function.
@@ -20,19 +29,23 @@ is the batch, so search can select, repeat and reorder hypotheses with one gener
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
 
 State = Any  # nested dict / tuple / list of batch-first tensors (or None)
+Losses = Mapping[str, torch.Tensor]  # auxiliary training losses by name (e.g. "coverage"), per row / position
+NO_LOSSES: Losses = MappingProxyType({})
 
 
 class StepOutput(NamedTuple):
-    logits: torch.Tensor  # (B, V) scores of the next token
+    logits: torch.Tensor  # (B, V) scores of the next token: log_softmax of them is the distribution
     state: State  # to pass to the next step
     attention: torch.Tensor | None  # (B, S) weights over source positions, when asked for and the family has them
+    losses: Losses = NO_LOSSES  # (B,) auxiliary training losses of this step (as forward_with_losses' per position)
 
 
 def map_batch(obj: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
@@ -80,6 +93,12 @@ class Seq2SeqModel(nn.Module, ABC):
     @abstractmethod
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) for ``tgt_in`` = BOS + target."""
+
+    def forward_with_losses(self, src: torch.Tensor, src_lens: torch.Tensor,
+                            tgt_in: torch.Tensor) -> tuple[torch.Tensor, Losses]:
+        """``forward``'s logits and the model's auxiliary training losses, each (B, T) per target
+        position (padding included: the caller masks it); none unless a family defines some."""
+        return self(src, src_lens, tgt_in), NO_LOSSES
 
     @property
     def max_positions(self) -> int | None:

@@ -11,11 +11,21 @@ once in ``encode``.
 Where the paper leaves choices open: ``norm="pre"`` (default) puts LayerNorm before each
 sublayer and one after the last block (trains stably without careful warm-up); ``"post"`` is
 the original. Positions are sinusoidal (any length) or learned (up to ``max_positions``).
+
+With ``model.copy_attn`` (pointer-generator, ``copy.py``) the copy distribution is the
+cross-attention of the *first head of the last* decoder layer (computed explicitly, since SDPA
+does not return weights), as in OpenNMT-py: that head learns to point while the others stay free
+to gather context (the mean over heads would ask every head of the layer to point), and the gate
+p_gen reads
+[decoder output; the context that attention gives over the encoder output; the decoder's input
+(token embedding + position)]. Coverage (``model.coverage``) is the sum of that distribution
+over the steps so far, kept in the decoder state; it enters the loss, not the attention.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +33,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data.tokenizers import PAD
-from .base import Seq2SeqModel, State, StepOutput
+from .base import NO_LOSSES, Losses, Seq2SeqModel, State, StepOutput
+from .copy import CopyGate, copy_log_probs, coverage_losses, step_coverage_loss
 from .dropout import Dropout
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, heads, length, d_head) each
@@ -61,12 +72,12 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(x.shape))
 
     def weights(self, x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Head-averaged attention weights (B, T, S), computed explicitly because SDPA does not
-        return them; only for inspection (plots), so it never runs unless asked for."""
+        """Attention weights of every head (B, heads, T, S), computed explicitly because SDPA does
+        not return them; only for inspection (plots) and copying, so never unless asked for."""
         q = self._split(self.q_proj(x))
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        return scores.softmax(dim=-1).mean(dim=1)
+        return scores.softmax(dim=-1)
 
 
 class FeedForward(nn.Sequential):
@@ -175,7 +186,7 @@ class DecoderLayer(Block):
         Otherwise ``x`` (B, 1, D) is the next position and ``cache`` holds the self-attention
         K/V of all earlier ones: no mask is needed, since they all precede it.
         Returns the output, the K/V of all positions so far, and (if ``need_weights``) the
-        head-averaged cross-attention weights (B, T, S)."""
+        cross-attention weights of every head (B, heads, T, S)."""
         h = self.sub_in(x, self.norm1)
         k, v = self.self_attn.keys_values(h)
         if cache is not None:
@@ -205,6 +216,14 @@ class Encoder(nn.Module):
         return self.norm(x)
 
 
+class DecoderOutput(NamedTuple):
+    feats: torch.Tensor  # (B, T, D) after the last layer (and final norm)
+    cache: tuple[KV, ...]  # every layer's self-attention K/V of all positions so far
+    attention: torch.Tensor | None  # (B, T, S) head-averaged cross-attention of the asked-for layer
+    copy_attention: torch.Tensor | None  # (B, T, S) the last layer's first head's, when asked for (copy)
+    inputs: torch.Tensor  # (B, T, D) the first layer's input: token embedding + position
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig, table: nn.Embedding) -> None:
         super().__init__()
@@ -217,17 +236,23 @@ class Decoder(nn.Module):
         return tuple(layer.cross_attn.keys_values(memory) for layer in self.layers)
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, enc: State, cache: tuple[KV, ...] | None = None,
-                attention_layer: int | None = None) -> tuple[torch.Tensor, tuple[KV, ...], torch.Tensor | None]:
-        """-> features (B, T, D), the self-attention K/V of every layer, and the cross-attention
-        weights of layer ``attention_layer`` (None: not computed)."""
-        x = self.embed(tokens, pos)
+                attention_layer: int | None = None, copy_attention: bool = False) -> DecoderOutput:
+        """Decoder features, K/V cache, the head-averaged cross-attention weights of layer
+        ``attention_layer`` (None: not computed) and, with ``copy_attention``, the copy
+        distribution: the cross-attention of the last layer's first head."""
+        x = inputs = self.embed(tokens, pos)
+        last = len(self.layers) - 1
         want = None if attention_layer is None else attention_layer % len(self.layers)  # checked by the caller
-        new_cache, weights = [], None
+        new_cache, weights, copy_weights = [], None, None
         for i, layer in enumerate(self.layers):
-            x, kv, w = layer(x, enc["cross"][i], enc["mask"], None if cache is None else cache[i], i == want)
+            need = i == want or (copy_attention and i == last)
+            x, kv, w = layer(x, enc["cross"][i], enc["mask"], None if cache is None else cache[i], need)
             new_cache.append(kv)
-            weights = w if w is not None else weights
-        return self.norm(x), tuple(new_cache), weights
+            if i == want:
+                weights = w.mean(dim=1)
+            if copy_attention and i == last:
+                copy_weights = w[:, 0]
+        return DecoderOutput(self.norm(x), tuple(new_cache), weights, copy_weights, inputs)
 
 
 class TransformerSeq2Seq(Seq2SeqModel):
@@ -237,7 +262,8 @@ class TransformerSeq2Seq(Seq2SeqModel):
     decoder state: ``{"pos": (B,) index of the next position, "self": per layer (K, V) of the
     positions so far, each (B, heads, t, d_head)}``. ``decode_step(..., attention_layer=i)``
     also returns the head-averaged cross-attention weights of decoder layer ``i`` (computed
-    explicitly, since SDPA does not return them, so only when asked for).
+    explicitly, since SDPA does not return them, so only when asked for). With copy, enc also
+    holds ``"src"`` (B, S) ids; with coverage, the state ``"coverage"`` (B, S).
     """
 
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
@@ -252,6 +278,11 @@ class TransformerSeq2Seq(Seq2SeqModel):
         self.encoder = Encoder(cfg, src_table)
         self.decoder = Decoder(cfg, tgt_table)
         self.output = nn.Linear(cfg.embed_dim, tgt_vocab, bias=False)
+        if cfg.copy_attn and src_vocab != tgt_vocab:
+            raise ValueError(f"model.copy_attn needs one vocabulary for both sides, but the source has {src_vocab} "
+                             f"tokens and the target {tgt_vocab} (use tokenizer.joint: true)")
+        self.copy_gate = CopyGate(3 * cfg.embed_dim) if cfg.copy_attn else None
+        self.coverage = cfg.coverage
         self._init_weights(cfg.embed_dim)
         if cfg.tie_embeddings:
             self.output.weight = tgt_table.weight
@@ -272,15 +303,21 @@ class TransformerSeq2Seq(Seq2SeqModel):
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
         mask = torch.arange(src.size(1), device=src.device)[None, :] < src_lens[:, None]
         memory = self.encoder(src, mask)
-        return {"memory": memory, "mask": mask, "cross": self.decoder.cross_keys_values(memory)}
+        enc = {"memory": memory, "mask": mask, "cross": self.decoder.cross_keys_values(memory)}
+        if self.copy_gate is not None:
+            enc["src"] = src
+        return enc
 
     def init_state(self, enc: State) -> State:
         memory = enc["memory"]
         empty = memory.new_zeros(memory.size(0), self.heads, 0, self.d_head)
-        return {
+        state = {
             "pos": torch.zeros(memory.size(0), dtype=torch.long, device=memory.device),
             "self": tuple((empty, empty) for _ in self.decoder.layers),
         }
+        if self.coverage:
+            state["coverage"] = enc["mask"].new_zeros(enc["mask"].shape, dtype=torch.float32)
+        return state
 
     @property
     def attention_layers(self) -> int:
@@ -293,20 +330,44 @@ class TransformerSeq2Seq(Seq2SeqModel):
 
     def decode_step(self, prev: torch.Tensor, enc: State, state: State, attention_layer: int | None = None) -> StepOutput:
         self.decoder.embed.positions.check(state["self"][0][0].size(2) + 1)
-        feats, cache, attn = self.decoder(prev[:, None], state["pos"][:, None], enc, state["self"], attention_layer)
-        new_state = {"pos": state["pos"] + 1, "self": cache}
-        return StepOutput(self.output(feats[:, 0]), new_state, None if attn is None else attn[:, 0])
+        out = self.decoder(prev[:, None], state["pos"][:, None], enc, state["self"], attention_layer,
+                           copy_attention=self.copy_gate is not None)
+        new_state = {"pos": state["pos"] + 1, "self": out.cache}
+        losses: Losses = NO_LOSSES
+        if self.coverage:
+            copy_attn = out.copy_attention[:, 0]
+            losses = {"coverage": step_coverage_loss(copy_attn, state["coverage"])}
+            new_state["coverage"] = state["coverage"] + copy_attn.float()
+        return StepOutput(self._predict(out, enc)[:, 0], new_state,
+                          None if out.attention is None else out.attention[:, 0], losses)
 
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        return self.output(self._teacher_forced(tgt_in, self.encode(src, src_lens)))
+        return self.forward_with_losses(src, src_lens, tgt_in)[0]
+
+    def forward_with_losses(self, src: torch.Tensor, src_lens: torch.Tensor,
+                            tgt_in: torch.Tensor) -> tuple[torch.Tensor, Losses]:
+        enc = self.encode(src, src_lens)
+        out = self._teacher_forced(tgt_in, enc)
+        losses = {"coverage": coverage_losses(out.copy_attention)} if self.coverage else NO_LOSSES
+        return self._predict(out, enc), losses
+
+    def _predict(self, out: DecoderOutput, enc: State) -> torch.Tensor:
+        """Decoder output -> next-token scores (B, T, V): the output layer's logits, or with copy
+        the log-probabilities of the pointer-generator mixture (see ``base``: both are logits)."""
+        logits = self.output(out.feats)
+        if self.copy_gate is None:
+            return logits
+        attn = out.copy_attention  # (B, T, S)
+        context = torch.bmm(attn.to(enc["memory"].dtype), enc["memory"])  # over the encoder output
+        return copy_log_probs(logits, self.copy_gate(out.feats, context, out.inputs), attn, enc["src"])
 
     # -- without the cache (a reference for tests) --------------------------------------------
     def decode_step_uncached(self, prefix: torch.Tensor, enc: State) -> torch.Tensor:
         """Next-token logits (B, V) after ``prefix`` (B, t) = BOS + tokens so far, recomputing
         the whole prefix: what ``decode_step`` must equal, at O(t^2) cost per step."""
-        return self.output(self._teacher_forced(prefix, enc)[:, -1])
+        return self._predict(self._teacher_forced(prefix, enc), enc)[:, -1]
 
-    def _teacher_forced(self, tgt_in: torch.Tensor, enc: State) -> torch.Tensor:
+    def _teacher_forced(self, tgt_in: torch.Tensor, enc: State) -> DecoderOutput:
         self.decoder.embed.positions.check(tgt_in.size(1))
-        feats, _, _ = self.decoder(tgt_in, torch.arange(tgt_in.size(1), device=tgt_in.device), enc)
-        return feats
+        return self.decoder(tgt_in, torch.arange(tgt_in.size(1), device=tgt_in.device), enc,
+                            copy_attention=self.copy_gate is not None)
