@@ -147,7 +147,9 @@ def model_label(cfg: Config) -> str:
     else:
         rnn = f"{'bi-' if m.bidirectional else ''}{m.cell.upper()} {m.hidden_size}"
         label = f"attention ({m.attention}, {rnn})" if m.family == "attention" else f"rnn ({rnn}, no attention)"
-    return label + (" + copy" if m.model_dump().get("copy") else "")
+    if m.copy_attn:
+        label += " + copy" + (" + coverage" if m.coverage else "")
+    return label
 
 
 def search_config(tr: Translator, **update) -> SearchConfig:
