@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -29,10 +30,27 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 # ------------------------------------------------------------------------------ commands
+def launch_train(args: argparse.Namespace) -> int:
+    """``s2s train --nproc N ...``: the same command in N processes on this machine, started by
+    torchrun's launcher (torch.distributed.run)."""
+    from .distributed import launch
+
+    if "LOCAL_RANK" in os.environ:
+        raise UserError("--nproc: this process was already started by torchrun; give the number of processes "
+                        "to torchrun (--nproc-per-node) only")
+    argv = ["-q"] * args.quiet + ["--debug"] * args.debug + ["train"]
+    argv += (["--resume", args.resume] if args.resume else []) + ([args.config] if args.config else []) + args.overrides
+    return launch(args.nproc, argv)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import Trainer, load_for_resume
 
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc: must be at least 1, got {args.nproc}")
+    if args.nproc and args.nproc > 1:
+        return launch_train(args)
     if args.resume:
         overrides = ([args.config] if args.config else []) + args.overrides  # `--resume DIR k=v ...`
         cfg = load_for_resume(args.resume, overrides)
@@ -42,6 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, resume=bool(args.resume))
     trainer.train()
+    if not trainer.dist.is_main:  # under torchrun: rank 0 says how it ended
+        return 143 if trainer.stopped == "SIGTERM" else 130 if trainer.stopped else 0
     if trainer.stopped:  # SIGINT/SIGTERM: checkpoint of the last finished update saved
         print(f"s2s: stopped at step {trainer.progress.step}; continue with: s2s train --resume {cfg.output_dir}",
               file=sys.stderr)
@@ -475,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="CONFIG.yaml")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. training.epochs=2")
     t.add_argument("--resume", metavar="MODEL_DIR", help="continue the run saved in MODEL_DIR")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="train in N processes on this machine (DistributedDataParallel, started by torchrun; "
+                        "several machines: see README, Distributed training)")
     t.set_defaults(fn=cmd_train)
 
     def model_args(sp: argparse.ArgumentParser, required: bool) -> None:

@@ -230,6 +230,13 @@ class TrainingConfig(_Section):
     # bf16: forward pass under torch.autocast in bfloat16 (weights, gradients and the optimizer
     # stay fp32). Matrix multiplies run ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs.
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Batches whose gradients are summed into one update (and, under torchrun, per process): an
+    # update of N processes x accumulate_steps batches is normalised by all their target tokens.
+    accumulate_steps: int = Field(1, ge=1)
+    # Under torchrun: how long a process waits in a collective (an update's gradient exchange, or
+    # the wait while rank 0 validates and saves) before it stops with an error naming the run's
+    # lost process. Must exceed the longest validation + checkpoint.
+    distributed_timeout_s: float = Field(1800.0, gt=0)
 
     @field_validator("exposure_bias_rates")
     @classmethod
