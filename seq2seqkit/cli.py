@@ -58,8 +58,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise UserError("train: give a CONFIG.yaml (or --resume MODEL_DIR)")
         cfg = load_config(args.config, args.overrides)
+    from .distributed import shutdown
+
     trainer = Trainer(cfg, resume=bool(args.resume))
     trainer.train()
+    shutdown()  # under torchrun: leave the process group
     if not trainer.dist.is_main:  # under torchrun: rank 0 says how it ended
         return 143 if trainer.stopped == "SIGTERM" else 130 if trainer.stopped else 0
     if trainer.stopped:  # SIGINT/SIGTERM: checkpoint of the last finished update saved

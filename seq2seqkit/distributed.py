@@ -89,7 +89,7 @@ class Group:
             raise PeerLost(
                 f"process {self.rank} of {self.world_size}: lost the other processes of the run during {what} "
                 f"({cause}): one of them died or hung (each waits at most training.distributed_timeout_s="
-                f"{self.timeout_s:g} s); its own log says why. The last checkpoint is kept: continue with "
+                f"{self.timeout_s:g} s); its own log says why. Checkpoints already written are kept: continue with "
                 f"'s2s train --resume {self.model_dir}'") from e
 
     def sum(self, value: torch.Tensor, what: str) -> torch.Tensor:
