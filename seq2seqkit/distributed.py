@@ -284,6 +284,8 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    # each process's share of the cores (torchrun would set 1 and say so; setup() sets the same share)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
     try:
         run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "seq2seqkit", *argv]))
     except ChildFailedError as e:
