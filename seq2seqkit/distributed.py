@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import re
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class Group:
     local_world_size: int = 1
     timeout_s: float = 0.0
     model_dir: str = ""
+    device: str = "cpu"  # where collectives' tensors live (NCCL: this process's GPU)
 
     @property
     def enabled(self) -> bool:
@@ -106,9 +108,7 @@ class Group:
         answer on all of them, so that they all stop after the same update."""
         if not self.enabled:
             return requested
-        import signal
-
-        number = torch.tensor([int(signal.Signals[requested]) if requested else 0])
+        number = torch.tensor([int(signal.Signals[requested]) if requested else 0], device=self.device)
         with self.talking("the agreement on stopping"):
             dist.all_reduce(number, op=dist.ReduceOp.MAX)
         return signal.Signals(int(number)).name if int(number) else None
@@ -243,7 +243,7 @@ def setup(tc: TrainingConfig, model_dir: str | Path) -> tuple[Group, torch.devic
                             f"visible): start at most one process per GPU (--nproc-per-node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    group = Group(rank, world, local_world, tc.distributed_timeout_s, str(model_dir))
+    group = Group(rank, world, local_world, tc.distributed_timeout_s, str(model_dir), str(device))
     if not dist.is_initialized():
         with group.talking("the start (joining the other processes)"):
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
