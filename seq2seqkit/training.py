@@ -13,6 +13,9 @@ The encoder and decoder are trained as one model on the cross-entropy of every o
 Resuming restores the RNG states and skips the batches of the current epoch that were
 already done (batch order depends on (seed, epoch) only), so a resumed run logs the same
 losses as one that was never interrupted.
+
+Under torchrun the same loop runs in every process, each on its share of every update's
+batches (distributed.py); rank 0 alone validates and writes the model directory.
 """
 
 from __future__ import annotations
