@@ -3,7 +3,8 @@
 The runs share one small generated task (dropout 0, teacher forcing 1: no random draws, so a
 run's arithmetic is fixed by its batches) and one reference: ``s2s train --nproc 2``. Against it:
 one process accumulating 2 batches, a run stopped by SIGTERM to one process and resumed, and two
-torchrun "machines" on loopback. The tests that start processes are marked slow (each start
+torchrun "machines" on loopback. One more pair of runs has random draws (dropout, scheduled
+sampling), to show that resuming restores each process's RNG. The tests that start processes are marked slow (each start
 imports torch in three processes).
 """
 
@@ -67,7 +68,7 @@ def test_accumulate_steps_and_timeout_are_validated():
 
 
 # ------------------------------------------------------------------------------- the runs
-def _config(root: Path, **training) -> Path:
+def _config(root: Path, dropout: float = 0.0, **training) -> Path:
     """A small reverse-task RNN run in ``root``; its config file."""
     train = write_reverse_task(root / "train", 700, seed=1)
     dev = write_reverse_task(root / "dev", 40, seed=2)
@@ -75,7 +76,7 @@ def _config(root: Path, **training) -> Path:
         "output_dir": str(root / "model"),
         "data": {"train": {"src": str(train[0]), "tgt": str(train[1])}, "dev": {"src": str(dev[0]), "tgt": str(dev[1])}},
         "tokenizer": {"src": {"kind": "word"}, "tgt": {"kind": "word"}},
-        "model": {"family": "rnn", "cell": "gru", "embed_dim": 16, "hidden_size": 32, "dropout": 0.0},
+        "model": {"family": "rnn", "cell": "gru", "embed_dim": 16, "hidden_size": 32, "dropout": dropout},
         "training": {"max_steps": STEPS, "batch_tokens": 140, "lr": 0.01, "log_every": 2, "validate_every": 10,
                      "checkpoint_every": 1000, "num_threads": 1, "exposure_bias": False, **training},
         "evaluation": {"metrics": ["exact"]},
@@ -187,6 +188,25 @@ def test_sigterm_to_one_process_stops_all_and_resume_is_exact(reference, tmp_pat
     Trainer(load_for_resume(alone, ["training.accumulate_steps=2"]), resume=True).train()
     for name, w in _weights(reference).items():
         torch.testing.assert_close(_weights(alone)[name], w, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_resume_restores_every_process_random_state(tmp_path):
+    """With dropout and scheduled sampling, each process draws from its own RNG: a run stopped by
+    SIGTERM and resumed with 2 processes still ends with the weights and log of one never stopped."""
+    configs = [_config(tmp_path / name, dropout=0.2, teacher_forcing={"ratio": 0.8}) for name in ("straight", "stopped")]
+    straight = _start(["--nproc-per-node", "2", *TRAIN, str(configs[0])], tmp_path / "straight.log")
+    stopped_dir = tmp_path / "stopped" / "model"
+    proc = _start(["--nproc-per-node", "2", *TRAIN, str(configs[1])], tmp_path / "stopped.log")
+    _wait_for_step(proc, stopped_dir, 6)
+    os.kill(_rank_pid(proc.pid, 0), signal.SIGTERM)
+    proc.wait(timeout=300)
+    assert straight.wait(timeout=300) == 0
+    assert load_checkpoint(stopped_dir / "checkpoints" / "last.pt")["progress"]["step"] < STEPS
+    subprocess.run(TORCHRUN + ["--nproc-per-node", "2", *TRAIN, "--resume", str(stopped_dir)], env=ENV, check=True,
+                   capture_output=True, timeout=600)
+    assert _log(stopped_dir) == _log(tmp_path / "straight" / "model")
+    assert all(torch.equal(w, _weights(tmp_path / "straight" / "model")[k]) for k, w in _weights(stopped_dir).items())
 
 
 @pytest.mark.slow
