@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from seq2seqkit.checkpoint import load_checkpoint
-from seq2seqkit.config import dump_config, from_dict, read_config_file
+from seq2seqkit.config import dump_config, from_dict, load_config, read_config_file
 from seq2seqkit.data.dataset import token_batches
 from seq2seqkit.distributed import Group
 from seq2seqkit.errors import ConfigError
@@ -158,6 +158,25 @@ def test_two_processes_make_the_updates_of_one_process_accumulating_two_batches(
         assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], rel=1e-6) for k in x if k != "kind")
     # rank 0 alone wrote the log and the checkpoints; every process's RNG state is in last.pt
     assert len(load_checkpoint(reference / "checkpoints" / "last.pt")["rng_ranks"]) == 2
+
+
+@pytest.mark.slow
+def test_early_stopping_and_the_plateau_schedule_are_decided_for_every_process(tmp_path):
+    """Rank 0 validates alone; its decisions (a lower learning rate on a plateau, early stopping)
+    reach the other process: the run stops early with both processes (exit 0, no hang) and its
+    learning rates and weights are those of one process accumulating 2 batches (1e-6)."""
+    decisions = {"lr_schedule": "plateau", "plateau_patience": 0, "validate_every": 3, "max_steps": None,
+                 "early_stopping": {"metric": "exact", "patience": 2}}
+    subprocess.run(TORCHRUN + ["--nproc-per-node", "2", *TRAIN, str(_config(tmp_path / "two", **decisions))],
+                   env=ENV, check=True, capture_output=True, timeout=600)
+    Trainer(load_config(_config(tmp_path / "one", accumulate_steps=2, **decisions))).train()
+    two, one = tmp_path / "two" / "model", tmp_path / "one" / "model"
+    progress = load_checkpoint(two / "checkpoints" / "last.pt")["progress"]
+    assert progress["done"] and progress["bad_validations"] == 2 and progress["epoch"] < 10  # stopped early
+    assert len({e["lr"] for e in _log(two) if e["kind"] == "train"}) > 1  # the plateau lowered it
+    assert [(e["step"], e["kind"], e.get("lr")) for e in _log(two)] == [(e["step"], e["kind"], e.get("lr")) for e in _log(one)]
+    for name, w in _weights(one).items():
+        torch.testing.assert_close(_weights(two)[name], w, rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow
