@@ -3,9 +3,9 @@
 The runs share one small generated task (dropout 0, teacher forcing 1: no random draws, so a
 run's arithmetic is fixed by its batches) and one reference: ``s2s train --nproc 2``. Against it:
 one process accumulating 2 batches, a run stopped by SIGTERM to one process and resumed, and two
-torchrun "machines" on loopback. One more pair of runs has random draws (dropout, scheduled
-sampling), to show that resuming restores each process's RNG. The tests that start processes are marked slow (each start
-imports torch in three processes).
+torchrun "machines" on loopback. Other runs have random draws (dropout, scheduled sampling:
+resuming restores each process's RNG) or rank 0's validation decisions (plateau, early stopping).
+The tests that start processes are marked slow (each start imports torch in three processes).
 """
 
 from __future__ import annotations
