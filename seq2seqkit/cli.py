@@ -10,9 +10,10 @@ import argparse
 import contextlib
 import errno
 import logging
+import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from .errors import ConfigError, DataError, UserError
 from .runtime import configure_process
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command needs them
+    from .config import Config
     from .evaluate import EvalSet
     from .search import Hypothesis
     from .translate import Translator
@@ -29,19 +31,45 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 # ------------------------------------------------------------------------------ commands
+def launch_train(args: argparse.Namespace, check_config: Callable[[], object]) -> int:
+    """``s2s train --nproc N ...``: the same command in N processes on this machine, started by
+    torchrun's launcher (torch.distributed.run), once ``check_config`` has read the config (a bad
+    one is one line here, not one per process)."""
+    from .distributed import launch
+
+    if "LOCAL_RANK" in os.environ:
+        raise UserError("--nproc: this process was already started by torchrun; give the number of processes "
+                        "to torchrun (--nproc-per-node) only")
+    check_config()
+    argv = ["-q"] * args.quiet + ["--debug"] * args.debug + ["train"]
+    argv += (["--resume", args.resume] if args.resume else []) + ([args.config] if args.config else []) + args.overrides
+    return launch(args.nproc, argv)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import Trainer, load_for_resume
 
-    if args.resume:
-        overrides = ([args.config] if args.config else []) + args.overrides  # `--resume DIR k=v ...`
-        cfg = load_for_resume(args.resume, overrides)
-    else:
+    def read_config() -> Config:
+        if args.resume:
+            overrides = ([args.config] if args.config else []) + args.overrides  # `--resume DIR k=v ...`
+            return load_for_resume(args.resume, overrides)
         if not args.config:
             raise UserError("train: give a CONFIG.yaml (or --resume MODEL_DIR)")
-        cfg = load_config(args.config, args.overrides)
+        return load_config(args.config, args.overrides)
+
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc: must be at least 1, got {args.nproc}")
+    if args.nproc and args.nproc > 1:
+        return launch_train(args, read_config)
+    cfg = read_config()
+    from .distributed import shutdown
+
     trainer = Trainer(cfg, resume=bool(args.resume))
     trainer.train()
+    shutdown()  # under torchrun: leave the process group
+    if not trainer.dist.is_main:  # under torchrun: rank 0 says how it ended
+        return 143 if trainer.stopped == "SIGTERM" else 130 if trainer.stopped else 0
     if trainer.stopped:  # SIGINT/SIGTERM: checkpoint of the last finished update saved
         print(f"s2s: stopped at step {trainer.progress.step}; continue with: s2s train --resume {cfg.output_dir}",
               file=sys.stderr)
@@ -497,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="CONFIG.yaml")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. training.epochs=2")
     t.add_argument("--resume", metavar="MODEL_DIR", help="continue the run saved in MODEL_DIR")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="train in N processes on this machine (DistributedDataParallel, started by torchrun; "
+                        "several machines: see README, Distributed training)")
     t.set_defaults(fn=cmd_train)
 
     def model_args(sp: argparse.ArgumentParser, required: bool) -> None:

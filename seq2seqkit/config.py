@@ -257,6 +257,13 @@ class TrainingConfig(_Section):
     # Give freed heap back to the OS around validation and whenever resident memory passes 1.5x
     # the first updates' peak (runtime.HeapBound): a fragmenting heap otherwise keeps growing.
     release_memory: bool = True
+    # Batches whose gradients are summed into one update (and, under torchrun, per process): an
+    # update of N processes x accumulate_steps batches is normalised by all their target tokens.
+    accumulate_steps: int = Field(1, ge=1)
+    # Under torchrun: how long a process waits in a collective (an update's gradient exchange, or
+    # the wait while rank 0 validates and saves) before it stops with an error naming the run's
+    # lost process. Must exceed the longest validation + checkpoint.
+    distributed_timeout_s: float = Field(1800.0, gt=0)
 
     @field_validator("exposure_bias_rates")
     @classmethod

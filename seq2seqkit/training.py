@@ -14,6 +14,9 @@ of ``model.coverage``, weighted by ``training.coverage_weight``), each logged on
 Resuming restores the RNG states and skips the batches of the current epoch that were
 already done (batch order depends on (seed, epoch) only), so a resumed run logs the same
 losses as one that was never interrupted.
+
+Under torchrun the same loop runs in every process, each on its share of every update's
+batches (distributed.py); rank 0 alone validates and writes the model directory.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from . import distributed
 from . import metrics as M
 from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, TrainingConfig, dump_config, exposure_bias_key, from_dict, read_config_file
@@ -46,7 +50,7 @@ from .tasks import resolve_dataset
 from .rundir import open_run
 from .runtime import CoreWatch, HeapBound
 from .teacher_forcing import decode_with_teacher_forcing, own_predictions, substitute, teacher_forcing_ratio
-from .translate import resolve_device, translate_ids
+from .translate import translate_ids
 
 log = logging.getLogger("seq2seqkit")
 
@@ -75,6 +79,7 @@ class Progress:
     window_aux: dict[str, float] = field(default_factory=dict)  # auxiliary losses (e.g. coverage) since the last log line
     done: bool = False
     train_seconds: float = 0.0  # wall-clock time spent in train(), summed over resumes
+    batches_per_update: int = 1  # processes x training.accumulate_steps when saved
 
 
 def aux_weights(cfg: TrainingConfig) -> dict[str, float]:
@@ -128,16 +133,22 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainingConfig) -> torch.op
 class StopRequest:
     """While active, SIGINT/SIGTERM only record a request (``requested`` = the signal's name) that
     the training loop honours between updates; a second signal raises KeyboardInterrupt as usual.
-    Handlers are installed only in the main thread (signals cannot be caught elsewhere)."""
+    Handlers are installed only in the main thread (signals cannot be caught elsewhere).
 
-    def __init__(self) -> None:
+    ``repeat_s``: a second signal within that many seconds of the first is the same request
+    delivered twice (torchrun passes the terminal's Ctrl-C on to processes that got it already)."""
+
+    def __init__(self, repeat_s: float = 0.0) -> None:
         self.requested: str | None = None
         self._previous: dict[int, Any] = {}
+        self.repeat_s, self._at = repeat_s, 0.0
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
+            if time.monotonic() - self._at < self.repeat_s:
+                return
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        self.requested, self._at = signal.Signals(signum).name, time.monotonic()
         log.warning("%s: finishing the current update, then saving a checkpoint (again to abort now)", self.requested)
 
     def __enter__(self) -> StopRequest:
@@ -156,7 +167,10 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False) -> None:
         self.out = Path(cfg.output_dir)
-        self.run_lock = open_run(self.out, resume)  # held until train() ends or close(); refused if in use
+        # Under torchrun: this process's place among the others (distributed.py); rank 0 alone
+        # holds the model directory (run_lock is None on the others).
+        self.dist, self.device = distributed.setup(cfg.training, self.out)
+        self.run_lock = self.dist.on_main(lambda: open_run(self.out, resume), "claiming the model directory")
         try:
             self._setup(cfg, resume)
         except BaseException:
@@ -165,7 +179,8 @@ class Trainer:
 
     def close(self) -> None:
         """Release the model directory (train() does this when it ends)."""
-        self.run_lock.release()
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def _setup(self, cfg: Config, resume: bool) -> None:
         self.ckpt_dir = self.out / "checkpoints"
@@ -179,24 +194,15 @@ class Trainer:
         tc = cfg.training
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
-        self.device = resolve_device(tc.device)
         self.cores = CoreWatch("training.num_threads", enabled=self.device.type == "cpu", adapt=not tc.num_threads)
         self._seed(tc.seed)
         self.out.mkdir(parents=True, exist_ok=True)
 
         if resume:
             self.src_tok, self.tgt_tok = load_tokenizers(self.out)
-        else:
-            cfg.data = resolve_dataset(cfg.data)
-            if not cfg.data.train.is_set:
-                raise ConfigError("data.train: no training data (set data.train.src and data.train.tgt, "
-                                  "data.train.path, or data.dataset)")
-            log.info("training tokenizers on %s", cfg.data.train.path or cfg.data.train.src)
-            self.src_tok, self.tgt_tok = train_tokenizers(
-                cfg.tokenizer, corpus_texts(cfg.data.train, "src"), corpus_texts(cfg.data.train, "tgt"), tc.seed
-            )
-            save_tokenizers(self.out, self.src_tok, self.tgt_tok)
-            atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+        elif self.dist.on_main(self._new_run, "the tokenizers' training on rank 0") is None:
+            cfg.data = resolve_dataset(cfg.data)  # other processes: read what rank 0 wrote
+            self.src_tok, self.tgt_tok = distributed.shared_tokenizers(self.out, self.dist)
         log.info("vocabulary: %d source, %d target", self.src_tok.vocab_size, self.tgt_tok.vocab_size)
 
         self.train_data = encode_corpus(cfg.data.train, cfg.data, self.src_tok, self.tgt_tok, "train")
@@ -208,17 +214,36 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc)
         self.progress = Progress()
+        self.dist.seed(tc.seed, 0)  # processes other than rank 0 draw their own dropout masks
         if resume:
             self._restore(load_checkpoint(last, map_location=self.device))
             self.progress.done = self._finished()  # limits may have been raised by overrides
+        # The training computation, through DistributedDataParallel under torchrun.
+        self.forward = self.dist.wrap(self.model, decode_with_teacher_forcing, self.device)
         self.log_file = self.out / "train_log.jsonl"
-        self._truncate_log()
+        if self.dist.is_main:
+            self._truncate_log()
         self.tb = None
         self._signatures_shown = False
         self._clock = time.perf_counter()  # train_seconds counts from here (and from each train())
         self.stopped: str | None = None  # "SIGINT"/"SIGTERM" if train() stopped early on it (checkpoint saved)
         # resident memory within 1.5x the first updates' peak (runtime.py)
         self.heap = HeapBound(enabled=self.cfg.training.release_memory)
+
+    def _new_run(self) -> bool:
+        """A new run's data set, tokenizers (trained on its training data) and config.yaml."""
+        cfg = self.cfg
+        cfg.data = resolve_dataset(cfg.data)
+        if not cfg.data.train.is_set:
+            raise ConfigError("data.train: no training data (set data.train.src and data.train.tgt, "
+                              "data.train.path, or data.dataset)")
+        log.info("training tokenizers on %s", cfg.data.train.path or cfg.data.train.src)
+        self.src_tok, self.tgt_tok = train_tokenizers(
+            cfg.tokenizer, corpus_texts(cfg.data.train, "src"), corpus_texts(cfg.data.train, "tgt"), cfg.training.seed
+        )
+        save_tokenizers(self.out, self.src_tok, self.tgt_tok)
+        atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+        return True
 
     # -- setup helpers -------------------------------------------------------------------------
     @staticmethod
@@ -246,11 +271,21 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.progress = Progress(**ckpt["progress"])
-        random.setstate(ckpt["rng"]["python"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+        rng = self.dist.own_rng(ckpt["rng"], ckpt.get("rng_ranks"))
+        if rng is None:  # a process the saved run did not have
+            self.dist.seed(self.cfg.training.seed, self.progress.step)
+        else:
+            random.setstate(rng["python"])
+            torch.set_rng_state(rng["torch"].cpu())
+            if torch.cuda.is_available() and rng.get("cuda"):
+                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         log.info("resumed at %s", self.where())
+        per_update = self.dist.world_size * self.cfg.training.accumulate_steps
+        if self.progress.batches_per_update != per_update:
+            log.warning("resumed with %d batches per update (processes x training.accumulate_steps) where the run "
+                        "saved had %d: the remaining batches are trained in the same order, but each update averages "
+                        "over %s batches than before", per_update, self.progress.batches_per_update,
+                        "more" if per_update > self.progress.batches_per_update else "fewer")
 
     def _truncate_log(self) -> None:
         """Drop log lines written after the checkpoint we (re)start from: they will be redone."""
@@ -278,8 +313,8 @@ class Trainer:
         """The updates training will make in all if early stopping does not end it sooner:
         every epoch's batches (the same number each epoch), or ``training.max_steps`` if fewer."""
         tc = self.cfg.training
-        per_epoch = len(token_batches(self.train_data.src_lens, self.train_data.tgt_lens, tc.batch_tokens, tc.seed))
-        total = tc.epochs * per_epoch
+        batches = len(token_batches(self.train_data.src_lens, self.train_data.tgt_lens, tc.batch_tokens, tc.seed))
+        total = tc.epochs * self.dist.updates_per_epoch(batches, tc.accumulate_steps)
         return min(total, tc.max_steps) if tc.max_steps else total
 
     def _finished(self) -> bool:
@@ -290,6 +325,8 @@ class Trainer:
 
     # -- logging -------------------------------------------------------------------------------
     def _record(self, kind: str, values: dict[str, float]) -> None:
+        if not self.dist.is_main:
+            return
         p = self.progress  # "epoch": the (1-based) epoch of the latest update, also right after its last batch
         # time_s: wall-clock seconds spent in train() so far, summed over resumes (validations included)
         entry = {"kind": kind, "step": p.step, "epoch": p.epoch + (1 if p.batch_in_epoch else 0),
@@ -311,7 +348,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, name: str) -> None:
-        """Write checkpoints/NAME.pt: weights, optimizer, scheduler, progress and RNG states."""
+        """Write checkpoints/NAME.pt: weights, optimizer, scheduler, progress and RNG states.
+        Under torchrun every process saves ``last`` at the same updates (rank 0 writes it, with
+        every process's RNG states); ``best`` is rank 0's alone, during its validation."""
         now = time.perf_counter()
         self.progress.train_seconds += now - self._clock
         self._clock = now
@@ -319,16 +358,23 @@ class Trainer:
         rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        ranks = self.dist.gather(rng, "the checkpoint") if name == "last" else None
+        if not self.dist.is_main:
+            return
+        extra = {"rng_ranks": ranks} if ranks is not None and len(ranks) > 1 else {}
         save_checkpoint({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "progress": asdict(self.progress),
             "rng": rng,
+            **extra,
         }, self.ckpt_dir / f"{name}.pt")
 
     def _save_epoch_weights(self) -> None:
         """Weights only, as ``epoch-N.pt``; the oldest beyond ``keep_epoch_checkpoints`` are removed."""
+        if not self.dist.is_main:
+            return
         self._check_weights()
         save_checkpoint({"model": self.model.state_dict(), "progress": asdict(self.progress)},
                         self.ckpt_dir / f"epoch-{self.progress.epoch}.pt")
@@ -343,7 +389,8 @@ class Trainer:
         SIGINT (Ctrl-C) or SIGTERM stop it at the end of the current update with a checkpoint
         of exactly that step (``stopped`` becomes True), so ``--resume`` continues as if never
         stopped; a second signal interrupts at once (the last periodic checkpoint remains)."""
-        self.run_lock.acquire()  # again, if an earlier train() or close() released it
+        if self.run_lock is not None:
+            self.run_lock.acquire()  # again, if an earlier train() or close() released it
         try:
             return self._train()
         finally:
@@ -352,7 +399,9 @@ class Trainer:
     def _train(self) -> dict[str, Any]:
         tc, p = self.cfg.training, self.progress
         self._clock = time.perf_counter()
-        self._open_tensorboard()
+        if self.dist.is_main:
+            self._open_tensorboard()
+        p.batches_per_update = self.dist.world_size * tc.accumulate_steps
         last_val: dict[str, float] = {}
         self._total_steps = self.planned_steps()
         self._session = (time.perf_counter(), p.step)  # for the ETA: this session's pace
@@ -365,20 +414,29 @@ class Trainer:
         consoles = [lg for lg in (logging.getLogger(), log) if lg.handlers] or [logging.getLogger()]
         # One bar for the whole run: its total is the planned steps, so its ETA stops at max_steps.
         bar = tqdm(total=self._total_steps, initial=p.step, desc=f"epoch {p.epoch + 1}/{tc.epochs}", unit="step",
-                   dynamic_ncols=True, leave=False, disable=True if p.done else None)
-        with bar, logging_redirect_tqdm(consoles), StopRequest() as stop:
-            while not p.done and p.epoch < tc.epochs and not stop.requested:
+                   dynamic_ncols=True, leave=False, disable=True if p.done or not self.dist.is_main else None)
+        # Under torchrun the processes agree, after each update, on whether any was asked to stop
+        # (stopping: the signal's name), so that all of them stop after the same update.
+        stopping = None
+        with bar, logging_redirect_tqdm(consoles), StopRequest(2.0 if self.dist.enabled else 0.0) as stop:
+            while not p.done and p.epoch < tc.epochs and not (stopping := self.dist.agreed_signal(stop.requested)):
                 batches = token_batches(self.train_data.src_lens, self.train_data.tgt_lens,
                                         tc.batch_tokens, tc.seed, p.epoch)
                 bar.set_description(f"epoch {p.epoch + 1}/{tc.epochs}")
                 t0, tokens0 = time.perf_counter(), 0
-                for idx in batches[p.batch_in_epoch:]:
-                    batch = collate(self.train_data, idx).to(self.device)
-                    loss = self.train_step(batch)
+                tgt_lens = self.train_data.tgt_lens
+                while p.batch_in_epoch < len(batches):
+                    # An update: the next processes x accumulate_steps batches of the epoch's order.
+                    mine, taken = self.dist.share(len(batches), p.batch_in_epoch, tc.accumulate_steps)
+                    update = batches[p.batch_in_epoch:p.batch_in_epoch + taken]
+                    tokens = sum(int(tgt_lens[idx].sum()) + len(idx) for idx in update)  # + EOS
+                    # A process left without a batch in an epoch's last update runs one with weight 0.
+                    micro = [collate(self.train_data, batches[i]).to(self.device) for i in mine or [p.batch_in_epoch]]
+                    loss = self.train_step(micro, tokens, weight=1.0 if mine else 0.0)
                     self.cores.check(torch.get_num_threads())
                     self.heap.after_update()
-                    tokens0 += batch.n_tokens
-                    p.batch_in_epoch += 1
+                    tokens0 += tokens
+                    p.batch_in_epoch += taken
                     bar.update()
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self._lr():.2e}", refresh=False)
                     end_of_epoch = p.batch_in_epoch == len(batches)
@@ -390,20 +448,22 @@ class Trainer:
                     if tc.max_steps and p.step >= tc.max_steps:
                         p.done, validate = True, True
                     if validate and self.dev_data is not None:
-                        last_val = self._validate()
+                        last_val = self._validate_on_main()
                     if end_of_epoch and tc.keep_epoch_checkpoints:
                         self._save_epoch_weights()
                     if validate or p.step % tc.checkpoint_every == 0 or end_of_epoch:
                         self.save("last")
-                    if p.done or end_of_epoch or stop.requested:
+                    stopping = self.dist.agreed_signal(stop.requested)
+                    if p.done or end_of_epoch or stopping:
                         break  # a stop request is saved by the save("last") after the loop
             if p.epoch >= tc.epochs:
                 p.done = True
             self.save("last")
-        self.stopped = None if p.done else stop.requested
+            self.dist.barrier("the final checkpoint")  # the others return once rank 0 has written it
+        self.stopped = None if p.done else stopping
         if self.stopped:
             log.info("stopped by %s at step %d; checkpoint saved: continue with 's2s train --resume %s'",
-                     stop.requested, p.step, self.out)
+                     self.stopped, p.step, self.out)
         if self.tb is not None:
             self.tb.close()
         return last_val
@@ -411,28 +471,48 @@ class Trainer:
     def _lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def train_step(self, batch: Batch) -> float:
-        """One optimizer update on ``batch`` (already on the device); returns its per-token loss.
-        Public so that benchmarks time exactly what training runs."""
+    def train_step(self, batch: Batch | list[Batch], tokens: int | None = None, weight: float = 1.0) -> float:
+        """One optimizer update on ``batch`` (already on the device), or on the micro-batches of
+        a list, whose gradients accumulate; returns the update's per-token loss. Public so that
+        benchmarks time exactly what training runs.
+
+        ``tokens``: the target tokens of the whole update, over every process under torchrun
+        (default: those given here). Each micro-batch's summed token loss is divided by it, and
+        DistributedDataParallel averages the processes' gradients, so the loss is scaled by
+        processes / tokens here: the update's gradient is the sum over all its tokens, wherever
+        they were, divided by their number. N processes x batch B and one process accumulating
+        N batches B make the same update. ``weight`` 0: this process has no batch in the update
+        and only joins the gradient exchange."""
         tc, p = self.cfg.training, self.progress
+        micro = [batch] if isinstance(batch, Batch) else batch
+        n = tokens if tokens is not None else sum(b.n_tokens for b in micro)
         self.model.train()
         ratio = teacher_forcing_ratio(tc.teacher_forcing, p.step)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            logits, aux = decode_with_teacher_forcing(self.model, batch.src, batch.src_lens, batch.tgt_in, ratio,
-                                                      tc.teacher_forcing.mode)
-        n = batch.n_tokens
-        loss_sum = token_loss(logits, batch.tgt_out, tc.label_smoothing)  # in fp32
-        real = batch.tgt_out != PAD
-        aux_sums = {k: v.float().masked_fill(~real, 0.0).sum() for k, v in aux.items()}
         weights = aux_weights(tc)
-        total = sum((weights[k] * v for k, v in aux_sums.items()), loss_sum)
         self.optimizer.zero_grad(set_to_none=True)
-        (total / n).backward()
+        loss_sum = torch.zeros((), device=self.device)
+        aux_sums: dict[str, torch.Tensor] = {}
+        for k, b in enumerate(micro):
+            with self.dist.synced(self.forward, sync=k == len(micro) - 1), self.dist.talking(f"update {p.step + 1}"):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+                    logits, aux = self.forward(b.src, b.src_lens, b.tgt_in, ratio, tc.teacher_forcing.mode)
+                real = b.tgt_out != PAD
+                sums = {"": token_loss(logits, b.tgt_out, tc.label_smoothing),  # in fp32
+                        **{name: v.float().masked_fill(~real, 0.0).sum() for name, v in aux.items()}}
+                if weight != 1.0:
+                    sums = {name: v * weight for name, v in sums.items()}
+                total = sum((weights[name] * v for name, v in sums.items() if name), sums[""])
+                (total / (n / self.dist.world_size)).backward()
+            loss_sum += sums.pop("").detach()
+            for name, v in sums.items():
+                aux_sums[name] = aux_sums.get(name, 0.0) + v.detach()
+        # the update's sums over every process, and the gradient norm: one host sync for all
+        # numbers (the losses are needed anyway, for the log)
+        summed = self.dist.sum(torch.stack([loss_sum, *aux_sums.values()]), f"update {p.step + 1}")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm) if tc.clip_grad_norm else None
-        # one host sync for all numbers (the losses are needed anyway, for the log)
-        numbers = torch.stack([total.detach(), loss_sum.detach(), *(v.detach() for v in aux_sums.values()),
-                               norm.float() if norm is not None else torch.zeros((), device=total.device)]).tolist()
-        total_value, value, aux_values, norm_value = numbers[0], numbers[1], numbers[2:-1], numbers[-1]
+        numbers = torch.cat([summed, (norm.float() if norm is not None else torch.zeros((), device=summed.device))[None]]).tolist()
+        value, aux_values, norm_value = numbers[0], numbers[1:-1], numbers[-1]
+        total_value = value + sum(weights[name] * v for name, v in zip(aux_sums, aux_values))
         if not math.isfinite(total_value) or not math.isfinite(norm_value):
             raise self._diverged(p.step + 1, f"the loss is {total_value / n:.4g}" if not math.isfinite(total_value) else
                                  f"the gradient norm is {norm_value:.4g}")  # before the update: weights stay good
@@ -526,6 +606,20 @@ class Trainer:
         for p in rates:
             values[exposure_bias_key("loss", p)] = mixed[p] / n
             values[exposure_bias_key("gap", p)] = mixed[p] / n - loss
+        return values
+
+    def _validate_on_main(self) -> dict[str, float]:
+        """Validation: on rank 0 alone under torchrun, while the others wait; they then take its
+        progress (best score, early stopping) and learning rate (the plateau schedule)."""
+        values = self._validate() if self.dist.is_main else {}
+        if self.dist.enabled:
+            values, progress, scheduler, lrs = self.dist.broadcast(
+                (values, asdict(self.progress), self.scheduler.state_dict(),
+                 [g["lr"] for g in self.optimizer.param_groups]), "the validation on rank 0")
+            self.progress.__dict__.update(progress)
+            self.scheduler.load_state_dict(scheduler)
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
         return values
 
     def _validate(self) -> dict[str, float]:

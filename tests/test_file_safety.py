@@ -255,7 +255,7 @@ def test_the_lock_is_held_from_set_up_to_the_end_of_training_and_never_leaks(tmp
 
     crashing = Trainer(tiny_config(tmp_path / "crash", max_steps=2, num_threads=1))
 
-    def boom(batch):
+    def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
     crashing.train_step = boom
