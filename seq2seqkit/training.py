@@ -37,8 +37,9 @@ from . import metrics as M
 from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, TrainingConfig, dump_config, exposure_bias_key, from_dict, read_config_file
 from .data.corpus import iter_examples
-from .data.dataset import Batch, EncodedCorpus, collate, corpus_texts, cut_sources, encode_corpus, token_batches
-from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokenizers
+from .data.dataset import Batch, EncodedCorpus, collate, cut_sources, encode_corpus, token_batches
+from .data.shards import training_data
+from .data.tokenizers import PAD, load_tokenizers, save_tokenizers
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
 from .tasks import resolve_dataset
@@ -177,22 +178,19 @@ class Trainer:
         self._seed(tc.seed)
         self.out.mkdir(parents=True, exist_ok=True)
 
-        if resume:
-            self.src_tok, self.tgt_tok = load_tokenizers(self.out)
-        else:
+        # -- data (shards branch): tokenizers and training split from data.preprocessed, the cache
+        # or memory (data/shards.py training_data); a resumed run keeps its own tokenizers.
+        if not resume:
             cfg.data = resolve_dataset(cfg.data)
-            if not cfg.data.train.is_set:
+            if not cfg.data.train.is_set and not cfg.data.preprocessed:
                 raise ConfigError("data.train: no training data (set data.train.src and data.train.tgt, "
-                                  "data.train.path, or data.dataset)")
-            log.info("training tokenizers on %s", cfg.data.train.path or cfg.data.train.src)
-            self.src_tok, self.tgt_tok = train_tokenizers(
-                cfg.tokenizer, corpus_texts(cfg.data.train, "src"), corpus_texts(cfg.data.train, "tgt"), tc.seed
-            )
+                                  "data.train.path, data.dataset or data.preprocessed)")
+        self.src_tok, self.tgt_tok, self.train_data = training_data(cfg, load_tokenizers(self.out) if resume else None)
+        if not resume:
             save_tokenizers(self.out, self.src_tok, self.tgt_tok)
             atomic_write_text(self.out / "config.yaml", dump_config(cfg))
         log.info("vocabulary: %d source, %d target", self.src_tok.vocab_size, self.tgt_tok.vocab_size)
-
-        self.train_data = encode_corpus(cfg.data.train, cfg.data, self.src_tok, self.tgt_tok, "train")
+        # -- end of the data set-up
         self.dev_data, self.dev_sources, self.dev_refs = self._load_dev()
         log.info("data: %d training pairs, %d dev pairs", len(self.train_data), len(self.dev_data or []))
 

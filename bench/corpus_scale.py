@@ -1,0 +1,145 @@
+"""Memory and start-up time as the corpus grows: Multi30k's training set repeated 1x, 10x, 100x.
+
+    python bench/corpus_scale.py                              # 1x, 10x, 100x; 10 updates a run
+    python bench/corpus_scale.py --scales 1 10 --updates 20   # a shorter run
+    python bench/corpus_scale.py --data /work/shared/data/multi30k --work /tmp/scale
+
+For each scale, three child processes of ``s2s`` (the Multi30k Transformer recipe, no dev set,
+so no validation), each measured from outside:
+
+* ``s2s preprocess``: tokenizer training and encoding into shards (data/shards.py): its wall
+  time and peak RSS;
+* ``s2s train`` tokenizing at start (``data.cache=false``: tokenizers trained and the corpus
+  encoded into memory, as every run did before shards);
+* ``s2s train`` on the preprocessed shards (``data.preprocessed=DIR``).
+
+Start-up is the time from starting the process to its first update (the ``step 1/`` log line
+at ``training.log_every=1``); peak RSS is the child's ``ru_maxrss`` from ``wait4``. Targets
+(issue 17): peak RSS at 100x within 10% of 1x, and start-up on a preprocessed corpus at least
+10x faster than tokenizing it. The repeated corpora are written as plain text under --work
+(default ``$S2S_CACHE_DIR/bench/corpus-scale`` or ``~/.cache/seq2seqkit/bench/corpus-scale``),
+never into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "multi30k-transformer.yaml"
+MIB = 2**20
+
+
+def default_work() -> Path:
+    root = os.environ.get("S2S_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "seq2seqkit") / "bench" / "corpus-scale"
+
+
+def repeated_corpus(data: Path, work: Path, scale: int) -> tuple[Path, Path, int]:
+    """Multi30k's train.de/train.en written ``scale`` times over (plain text); (src, tgt, pairs)."""
+    out = work / f"x{scale}"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for lang in ("de", "en"):
+        text = gzip.decompress((data / f"train.{lang}.gz").read_bytes())
+        path = out / f"train.{lang}"
+        if not path.is_file() or path.stat().st_size != len(text) * scale:
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                for _ in range(scale):
+                    f.write(text)
+            tmp.replace(path)
+        paths.append(path)
+    return paths[0], paths[1], text.count(b"\n") * scale
+
+
+def run(cmd: list[str], first_update: bool) -> dict[str, float]:
+    """Run ``cmd``; its wall time, peak RSS and (``first_update``) the seconds to its first update."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    tail: deque[str] = deque(maxlen=20)
+    seen: dict[str, float] = {}
+
+    def read() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            tail.append(line)
+            if first_update and "startup" not in seen and " step 1/" in line:
+                seen["startup"] = time.perf_counter() - start
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    reader.join()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{''.join(tail)}")
+    if first_update and "startup" not in seen:
+        sys.exit(f"no 'step 1/' line from: {' '.join(cmd)}\n{''.join(tail)}")
+    return {"wall": wall, "rss": usage.ru_maxrss * 1024 / MIB, **seen}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
+    ap.add_argument("--updates", type=int, default=10, help="updates per training run (default 10)")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "multi30k",
+                    help="the Multi30k directory (train.de.gz, train.en.gz)")
+    ap.add_argument("--work", type=Path, default=default_work(), help="scratch directory (corpora, shards, runs)")
+    ap.add_argument("--config", type=Path, default=CONFIG)
+    ap.add_argument("--no-tokenize-above", type=int, metavar="SCALE",
+                    help="skip the tokenizing-at-start training run above this scale (it is the slowest)")
+    args = ap.parse_args()
+    s2s = [sys.executable, "-m", "seq2seqkit.cli"]
+    rows = []
+    for scale in args.scales:
+        src, tgt, pairs = repeated_corpus(args.data, args.work, scale)
+        data = [f"data.train.src={src}", f"data.train.tgt={tgt}", "data.dev.src=null", "data.dev.tgt=null",
+                "data.test.src=null", "data.test.tgt=null"]
+        train = [*data, f"training.max_steps={args.updates}", "training.log_every=1", "training.keep_epoch_checkpoints=0",
+                 "training.early_stopping.patience=null", f"training.checkpoint_every={args.updates}"]
+        pre = args.work / f"shards-x{scale}"
+        prep = run([*s2s, "preprocess", str(args.config), str(pre), *data], first_update=False)
+        shard_mb = sum(p.stat().st_size for p in pre.iterdir()) / 1e6
+        print(f"x{scale}: preprocessed {pairs:,} pairs in {prep['wall']:.1f} s, peak RSS {prep['rss']:.0f} MiB, "
+              f"{shard_mb:.1f} MB", flush=True)
+        result = {"scale": scale, "pairs": pairs, "prep": prep, "shard_mb": shard_mb}
+        modes = [("preprocessed", [f"data.preprocessed={pre}"])]
+        if args.no_tokenize_above is None or scale <= args.no_tokenize_above:
+            modes.append(("tokenize", ["data.cache=false"]))
+        for mode, extra in modes:
+            out = args.work / "runs" / f"{mode}-x{scale}"
+            shutil.rmtree(out, ignore_errors=True)  # this script's own run directory from an earlier run
+            result[mode] = run([*s2s, "train", str(args.config), *train, *extra, f"output_dir={out}"], first_update=True)
+            print(f"x{scale} {mode}: start-up {result[mode]['startup']:.1f} s, peak RSS {result[mode]['rss']:.0f} MiB, "
+                  f"{args.updates} updates in {result[mode]['wall']:.1f} s", flush=True)
+        rows.append(result)
+
+    def cell(r: dict, mode: str, key: str, fmt: str) -> str:
+        return format(r[mode][key], fmt) if mode in r else "-"
+
+    print(f"\n{args.updates} updates of {args.config.name} per run; start-up = process start to first update\n")
+    print("| corpus | pairs | preprocess: time s | preprocess: peak RSS MiB | shards MB | tokenize at start: start-up s "
+          "| tokenize at start: peak RSS MiB | preprocessed: start-up s | preprocessed: peak RSS MiB | start-up speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        speedup = f"{r['tokenize']['startup'] / r['preprocessed']['startup']:.1f}x" if "tokenize" in r else "-"
+        print(f"| {r['scale']}x | {r['pairs']:,} | {r['prep']['wall']:.1f} | {r['prep']['rss']:.0f} | {r['shard_mb']:.1f} "
+              f"| {cell(r, 'tokenize', 'startup', '.1f')} | {cell(r, 'tokenize', 'rss', '.0f')} "
+              f"| {cell(r, 'preprocessed', 'startup', '.1f')} | {cell(r, 'preprocessed', 'rss', '.0f')} | {speedup} |")
+    base = rows[0]["preprocessed"]["rss"]
+    for r in rows[1:]:
+        print(f"peak RSS training on shards, {r['scale']}x vs {rows[0]['scale']}x: {r['preprocessed']['rss'] / base - 1:+.1%} "
+              f"(target: within 10%)")
+
+
+if __name__ == "__main__":
+    main()
