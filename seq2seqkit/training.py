@@ -222,8 +222,9 @@ class Trainer:
         dev = self.cfg.data.dev
         if not dev.is_set:
             return None, [], []
-        encoded = encode_corpus(dev, self.cfg.data, self.src_tok, self.tgt_tok, "dev")
-        pairs = [(ex.src, ex.tgt) for ex in iter_examples(*dev.files(), fmt=dev.format) if ex.src.strip() and ex.tgt.strip()]
+        examples = list(iter_examples(*dev.files(), fmt=dev.format))  # read once: ids for the losses, text for the metrics
+        encoded = encode_corpus(dev, self.cfg.data, self.src_tok, self.tgt_tok, "dev", examples)
+        pairs = [(ex.src, ex.tgt) for ex in examples if ex.src.strip() and ex.tgt.strip()]
         if self.cfg.evaluation.group_by_source:
             sources, refs = M.group_references([s for s, _ in pairs], [t for _, t in pairs])
         else:

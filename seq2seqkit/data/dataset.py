@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 
 from ..config import CorpusConfig, DataConfig
 from ..errors import DataError
-from .corpus import has_text, iter_examples, require_usable
+from .corpus import Example, has_text, iter_examples, require_usable
 from .tokenizers import BOS, EOS, PAD, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,15 @@ class EncodeCounts:
 
 
 def encode_pairs(corpus: CorpusConfig, data: DataConfig, src_tok: Tokenizer, tgt_tok: Tokenizer,
-                 counts: EncodeCounts) -> Iterator[tuple[list[int], list[int]]]:
+                 counts: EncodeCounts, examples: Iterable[Example] | None = None) -> Iterator[tuple[list[int], list[int]]]:
     """Stream, encode and filter one split: the (source ids, target ids) of each kept pair, in
     file order. Empty sides and over-long pairs are skipped (counted in ``counts``) or, with
     ``data.on_invalid=error``, reported with file:line. With ``data.truncate_src`` an over-long
     source is cut to ``data.max_src_len`` tokens instead (counted). Both the in-memory corpus
-    and the shards on disk (shards.py) are built from this one loop."""
+    and the shards on disk (shards.py) are built from this one loop. ``examples``: the split's
+    examples where the caller has read them already (else they are read from its files)."""
     path = corpus.path or corpus.src
-    for ex in iter_examples(*corpus.files(), fmt=corpus.format):
+    for ex in iter_examples(*corpus.files(), fmt=corpus.format) if examples is None else examples:
         problem = kind = None
         if not has_text(ex):
             kind, problem = "empty", f"empty {'source' if not ex.src.strip() else 'target'} side"
@@ -126,13 +127,14 @@ def report_encoding(counts: EncodeCounts, corpus: CorpusConfig, data: DataConfig
 
 
 def encode_corpus(
-    corpus: CorpusConfig, data: DataConfig, src_tok: Tokenizer, tgt_tok: Tokenizer, name: str
+    corpus: CorpusConfig, data: DataConfig, src_tok: Tokenizer, tgt_tok: Tokenizer, name: str,
+    examples: Iterable[Example] | None = None,
 ) -> EncodedCorpus:
     """:func:`encode_pairs` into memory: the whole split as flat int32 id arrays."""
     src_ids, tgt_ids = array("i"), array("i")
     src_off, tgt_off = array("q", [0]), array("q", [0])
     counts = EncodeCounts()
-    for s, t in encode_pairs(corpus, data, src_tok, tgt_tok, counts):
+    for s, t in encode_pairs(corpus, data, src_tok, tgt_tok, counts, examples):
         src_ids.extend(s)
         tgt_ids.extend(t)
         src_off.append(len(src_ids))
