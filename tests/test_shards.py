@@ -241,3 +241,13 @@ def test_an_interrupted_build_leaves_nothing_half_written(tmp_path: Path, monkey
     assert main(["-q", "preprocess", str(config), str(mine)]) == 2
     assert "is not a shards directory written by 's2s preprocess'" in one_line_error(capsys)
     assert (mine / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_a_missing_training_file_is_named_as_before(tmp_path: Path, capsys):
+    cfg = tiny_config(tmp_path, max_steps=2)
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(cfg.model_dump(mode="json")), encoding="utf-8")
+    missing = tmp_path / "nowhere.txt"
+    for cache in ("true", "false"):
+        assert main(["-q", "train", str(config), f"data.train.src={missing}", f"data.cache={cache}"]) == 2
+        assert one_line_error(capsys) == f"s2s: error: {missing}: no such file"

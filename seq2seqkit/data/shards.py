@@ -52,7 +52,7 @@ import numpy as np
 
 from ..checkpoint import atomic_write_text
 from ..config import Config, CorpusConfig, DataConfig
-from ..errors import UserError
+from ..errors import DataError, UserError
 from .corpus import iter_examples
 from .dataset import EncodeCounts, EncodedCorpus, encode_corpus, encode_pairs, report_encoding
 from .tokenizers import MANIFEST, Tokenizer, load_tokenizers, save_tokenizers, train_tokenizers_on_pairs
@@ -92,7 +92,10 @@ def source_files(corpus: CorpusConfig) -> list[Path]:
 
 
 def file_identity(path: Path) -> dict[str, Any]:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError(path, None, "no such file") from None
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
 
 
