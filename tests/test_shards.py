@@ -251,3 +251,18 @@ def test_a_missing_training_file_is_named_as_before(tmp_path: Path, capsys):
     for cache in ("true", "false"):
         assert main(["-q", "train", str(config), f"data.train.src={missing}", f"data.cache={cache}"]) == 2
         assert one_line_error(capsys) == f"s2s: error: {missing}: no such file"
+
+
+def test_set_up_reads_the_training_split_twice_then_not_at_all(tmp_path: Path, monkeypatch):
+    """Once to train the tokenizers (both sides in one pass), once to encode; with the cache
+    warm, never (the old set-up read it three times: each side's tokenizer, then encoding)."""
+    from seq2seqkit.data import corpus
+
+    opened: list[str] = []
+    real = corpus.open_binary
+    monkeypatch.setattr(corpus, "open_binary", lambda path: opened.append(str(path)) or real(path))
+    cfg = override(tiny_config(tmp_path, max_steps=2), "data.dev.src=null", "data.dev.tgt=null")
+    for cache, reads in (("false", 2), ("true", 2), ("true", 0)):
+        opened.clear()
+        Trainer(override(cfg, f"data.cache={cache}", f"output_dir={tmp_path / f'run{len(list(tmp_path.iterdir()))}'}")).close()
+        assert opened.count(cfg.data.train.src) == reads, (cache, opened)
