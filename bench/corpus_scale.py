@@ -64,8 +64,15 @@ def repeated_corpus(data: Path, work: Path, scale: int) -> tuple[Path, Path, int
     return paths[0], paths[1], text.count(b"\n") * scale
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(cmd: list[str], first_update: bool) -> dict[str, float]:
-    """Run ``cmd``; its wall time, peak RSS and (``first_update``) the seconds to its first update."""
+    """Run ``cmd``: its wall time, CPU time and peak RSS and (``first_update``) the wall and CPU
+    seconds to the training loop (set-up) and to its first update (start-up)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
     tail: deque[str] = deque(maxlen=20)
@@ -74,10 +81,10 @@ def run(cmd: list[str], first_update: bool) -> dict[str, float]:
     def read() -> None:
         for line in proc.stderr:  # type: ignore[union-attr]
             tail.append(line)
-            if first_update and "setup" not in seen and " training: " in line and " steps planned" in line:
-                seen["setup"] = time.perf_counter() - start
-            if first_update and "startup" not in seen and " step 1/" in line:
-                seen["startup"] = time.perf_counter() - start
+            for key, mark in (("setup", " steps planned"), ("startup", " step 1/")):
+                if first_update and key not in seen and mark in line:
+                    seen[key] = time.perf_counter() - start
+                    seen[f"{key}_cpu"] = cpu_seconds(proc.pid)
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -88,7 +95,7 @@ def run(cmd: list[str], first_update: bool) -> dict[str, float]:
         sys.exit(f"failed: {' '.join(cmd)}\n{''.join(tail)}")
     if first_update and ("startup" not in seen or "setup" not in seen):
         sys.exit(f"no 'training: ... steps planned' or 'step 1/' line from: {' '.join(cmd)}\n{''.join(tail)}")
-    return {"wall": wall, "rss": usage.ru_maxrss * 1024 / MIB, **seen}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss * 1024 / MIB, **seen}
 
 
 def main() -> None:
@@ -113,7 +120,7 @@ def main() -> None:
         pre = args.work / f"shards-x{scale}"
         prep = run([*s2s, "preprocess", str(args.config), str(pre), *data], first_update=False)
         shard_mb = sum(p.stat().st_size for p in pre.iterdir()) / 1e6
-        print(f"x{scale}: preprocessed {pairs:,} pairs in {prep['wall']:.1f} s, peak RSS {prep['rss']:.0f} MiB, "
+        print(f"x{scale}: preprocessed {pairs:,} pairs in {prep['wall']:.1f} s ({prep['cpu']:.1f} s CPU), peak RSS {prep['rss']:.0f} MiB, "
               f"{shard_mb:.1f} MB", flush=True)
         result = {"scale": scale, "pairs": pairs, "prep": prep, "shard_mb": shard_mb}
         modes = [("preprocessed", [f"data.preprocessed={pre}"])]
@@ -123,7 +130,8 @@ def main() -> None:
             out = args.work / "runs" / f"{mode}-x{scale}"
             shutil.rmtree(out, ignore_errors=True)  # this script's own run directory from an earlier run
             result[mode] = run([*s2s, "train", str(args.config), *train, *extra, f"output_dir={out}"], first_update=True)
-            print(f"x{scale} {mode}: set-up {result[mode]['setup']:.1f} s, start-up {result[mode]['startup']:.1f} s, peak RSS {result[mode]['rss']:.0f} MiB, "
+            print(f"x{scale} {mode}: set-up {result[mode]['setup']:.1f} s ({result[mode]['setup_cpu']:.1f} s CPU), "
+                  f"start-up {result[mode]['startup']:.1f} s ({result[mode]['startup_cpu']:.1f} s CPU), peak RSS {result[mode]['rss']:.0f} MiB, "
                   f"{args.updates} updates in {result[mode]['wall']:.1f} s", flush=True)
         rows.append(result)
 
@@ -131,14 +139,23 @@ def main() -> None:
         return format(r[mode][key], fmt) if mode in r else "-"
 
     print(f"\n{args.updates} updates of {args.config.name} per run; start-up = process start to first update\n")
-    print("| corpus | pairs | preprocess: time s | preprocess: peak RSS MiB | shards MB "
+    print("Times are wall-clock seconds (CPU seconds of the process in brackets: less sensitive to a busy machine).\n")
+    print("| corpus | pairs | preprocess: time s | peak RSS MiB | shards MB "
           "| tokenize at start: set-up s | start-up s | peak RSS MiB "
           "| preprocessed: set-up s | start-up s | peak RSS MiB | set-up speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def timed(r: dict, mode: str, key: str) -> str:
+        return f"{r[mode][key]:.1f} ({r[mode][key + '_cpu']:.1f})" if mode in r else "-"
+
     for r in rows:
-        speedup = f"{r['tokenize']['setup'] / r['preprocessed']['setup']:.1f}x" if "tokenize" in r else "-"
-        print(f"| {r['scale']}x | {r['pairs']:,} | {r['prep']['wall']:.1f} | {r['prep']['rss']:.0f} | {r['shard_mb']:.1f} "
-              + "".join(f"| {cell(r, m, 'setup', '.1f')} | {cell(r, m, 'startup', '.1f')} | {cell(r, m, 'rss', '.0f')} "
+        speedup = "-"
+        if "tokenize" in r:
+            speedup = (f"{r['tokenize']['setup'] / r['preprocessed']['setup']:.1f}x "
+                       f"({r['tokenize']['setup_cpu'] / r['preprocessed']['setup_cpu']:.1f}x)")
+        print(f"| {r['scale']}x | {r['pairs']:,} | {r['prep']['wall']:.1f} ({r['prep']['cpu']:.1f}) | {r['prep']['rss']:.0f} "
+              f"| {r['shard_mb']:.1f} "
+              + "".join(f"| {timed(r, m, 'setup')} | {timed(r, m, 'startup')} | {cell(r, m, 'rss', '.0f')} "
                         for m in ("tokenize", "preprocessed")) + f"| {speedup} |")
     base = rows[0]["preprocessed"]["rss"]
     for r in rows[1:]:
