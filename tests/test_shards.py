@@ -232,6 +232,7 @@ def test_an_interrupted_build_leaves_nothing_half_written(tmp_path: Path, monkey
     with pytest.raises(OSError):
         preprocess(cfg, tmp_path / "out" / "new")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pre"]  # no temporary left, no "new"
+    assert pre.stat().st_mode & 0o777 == 0o777 & ~current_umask()
     # a user's directory is never replaced
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -266,3 +267,9 @@ def test_set_up_reads_the_training_split_twice_then_not_at_all(tmp_path: Path, m
         opened.clear()
         Trainer(override(cfg, f"data.cache={cache}", f"output_dir={tmp_path / f'run{len(list(tmp_path.iterdir()))}'}")).close()
         assert opened.count(cfg.data.train.src) == reads, (cache, opened)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -269,6 +269,9 @@ def write_shards(cfg: Config, out: Path, tokenizers: tuple[Tokenizer, Tokenizer]
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the finished directory gets the usual permissions
     try:
         sources = [file_identity(p) for p in source_files(corpus)]
         if tokenizers is None:
