@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-g2p bench-multi30k bench-samsum bench-dialogue bench-qa bench-speed bench-busy bench-exposure bench-serve clean
+.PHONY: demo test install bench-g2p bench-multi30k bench-samsum bench-dialogue bench-qa bench-speed bench-busy bench-scale bench-exposure bench-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench-serve: $(STAMP)
 # Demo training speed on a busy machine: idle, beside one and two CPU-bound programs.
 bench-busy: $(STAMP)
 	$(PY) bench/busy.py
+
+# Peak RSS and start-up time as the corpus grows: Multi30k's training set repeated 1x, 10x, 100x,
+# tokenized at start vs preprocessed (repeated files under ~/.cache/seq2seqkit/bench/corpus-scale).
+bench-scale: $(STAMP)
+	$(PY) bench/corpus_scale.py
 
 # Teacher forcing vs scheduled sampling, and the exposure-bias measure, on G2P and Multi30k
 # (12 runs; hours on a CPU; resumable: run it again after an interruption). BUDGET: updates per run.

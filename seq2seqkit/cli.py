@@ -1,4 +1,4 @@
-"""The ``s2s`` command line: train, generate (alias translate), chat, evaluate, average, export, check-data, prepare, demo.
+"""The ``s2s`` command line: train, preprocess, generate (alias translate), chat, evaluate, average, export, check-data, prepare, demo.
 
 User errors (bad files, bad config keys, bad arguments) print one line on stderr and exit
 with status 2; ``--debug`` shows the traceback instead.
@@ -75,6 +75,22 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 143 if trainer.stopped == "SIGTERM" else 130
     print(f"model directory: {cfg.output_dir}")
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data.shards import preprocess
+    from .tasks import resolve_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    cfg.data = resolve_dataset(cfg.data)
+    header = preprocess(cfg, args.out_dir)
+    train = header["splits"]["train"]
+    print(f"{args.out_dir}: {train['pairs']:,} training pairs ({train['src']['tokens']:,} source / "
+          f"{train['tgt']['tokens']:,} target tokens; {train['skipped_empty']:,} empty and "
+          f"{train['skipped_too_long']:,} too long skipped, {train['cut']:,} sources cut) and the tokenizers")
+    print(f"train on them with: s2s train {args.config} data.preprocessed={args.out_dir}")
     return 0
 
 
@@ -529,6 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train in N processes on this machine (DistributedDataParallel, started by torchrun; "
                         "several machines: see README, Distributed training)")
     t.set_defaults(fn=cmd_train)
+
+    pp = sub.add_parser("preprocess", help="tokenize a config's training data once into shards on disk "
+                                           "(train on them with data.preprocessed=OUT_DIR)")
+    pp.add_argument("config", help="CONFIG.yaml")
+    pp.add_argument("out_dir", metavar="OUT_DIR", help="where to write the shards and tokenizers (a new directory)")
+    pp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tokenizer.src.vocab_size=16000")
+    pp.set_defaults(fn=cmd_preprocess)
 
     def model_args(sp: argparse.ArgumentParser, required: bool) -> None:
         sp.add_argument("-m", "--model", required=required, metavar="MODEL_DIR", nargs="+", action="extend",

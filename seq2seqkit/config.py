@@ -105,6 +105,14 @@ class DataConfig(_Section):
     # Dialogue: how many previous turns a source holds (`s2s prepare dailydialog --turns`, which
     # the recipe's data were prepared with); `s2s chat` keeps that many. None: not a dialogue model.
     context_turns: int | None = Field(None, ge=1)
+    # Large corpora (data/shards.py): a directory written by `s2s preprocess` holding the tokenized
+    # training split and its tokenizers; training reads its batches from there (data.train may be
+    # left out; where given it must name the files the directory was made from).
+    preprocessed: str | None = None
+    # Without data.preprocessed: keep the tokenized training split (and tokenizers) in
+    # $S2S_CACHE_DIR/shards (default ~/.cache/seq2seqkit/shards), so a later run with the same
+    # data and tokenizer settings skips tokenization; false: tokenize into memory at every start.
+    cache: bool = True
 
 
 class TokenizerConfig(_Section):

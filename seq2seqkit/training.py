@@ -42,8 +42,9 @@ from . import metrics as M
 from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, TrainingConfig, dump_config, exposure_bias_key, from_dict, read_config_file
 from .data.corpus import iter_examples
-from .data.dataset import Batch, EncodedCorpus, collate, corpus_texts, cut_sources, encode_corpus, token_batches
-from .data.tokenizers import PAD, load_tokenizers, save_tokenizers, train_tokenizers
+from .data.dataset import Batch, EncodedCorpus, collate, cut_sources, encode_corpus, token_batches
+from .data.shards import training_data
+from .data.tokenizers import PAD, load_tokenizers, save_tokenizers
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
 from .tasks import resolve_dataset
@@ -198,14 +199,17 @@ class Trainer:
         self._seed(tc.seed)
         self.out.mkdir(parents=True, exist_ok=True)
 
+        # -- data: tokenizers and the training split, from data.preprocessed, the cache or memory
+        # (data/shards.py training_data). A resumed run keeps its own tokenizers; under torchrun
+        # rank 0 alone trains and writes them, and the other processes read what it wrote.
         if resume:
-            self.src_tok, self.tgt_tok = load_tokenizers(self.out)
+            self.src_tok, self.tgt_tok, self.train_data = training_data(cfg, load_tokenizers(self.out))
         elif self.dist.on_main(self._new_run, "the tokenizers' training on rank 0") is None:
-            cfg.data = resolve_dataset(cfg.data)  # other processes: read what rank 0 wrote
-            self.src_tok, self.tgt_tok = distributed.shared_tokenizers(self.out, self.dist)
+            cfg.data = resolve_dataset(cfg.data)
+            shared = distributed.shared_tokenizers(self.out, self.dist)
+            self.src_tok, self.tgt_tok, self.train_data = training_data(cfg, shared)
         log.info("vocabulary: %d source, %d target", self.src_tok.vocab_size, self.tgt_tok.vocab_size)
-
-        self.train_data = encode_corpus(cfg.data.train, cfg.data, self.src_tok, self.tgt_tok, "train")
+        # -- end of the data set-up
         self.dev_data, self.dev_sources, self.dev_refs = self._load_dev()
         log.info("data: %d training pairs, %d dev pairs", len(self.train_data), len(self.dev_data or []))
 
@@ -231,16 +235,14 @@ class Trainer:
         self.heap = HeapBound(enabled=self.cfg.training.release_memory)
 
     def _new_run(self) -> bool:
-        """A new run's data set, tokenizers (trained on its training data) and config.yaml."""
+        """A new run's data set, tokenizers (trained on its training data, or those of its
+        shards), encoded training split, and config.yaml."""
         cfg = self.cfg
         cfg.data = resolve_dataset(cfg.data)
-        if not cfg.data.train.is_set:
+        if not cfg.data.train.is_set and not cfg.data.preprocessed:
             raise ConfigError("data.train: no training data (set data.train.src and data.train.tgt, "
-                              "data.train.path, or data.dataset)")
-        log.info("training tokenizers on %s", cfg.data.train.path or cfg.data.train.src)
-        self.src_tok, self.tgt_tok = train_tokenizers(
-            cfg.tokenizer, corpus_texts(cfg.data.train, "src"), corpus_texts(cfg.data.train, "tgt"), cfg.training.seed
-        )
+                              "data.train.path, data.dataset or data.preprocessed)")
+        self.src_tok, self.tgt_tok, self.train_data = training_data(cfg)
         save_tokenizers(self.out, self.src_tok, self.tgt_tok)
         atomic_write_text(self.out / "config.yaml", dump_config(cfg))
         return True
@@ -257,8 +259,9 @@ class Trainer:
         dev = self.cfg.data.dev
         if not dev.is_set:
             return None, [], []
-        encoded = encode_corpus(dev, self.cfg.data, self.src_tok, self.tgt_tok, "dev")
-        pairs = [(ex.src, ex.tgt) for ex in iter_examples(*dev.files(), fmt=dev.format) if ex.src.strip() and ex.tgt.strip()]
+        examples = list(iter_examples(*dev.files(), fmt=dev.format))  # read once: ids for the losses, text for the metrics
+        encoded = encode_corpus(dev, self.cfg.data, self.src_tok, self.tgt_tok, "dev", examples)
+        pairs = [(ex.src, ex.tgt) for ex in examples if ex.src.strip() and ex.tgt.strip()]
         if self.cfg.evaluation.group_by_source:
             sources, refs = M.group_references([s for s, _ in pairs], [t for _, t in pairs])
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -43,6 +44,20 @@ def tiny_config(tmp_path: Path, **training) -> Config:
         "evaluation": {"metrics": ["exact", "wer", "per"]},
     }
     return from_dict(raw)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _shard_cache(tmp_path_factory):
+    """The tests' training runs cache their tokenized data (data/shards.py) in a temporary
+    directory, not in the user's cache; prepared data sets (datasets/) stay shared with it."""
+    real = Path(os.environ.get("S2S_CACHE_DIR") or Path.home() / ".cache" / "seq2seqkit")
+    cache = tmp_path_factory.mktemp("cache")
+    (real / "datasets").mkdir(parents=True, exist_ok=True)
+    (cache / "datasets").symlink_to(real / "datasets")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("S2S_CACHE_DIR", str(cache))
+    yield cache
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 
 from ..config import CorpusConfig, DataConfig
 from ..errors import DataError
-from .corpus import has_text, iter_examples, require_usable
+from .corpus import Example, has_text, iter_examples, require_usable
 from .tokenizers import BOS, EOS, PAD, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -68,19 +68,30 @@ def corpus_texts(corpus: CorpusConfig, side: str) -> Iterator[str]:
         yield ex.src if side == "src" else ex.tgt
 
 
-def encode_corpus(
-    corpus: CorpusConfig, data: DataConfig, src_tok: Tokenizer, tgt_tok: Tokenizer, name: str
-) -> EncodedCorpus:
-    """Stream, encode and filter one split. Empty sides and over-long pairs are skipped
-    (with a count in the log) or, with ``data.on_invalid=error``, reported with file:line.
-    With ``data.truncate_src`` an over-long source is cut to ``data.max_src_len`` tokens
-    instead (counted in the log)."""
-    src_ids, tgt_ids = array("i"), array("i")
-    src_off, tgt_off = array("q", [0]), array("q", [0])
-    skipped = {"empty": 0, "too long": 0}
-    cut = 0
+@dataclass
+class EncodeCounts:
+    """What :func:`encode_pairs` did with the pairs it read."""
+
+    kept: int = 0
+    empty: int = 0  # skipped: an empty side
+    too_long: int = 0  # skipped: over data.max_src_len / data.max_tgt_len
+    cut: int = 0  # kept with the source cut to data.max_src_len (data.truncate_src)
+
+    @property
+    def read(self) -> int:
+        return self.kept + self.empty + self.too_long
+
+
+def encode_pairs(corpus: CorpusConfig, data: DataConfig, src_tok: Tokenizer, tgt_tok: Tokenizer,
+                 counts: EncodeCounts, examples: Iterable[Example] | None = None) -> Iterator[tuple[list[int], list[int]]]:
+    """Stream, encode and filter one split: the (source ids, target ids) of each kept pair, in
+    file order. Empty sides and over-long pairs are skipped (counted in ``counts``) or, with
+    ``data.on_invalid=error``, reported with file:line. With ``data.truncate_src`` an over-long
+    source is cut to ``data.max_src_len`` tokens instead (counted). Both the in-memory corpus
+    and the shards on disk (shards.py) are built from this one loop. ``examples``: the split's
+    examples where the caller has read them already (else they are read from its files)."""
     path = corpus.path or corpus.src
-    for ex in iter_examples(*corpus.files(), fmt=corpus.format):
+    for ex in iter_examples(*corpus.files(), fmt=corpus.format) if examples is None else examples:
         problem = kind = None
         if not has_text(ex):
             kind, problem = "empty", f"empty {'source' if not ex.src.strip() else 'target'} side"
@@ -89,7 +100,7 @@ def encode_corpus(
             was_cut = data.truncate_src and len(s) > data.max_src_len
             s = s[: data.max_src_len] if was_cut else s
             if len(s) > data.max_src_len or len(t) > data.max_tgt_len:
-                kind = "too long"
+                kind = "too_long"
                 problem = (
                     f"pair too long: {len(s)} source / {len(t)} target tokens "
                     f"(data.max_src_len={data.max_src_len}, data.max_tgt_len={data.max_tgt_len})"
@@ -97,19 +108,38 @@ def encode_corpus(
         if problem:
             if data.on_invalid == "error":
                 raise DataError(path or "", ex.line, problem + " (set data.on_invalid=skip to drop such pairs)")
-            skipped[kind] += 1
+            setattr(counts, kind, getattr(counts, kind) + 1)
             continue
-        cut += was_cut
+        counts.cut += was_cut
+        counts.kept += 1
+        yield s, t
+
+
+def report_encoding(counts: EncodeCounts, corpus: CorpusConfig, data: DataConfig, name: str) -> None:
+    """Log what was skipped or cut, and refuse a split without one usable pair."""
+    n = counts.kept
+    if counts.empty or counts.too_long:
+        log.info("%s: kept %d pairs, skipped %d empty and %d too long", name, n, counts.empty, counts.too_long)
+    if counts.cut:
+        log.info("%s: cut %d of %d sources to data.max_src_len=%d tokens (data.truncate_src)", name, counts.cut, n,
+                 data.max_src_len)
+    require_usable(corpus.path or corpus.src or "", name, n, counts.read, counts.too_long)
+
+
+def encode_corpus(
+    corpus: CorpusConfig, data: DataConfig, src_tok: Tokenizer, tgt_tok: Tokenizer, name: str,
+    examples: Iterable[Example] | None = None,
+) -> EncodedCorpus:
+    """:func:`encode_pairs` into memory: the whole split as flat int32 id arrays."""
+    src_ids, tgt_ids = array("i"), array("i")
+    src_off, tgt_off = array("q", [0]), array("q", [0])
+    counts = EncodeCounts()
+    for s, t in encode_pairs(corpus, data, src_tok, tgt_tok, counts, examples):
         src_ids.extend(s)
         tgt_ids.extend(t)
         src_off.append(len(src_ids))
         tgt_off.append(len(tgt_ids))
-    n = len(src_off) - 1
-    if any(skipped.values()):
-        log.info("%s: kept %d pairs, skipped %d empty and %d too long", name, n, skipped["empty"], skipped["too long"])
-    if cut:
-        log.info("%s: cut %d of %d sources to data.max_src_len=%d tokens (data.truncate_src)", name, cut, n, data.max_src_len)
-    require_usable(path or "", name, n, n + sum(skipped.values()), skipped["too long"])
+    report_encoding(counts, corpus, data, name)
     as_np = lambda a, t: np.frombuffer(a, dtype=t).copy()  # noqa: E731
     return EncodedCorpus(as_np(src_ids, np.int32), as_np(src_off, np.int64), as_np(tgt_ids, np.int32), as_np(tgt_off, np.int64))
 
@@ -182,20 +212,25 @@ def token_batches(
     done. ``seed=None`` gives a fixed, unshuffled order (for evaluation).
     """
     n = len(src_lens)
+    # Indices as int32 where they fit and the packing loop fed in chunks: on a corpus of
+    # millions of pairs (read from shards, shards.py) the batching's memory stays a few bytes
+    # a pair. The permutation is the same as rng.permutation(n) gives.
+    index = np.int32 if n < 2**31 else np.int64
     rng = np.random.default_rng([seed, epoch]) if seed is not None else None
-    perm = rng.permutation(n) if rng is not None else np.arange(n)
+    perm = rng.permutation(np.arange(n, dtype=index)) if rng is not None else np.arange(n, dtype=index)
     # +1: EOS on the source, BOS/EOS on the target.
-    s, t = src_lens[perm] + 1, tgt_lens[perm] + 1
-    order = perm[np.lexsort((s, t))]  # the last key sorts first: target, then source
+    order = perm[np.lexsort((src_lens[perm] + 1, tgt_lens[perm] + 1))]  # the last key sorts first: target, then source
+    del perm
     longest = np.maximum(src_lens, tgt_lens)[order] + 1
     batches: list[np.ndarray] = []
-    start, width = 0, 0
-    for i in range(n):
-        w = max(width, int(longest[i]))
-        if i > start and w * (i - start + 1) > batch_tokens:
-            batches.append(order[start:i])
-            start, w = i, int(longest[i])
-        width = w
+    start, width, chunk = 0, 0, 1 << 16
+    for base in range(0, n, chunk):
+        for i, length in enumerate(longest[base : base + chunk].tolist(), base):
+            w = max(width, length)
+            if i > start and w * (i - start + 1) > batch_tokens:
+                batches.append(order[start:i])
+                start, w = i, length
+            width = w
     batches.append(order[start:n])
     if rng is not None:
         batches = [batches[j] for j in rng.permutation(len(batches))]

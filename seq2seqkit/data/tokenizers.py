@@ -17,9 +17,11 @@ such piece and keep reading line breaks as spaces.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
+import tempfile
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -108,6 +110,11 @@ class Tokenizer(ABC):
     @abstractmethod
     def save(self, directory: Path, name: str) -> dict: ...
 
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the ids (kind, settings, vocabulary or model):
+        two tokenizers with the same fingerprint encode every text the same way."""
+
 
 class VocabTokenizer(Tokenizer):
     """Character or word tokens looked up in a vocabulary counted on the training data."""
@@ -162,6 +169,9 @@ class VocabTokenizer(Tokenizer):
 
     def id_to_piece(self, idx: int) -> str:
         return self.itos[idx]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps([self.kind, self.lowercase, self.itos]).encode("utf-8")).hexdigest()
 
     def save(self, directory: Path, name: str) -> dict:
         vocab_file = f"{name}.vocab.json"
@@ -219,13 +229,18 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.get_piece_size()
 
     def encode_lines(self, lines: list[str]) -> list[list[int]]:
-        return self.sp.encode([line.lower() for line in lines] if self.lowercase else lines)
+        # One call per line: a call with a list starts SentencePiece's thread pool, ~0.4 ms each
+        # time, where a short line encodes in ~15 us (the same ids; 30x faster for a corpus).
+        return [self.sp.encode(line.lower() if self.lowercase else line) for line in lines]
 
     def decode_line(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
 
     def id_to_piece(self, idx: int) -> str:
         return self.sp.id_to_piece(int(idx))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps([self.kind, self.lowercase]).encode("utf-8") + self.proto).hexdigest()
 
     def save(self, directory: Path, name: str) -> dict:
         model_file = f"{name}.spm.model"
@@ -251,6 +266,31 @@ def train_tokenizers(
         tok = one(cfg.src, both())
         return tok, tok
     return one(cfg.src, src_texts), one(cfg.tgt, tgt_texts)
+
+
+def train_tokenizers_on_pairs(
+    cfg: TokenizersConfig, pairs: Iterable[tuple[str, str]], seed: int = 0, workdir: str | Path | None = None
+) -> tuple[Tokenizer, Tokenizer]:
+    """:func:`train_tokenizers` on the two sides of ``pairs``, read in one pass: each side's texts
+    are spooled to a temporary file (one JSON string a line, so line breaks inside a text
+    survive) and read back from there, so the corpus itself (decompressed, parsed, checked) is
+    read once, memory stays flat, and the tokenizers are exactly those of ``train_tokenizers``
+    on the same texts. SentencePiece keeps at most ``input_sentence_size`` sentences of them (a
+    seeded random sample where there are more); char/word vocabularies only keep counts. The
+    spool lives in ``workdir`` (default: the system's temporary directory) and is removed."""
+    with tempfile.TemporaryDirectory(prefix="s2s-tokenizer-texts-", dir=workdir) as tmp:
+        files = [Path(tmp) / "src.jsonl", Path(tmp) / "tgt.jsonl"]
+        with files[0].open("w", encoding="utf-8") as fs, files[1].open("w", encoding="utf-8") as ft:
+            for src, tgt in pairs:
+                fs.write(json.dumps(src) + "\n")
+                ft.write(json.dumps(tgt) + "\n")
+
+        def texts(path: Path) -> Iterator[str]:
+            with path.open(encoding="utf-8", newline="\n") as f:
+                for line in f:
+                    yield json.loads(line)
+
+        return train_tokenizers(cfg, texts(files[0]), texts(files[1]), seed)
 
 
 MANIFEST = "tokenizers.json"
