@@ -190,9 +190,9 @@ def train_child(args: argparse.Namespace) -> None:
     step = trainer.train_step
     trained = {"tokens": 0}
 
-    def counted_step(batch):
-        trained["tokens"] += batch.n_tokens
-        return step(batch)
+    def counted_step(batch, *args, **kwargs):
+        trained["tokens"] += sum(b.n_tokens for b in (batch if isinstance(batch, list) else [batch]))
+        return step(batch, *args, **kwargs)
 
     trainer.train_step = counted_step  # type: ignore[method-assign]
     threading.Thread(target=sampler, daemon=True).start()
