@@ -207,8 +207,7 @@ def train_child(args: argparse.Namespace) -> None:
     print(json.dumps({"phases": [{k: v for k, v in p.items() if k not in ("t0", "c0")} for p in phases],
                       "hwm_reset": can_reset, "steps": trainer.progress.step, "seconds": seconds,
                       "tokens_per_s": tok_s, "train_tokens": trained["tokens"],
-                      "heap_releases": getattr(getattr(trainer, "heap", None), "releases", None),
-                      "heap_limit": getattr(getattr(trainer, "heap", None), "limit", None),
+                      "heap_releases": trainer.heap.releases, "heap_limit": trainer.heap.limit,
                       "threads": torch.get_num_threads()}))
 
 

@@ -500,14 +500,12 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
                     logits, aux = self.forward(b.src, b.src_lens, b.tgt_in, ratio, tc.teacher_forcing.mode)
                 real = b.tgt_out != PAD
-                sums = {"": token_loss(logits, b.tgt_out, tc.label_smoothing),  # in fp32
-                        **{name: v.float().masked_fill(~real, 0.0).sum() for name, v in aux.items()}}
-                if weight != 1.0:
-                    sums = {name: v * weight for name, v in sums.items()}
-                total = sum((weights[name] * v for name, v in sums.items() if name), sums[""])
+                micro_loss = weight * token_loss(logits, b.tgt_out, tc.label_smoothing)  # in fp32
+                micro_aux = {name: weight * v.float().masked_fill(~real, 0.0).sum() for name, v in aux.items()}
+                total = sum((weights[name] * v for name, v in micro_aux.items()), micro_loss)
                 (total / (n / self.dist.world_size)).backward()
-            loss_sum += sums.pop("").detach()
-            for name, v in sums.items():
+            loss_sum += micro_loss.detach()
+            for name, v in micro_aux.items():
                 aux_sums[name] = aux_sums.get(name, 0.0) + v.detach()
         # the update's sums over every process, and the gradient norm: one host sync for all
         # numbers (the losses are needed anyway, for the log)
