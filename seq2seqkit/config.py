@@ -261,7 +261,9 @@ class TrainingConfig(_Section):
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (None: see runtime.configure_process)
     # bf16: forward pass under torch.autocast in bfloat16 (weights, gradients and the optimizer
     # stay fp32). Matrix multiplies run ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # fp16: the same in float16, for GPUs without bf16; its narrow range needs loss scaling
+    # (torch.amp.GradScaler): an update whose gradients overflow is skipped and the scale halved.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # Give freed heap back to the OS around validation and whenever resident memory passes 1.5x
     # the first updates' peak (runtime.HeapBound): a fragmenting heap otherwise keeps growing.
     release_memory: bool = True

@@ -56,6 +56,8 @@ from .translate import translate_ids
 log = logging.getLogger("seq2seqkit")
 
 LOWER_IS_BETTER = {"loss", "ppl", "wer", "per"}
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # training.precision -> autocast dtype
+MIN_LOSS_SCALE = 1e-4  # fp16: a loss scale below this means the loss itself overflows (fairseq's default floor)
 EXPOSURE_BIAS_SEED = 0  # which dev inputs the exposure-bias measure replaces: the same at every validation and in every run
 
 
@@ -217,6 +219,11 @@ class Trainer:
         log.info("model: %s, %s parameters", cfg.model.family, f"{self.model.num_parameters():,}")
         self.optimizer = build_optimizer(self.model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc)
+        # fp16 loss scaling (a no-op object for fp32 and bf16, whose range needs none)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
+        if tc.precision == "fp16" and self.device.type == "cpu":
+            log.warning("training.precision=fp16 on a CPU: most CPUs have no float16 matrix units and run it far "
+                        "slower than fp32; bf16 is the fast choice on a CPU, fp16 is meant for GPUs without bf16")
         self.progress = Progress()
         self.dist.seed(tc.seed, 0)  # processes other than rank 0 draw their own dropout masks
         if resume:
@@ -273,6 +280,8 @@ class Trainer:
         load_weights(self.model, ckpt, self.ckpt_dir / "last.pt", needs=("optimizer", "scheduler", "progress", "rng"))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler.is_enabled() and ckpt.get("scaler"):  # a run saved with fp16 keeps its loss scale
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.progress = Progress(**ckpt["progress"])
         rng = self.dist.own_rng(ckpt["rng"], ckpt.get("rng_ranks"))
         if rng is None:  # a process the saved run did not have
@@ -369,6 +378,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),  # empty unless training.precision=fp16
             "progress": asdict(self.progress),
             "rng": rng,
             **extra,
@@ -435,26 +445,29 @@ class Trainer:
                     tokens = sum(int(tgt_lens[idx].sum()) + len(idx) for idx in update)  # + EOS
                     # A process left without a batch in an epoch's last update runs one with weight 0.
                     micro = [collate(self.train_data, batches[i]).to(self.device) for i in mine or [p.batch_in_epoch]]
+                    before = p.step
                     loss = self.train_step(micro, tokens, weight=1.0 if mine else 0.0)
                     self.cores.check(torch.get_num_threads())
                     self.heap.after_update()
                     tokens0 += tokens
                     p.batch_in_epoch += taken
-                    bar.update()
+                    # every-N-steps actions count applied updates (an fp16 overflow skips one)
+                    stepped = p.step > before
+                    bar.update(int(stepped))
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self._lr():.2e}", refresh=False)
                     end_of_epoch = p.batch_in_epoch == len(batches)
                     if end_of_epoch:
                         p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-                    if p.step % tc.log_every == 0:
+                    if stepped and p.step % tc.log_every == 0:
                         self._log_train(tokens0 / max(time.perf_counter() - t0, 1e-9))
-                    validate = (tc.validate_every and p.step % tc.validate_every == 0) or (not tc.validate_every and end_of_epoch)
+                    validate = (stepped and tc.validate_every and p.step % tc.validate_every == 0) or (not tc.validate_every and end_of_epoch)
                     if tc.max_steps and p.step >= tc.max_steps:
                         p.done, validate = True, True
                     if validate and self.dev_data is not None:
                         last_val = self._validate_on_main()
                     if end_of_epoch and tc.keep_epoch_checkpoints:
                         self._save_epoch_weights()
-                    if validate or p.step % tc.checkpoint_every == 0 or end_of_epoch:
+                    if validate or (stepped and p.step % tc.checkpoint_every == 0) or end_of_epoch:
                         self.save("last")
                     stopping = self.dist.agreed_signal(stop.requested)
                     if p.done or end_of_epoch or stopping:
@@ -497,27 +510,30 @@ class Trainer:
         aux_sums: dict[str, torch.Tensor] = {}
         for k, b in enumerate(micro):
             with self.dist.synced(self.forward, sync=k == len(micro) - 1), self.dist.talking(f"update {p.step + 1}"):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+                with torch.autocast(self.device.type, dtype=AUTOCAST.get(tc.precision), enabled=tc.precision in AUTOCAST):
                     logits, aux = self.forward(b.src, b.src_lens, b.tgt_in, ratio, tc.teacher_forcing.mode)
                 real = b.tgt_out != PAD
                 micro_loss = weight * token_loss(logits, b.tgt_out, tc.label_smoothing)  # in fp32
                 micro_aux = {name: weight * v.float().masked_fill(~real, 0.0).sum() for name, v in aux.items()}
                 total = sum((weights[name] * v for name, v in micro_aux.items()), micro_loss)
-                (total / (n / self.dist.world_size)).backward()
+                self.scaler.scale(total / (n / self.dist.world_size)).backward()
             loss_sum += micro_loss.detach()
             for name, v in micro_aux.items():
                 aux_sums[name] = aux_sums.get(name, 0.0) + v.detach()
         # the update's sums over every process, and the gradient norm: one host sync for all
         # numbers (the losses are needed anyway, for the log)
         summed = self.dist.sum(torch.stack([loss_sum, *aux_sums.values()]), f"update {p.step + 1}")
+        self.scaler.unscale_(self.optimizer)  # fp16: true gradients before clipping (else a no-op)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm) if tc.clip_grad_norm else None
         numbers = torch.cat([summed, (norm.float() if norm is not None else torch.zeros((), device=summed.device))[None]]).tolist()
         value, aux_values, norm_value = numbers[0], numbers[1:-1], numbers[-1]
         total_value = value + sum(weights[name] * v for name, v in zip(aux_sums, aux_values))
-        if not math.isfinite(total_value) or not math.isfinite(norm_value):
+        finite = math.isfinite(total_value) and math.isfinite(norm_value)
+        if not finite and not self.scaler.is_enabled():
             raise self._diverged(p.step + 1, f"the loss is {total_value / n:.4g}" if not math.isfinite(total_value) else
                                  f"the gradient norm is {norm_value:.4g}")  # before the update: weights stay good
-        self.optimizer.step()
+        if self._scaled_step(finite):
+            return value / n
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
         p.step += 1
@@ -527,6 +543,25 @@ class Trainer:
         for k, v in zip(aux_sums, aux_values):
             p.window_aux[k] = p.window_aux.get(k, 0.0) + v
         return value / n
+
+    def _scaled_step(self, finite: bool) -> bool:
+        """The optimizer step through the loss scaler (a plain ``optimizer.step()`` unless fp16).
+        fp16: an update whose loss or gradients overflowed is skipped (no weight, schedule or
+        step change) and the scale halved, as torch.amp.GradScaler does; returns True then. A
+        scale below MIN_LOSS_SCALE means the loss overflows unscaled: training has diverged."""
+        scale = self.scaler.get_scale()
+        if finite:
+            self.scaler.step(self.optimizer)  # skips by itself when unscale_ found inf/NaN gradients
+            self.scaler.update()  # halves the scale after such a skip, else may grow it
+            if self.scaler.get_scale() >= scale:
+                return False
+        else:
+            self.scaler.update(scale * self.scaler.get_backoff_factor())
+        step = self.progress.step + 1
+        log.warning("update %d: fp16 overflow, update skipped; loss scale now %g", step, self.scaler.get_scale())
+        if self.scaler.get_scale() < MIN_LOSS_SCALE:
+            raise self._diverged(step, f"the fp16 loss scale fell below {MIN_LOSS_SCALE:g}")
+        return True
 
     def _check_weights(self) -> None:
         """Refuse to save weights that are no longer finite: a good checkpoint is never overwritten by them."""
@@ -540,7 +575,7 @@ class Trainer:
         hints = [f"a lower training.lr (now {tc.lr:g})"]
         if not tc.clip_grad_norm:
             hints.append("training.clip_grad_norm=1.0 (now off)")
-        if tc.precision == "bf16":
+        if tc.precision != "fp32":
             hints.append("training.precision=fp32")
         last = self.ckpt_dir / "last.pt"
         kept = f"{last} is kept as it was" if last.exists() else "no checkpoint was written"
@@ -553,6 +588,7 @@ class Trainer:
             "loss": loss, "ppl": math.exp(min(loss, 50.0)), "lr": self._lr(),
             "teacher_forcing": teacher_forcing_ratio(self.cfg.training.teacher_forcing, p.step - 1),
             "tokens_per_s": tokens_per_s,
+            **({"loss_scale": self.scaler.get_scale()} if self.scaler.is_enabled() else {}),
             # auxiliary losses per output token, unweighted (loss and ppl are the token cross-entropy alone)
             **{k: v / max(p.window_tokens, 1) for k, v in p.window_aux.items()},
         }

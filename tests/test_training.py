@@ -206,3 +206,61 @@ def test_bf16_precision_runs_matmuls_in_bf16_and_keeps_fp32_weights(tmp_path):
         losses[precision] = [loss for _, loss in train_losses(Path(cfg.output_dir))]
     assert losses["bf16"][-1] < 0.8 * losses["bf16"][0]
     assert losses["bf16"][-1] == pytest.approx(losses["fp32"][-1], rel=0.15)
+
+
+def _tiny_transformer(tmp_path, **training):
+    cfg = tiny_config(tmp_path, num_threads=1, **training)
+    cfg.model.family = "transformer"
+    cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = 32, 2, 64
+    return cfg
+
+
+def test_fp16_precision_runs_in_float16_with_a_loss_scale_that_is_saved_and_resumed(tmp_path):
+    """training.precision=fp16: autocast in float16 with torch.amp's loss scaler; weights stay
+    fp32, the run learns, the scale is logged and saved in last.pt, and a resumed run starts
+    from the saved scale."""
+    cfg = _tiny_transformer(tmp_path, max_steps=40, log_every=10, precision="fp16")
+    trainer = Trainer(cfg)
+    seen = []
+    trainer.model.output.register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
+    trainer.train()
+    assert set(seen) == {torch.float16}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    losses = [loss for _, loss in train_losses(Path(cfg.output_dir))]
+    assert losses[-1] < 0.8 * losses[0]
+    logged = [json.loads(line) for line in (Path(cfg.output_dir) / "train_log.jsonl").read_text().splitlines()]
+    assert all(e["loss_scale"] > 0 for e in logged if e["kind"] == "train")
+    saved = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "last.pt")["scaler"]
+    assert saved["scale"] == trainer.scaler.get_scale()
+    resumed = Trainer(load_for_resume(cfg.output_dir, ["training.max_steps=41"]), resume=True)
+    assert resumed.scaler.get_scale() == saved["scale"]
+
+
+def test_fp16_overflow_skips_the_update_and_halves_the_scale(tmp_path, caplog):
+    """A scale so large that the scaled gradients overflow float16: those updates are skipped
+    (weights, step and schedule unchanged) and the scale halves until updates go through."""
+    cfg = _tiny_transformer(tmp_path, max_steps=3, log_every=1, precision="fp16")
+    trainer = Trainer(cfg)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)
+    trainer.train()
+    skipped = [r for r in caplog.records if "fp16 overflow, update skipped" in r.getMessage()]
+    assert skipped  # 2**60 overflows float16's 65504 many times over
+    assert trainer.progress.step == 3  # three real updates, after the skipped ones
+    assert trainer.scaler.get_scale() <= 2.0 ** 60 / 2 ** len(skipped)
+
+
+def test_fp16_loss_that_overflows_at_any_scale_stops_as_diverged(tmp_path):
+    """A loss that is not finite whatever the scale drives it below MIN_LOSS_SCALE: one clear
+    error, as fp32 gets at once, and the checkpoint keeps the last good weights."""
+    cfg = _tiny_transformer(tmp_path, max_steps=20, checkpoint_every=5, precision="fp16")
+    trainer = Trainer(cfg)
+    trainer.train()
+    last = Path(cfg.output_dir) / "checkpoints" / "last.pt"
+    before = load_checkpoint(last)["model"]
+    trainer = Trainer(load_for_resume(cfg.output_dir, ["training.max_steps=40"]), resume=True)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=4e-4)
+    trainer.model.output.register_forward_hook(lambda m, i, o: o * float("inf") if m.training else None)
+    with pytest.raises(UserError, match="loss scale fell below"):
+        trainer.train()
+    after = load_checkpoint(last)["model"]  # rewritten if a skipped update ended the epoch, weights unchanged
+    assert all(torch.equal(after[k], before[k]) for k in before)
