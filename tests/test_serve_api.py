@@ -8,6 +8,8 @@ the API from its own OpenAPI schema (no 5xx)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 from pathlib import Path
 
@@ -125,9 +127,22 @@ def test_beam_n_best_and_sampling_settings(api, models):
     sampled = api.post("/v1/generate", json={"inputs": ["a b"], "sample": True, "n_best": 4, "top_k": 3,
                                              "top_p": 0.9, "temperature": 1.5}).json()["results"][0]
     assert len(sampled["n_best"]) == 4
+    scores = [n["score"] for n in sampled["n_best"]]
+    assert scores == sorted(scores, reverse=True) and sampled["output"] == sampled["n_best"][0]["output"]
     controlled = api.post("/v1/generate", json={"inputs": ["a b"], "min_len": 6, "no_repeat_ngram_size": 2,
                                                 "repetition_penalty": 1.2, "max_output_tokens": 8}).json()
     assert 6 <= len(controlled["results"][0]["output"].split()) <= 8
+
+
+def test_each_request_logs_one_line_saying_how_it_was_batched(models, caplog):
+    with caplog.at_level(logging.INFO, logger="seq2seqkit.serve"), client(models) as c:
+        assert c.post("/v1/generate", json={"inputs": ["a b", "c"]}).status_code == 200
+        assert c.post("/v1/generate", json={"inputs": ["a b"], "beam_size": 2}).status_code == 200
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "seq2seqkit.serve"]
+    step, beam = [x for x in lines if x["path"] == "/v1/generate"]
+    assert (step["batching"], step["inputs"], step["batch_requests"], step["batch_inputs"]) == ("step", 2, 1, 2)
+    assert step["steps"] >= 1 and step["decode_ms"] > 0 and step["queue_ms"] >= 0
+    assert (beam["batching"], beam["batch_inputs"], beam["steps"]) == ("request", 1, 0)  # beam search: by request
 
 
 def test_attention_weights_with_the_pieces(api, models):

@@ -293,6 +293,8 @@ class Batcher:
                         self.last_decode_s = job.finished - (job.started or job.finished)
                         self._settle(job, job.results, None)
                 running = [job for job in running if job.left]
+                if not running:  # drained: the oldest request decides what runs next
+                    return
         except Exception as e:  # every request of the running batch learns of it; the worker goes on
             end = time.perf_counter()
             for job in running:
