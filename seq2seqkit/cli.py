@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-queue", int, "requests waiting; more get 429 with Retry-After"),
         ("--timeout-s", float, "seconds before a request gets 504"),
         ("--max-beam", int, "the largest beam_size and n_best a request may ask for"),
-        ("--max-wait-ms", float, "how long the first request of a batch waits for more"),
+        ("--max-wait-ms", float, "how long the first request of a request-level batch waits for more"),
         ("--max-batch-tokens", int, "source tokens that close a batch (step: of the rows decoding at once)"),
     ):
         sv.add_argument(flag, type=kind, metavar="N", help=f"{what} (default: {d[flag[2:].replace('-', '_')]:g})")

@@ -266,3 +266,18 @@ def test_a_withdrawn_request_leaves_the_running_batch():
 
     assert run(b, scenario) == [[2, 2, 2]]
     assert logs["k"] == [[1, 2], [1, 2], [2]] and streams[0].dropped == [[1, 1, 1, 1, 1]]  # gone after the step it was in
+
+
+def test_a_step_level_batch_starts_at_once_and_only_request_level_ones_wait_for_company():
+    b, logs, streams, dec = stepper(max_wait_ms=60_000, beam_keys=("beam",))
+
+    async def scenario():
+        alone = await asyncio.wait_for(b.submit("k", [[1, 2]]).future, 30)  # no 60 s wait for company
+        beams = [b.submit("beam", [[i]]) for i in range(2)]
+        await asyncio.sleep(0.05)
+        assert not any(j.future.done() for j in beams)  # a request-level batch waits (here: until close)
+        await b.close()
+        return alone, [j.future.result() for j in beams]
+
+    assert run(b, scenario) == ([[2, 1]], [[[0]], [[1]]])
+    assert dec.batches == [("beam", [[0], [1]])]

@@ -18,9 +18,10 @@ modes (``batching``):
   they then decode as one batch, to its end.
 * ``"off"``: each request decodes alone, one at a time (the design of OpenNMT-py's server).
 
-``max_wait_ms`` also delays the start of a step-level batch when nothing is running, so that a
-burst starts as one batch. Requests of another key wait until the running batch has drained;
-while they wait, requests that came after them do not join it (so no key waits forever).
+A step-level batch starts at once (``max_wait_ms`` is for request-level batches): whoever comes
+a moment later joins it at the next step. Requests of another key wait until the running batch
+has drained; while they wait, requests that came after them do not join it (so no key waits
+forever).
 
 Results equal decoding each request alone because search is batch-independent: every input is
 encoded and decoded under its own length mask and length cap, and a model's ``merge`` pads what
@@ -173,15 +174,20 @@ class Batcher:
                 if not self.pending:
                     return  # closing, and nothing left
                 first = self.pending[0]
+            if self.mode == "step":
+                try:
+                    stream = self.open(first.key)  # type: ignore[misc]
+                except Exception as e:  # e.g. settings the model cannot decode: that request fails, the worker goes on
+                    self._fail_first(first, e)
+                    continue
+                if stream is not None:  # it starts at once: whoever comes later joins at the next step
+                    self._run_stream(first.key, stream)
+                    continue
+            with self._cond:
                 if self.mode != "off":
                     self._wait_for_company(first)
                 if not self.pending or self.pending[0] is not first:  # it was withdrawn meanwhile
                     continue
-            stream = self._open(first) if self.mode == "step" else None
-            if stream is not None:
-                self._run_stream(first.key, stream)
-                continue
-            with self._cond:
                 batch = self._take_batch(first.key) if self.mode != "off" else [self.pending.popleft()]
             self._decode(batch)
 
@@ -228,16 +234,12 @@ class Batcher:
             self._settle(job, None if results is None else results[at : at + len(job.sources)], error)
             at += len(job.sources)
 
-    def _open(self, first: Job) -> Stream | None:
-        try:
-            return self.open(first.key)  # type: ignore[misc]
-        except Exception as e:  # e.g. settings the model cannot decode: that request fails, the worker goes on
-            with self._cond:
-                if self.pending and self.pending[0] is first:
-                    self.pending.popleft()
-            first.finished = time.perf_counter()
-            self._settle(first, None, e)
-            return None
+    def _fail_first(self, first: Job, error: Exception) -> None:
+        with self._cond:
+            if self.pending and self.pending[0] is first:
+                self.pending.popleft()
+        first.finished = time.perf_counter()
+        self._settle(first, None, error)
 
     def _admit(self, key: Hashable, budget: int, empty: bool) -> list[Job]:
         """(Holding the lock) the requests of ``key`` that join the running batch now, oldest

@@ -23,7 +23,7 @@ class Limits(BaseModel):
     # step: requests join and leave the running batch between decoding steps (greedy, sampling;
     # beam search batches by request); request: a batch decodes to its end; off: one request at a time
     batching: Literal["step", "request", "off"] = "step"
-    max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a batch waits for others
+    max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a request-level batch waits for others
     max_batch_tokens: int = Field(4096, ge=1)  # source tokens (EOS included) that close a batch / fill the running one
 
     @field_validator("batching", mode="before")
