@@ -1,9 +1,10 @@
 """Decoding: turn a model's next-token scores into output sequences.
 
-Everything here uses only the family-neutral interface (``encode``, ``init_state``,
+Everything here uses only the family-neutral interface (``encode``, ``init_state``, ``merge``,
 ``decode_step``, and ``select`` on nested states), so the same search runs on every model
-family. Greedy search and sampling follow one path per sentence; beam search keeps ``K``;
-``search`` picks one from a :class:`SearchConfig`.
+family. Greedy search and sampling follow one path per sentence (:class:`PathDecoder`, whose
+rows may also join and leave between steps: step-level batching in ``s2s serve``); beam search
+keeps ``K``; ``search`` picks one from a :class:`SearchConfig`.
 
 Attention weights are kept only when asked for (``attention_layer``): a hypothesis then holds
 one row per step over its source, which for long inputs is most of search's memory; otherwise

@@ -11,7 +11,11 @@ uvicorn. Routes (JSON; the schema at ``/openapi.json``, browsable at ``/docs``):
   the batch worker runs, 503 before and while shutting down.
 
 Errors have one JSON shape (:mod:`.errors`). One JSON log line per request goes to the
-``seq2seqkit.serve`` logger.
+``seq2seqkit.serve`` logger; for generation it says how the request was batched (``batching``:
+step, request or off) and the batch it joined: ``batch_requests`` / ``batch_inputs``, the
+requests / inputs of its batch (step-level: those decoding in the first step it took part in,
+itself included), ``steps`` (step-level: the decoding steps it took part in), ``queue_ms`` (from
+arrival to its first step, or its batch's start) and ``decode_ms`` (from then to its answer).
 """
 
 from __future__ import annotations
