@@ -452,6 +452,9 @@ def test_serve_cli_builds_the_app_it_is_told_to(model_dirs, monkeypatch):
     with TestClient(app) as c:
         listed = c.get("/v1/models").json()["models"]
         assert [(m["name"], m["search"]["beam_size"]) for m in listed] == [("a", 3), ("r", 3)]
+    for flags, mode in (([], "step"), (["--batching", "request"], "request"), (["--batching", "off"], "off")):
+        assert main(["-q", "serve", "-m", d[0], *flags]) == 0
+        assert ran["app"].state.limits.batching == ran["app"].state.batcher.mode == mode
 
 
 # ------------------------------------------------------------------ a real server: uvicorn
