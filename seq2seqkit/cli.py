@@ -474,9 +474,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .serve import Limits, create_app, load_models
     except ImportError as e:
         raise UserError(f"serve: {e.name} is not installed: pip install 'seq2seq-kit[serve]'") from None
+    if args.no_batching:
+        args.batching = "off"
     fields = {k: getattr(args, k) for k in Limits.model_fields if getattr(args, k, None) is not None}
     try:
-        limits = Limits(**fields, batching=not args.no_batching)
+        limits = Limits(**fields)
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
@@ -487,8 +489,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("seq2seqkit.serve").setLevel(logging.WARNING if args.quiet else logging.INFO)
     for name, tr in models.items():
         log.info("serving %s: %r", name, tr)
-    log.info("http://%s:%d/ (API docs: /docs)%s", args.host, args.port,
-             "" if limits.batching else "; batching across requests off")
+    log.info("http://%s:%d/ (API docs: /docs); batching across requests: %s", args.host, args.port,
+             {"step": "step-level", "request": "by request", "off": "off"}[limits.batching])
     uvicorn.run(create_app(models, limits), host=args.host, port=args.port, access_log=False,
                 log_level="warning" if args.quiet else "info", timeout_graceful_shutdown=limits.timeout_s + 5)
     return 0
@@ -698,12 +700,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-queue", int, "requests waiting; more get 429 with Retry-After"),
         ("--timeout-s", float, "seconds before a request gets 504"),
         ("--max-beam", int, "the largest beam_size and n_best a request may ask for"),
-        ("--max-wait-ms", float, "how long a batch waits for more requests"),
-        ("--max-batch-tokens", int, "source tokens that close a batch"),
+        ("--max-wait-ms", float, "how long the first request of a request-level batch waits for more"),
+        ("--max-batch-tokens", int, "source tokens that close a batch (step: of the rows decoding at once)"),
     ):
         sv.add_argument(flag, type=kind, metavar="N", help=f"{what} (default: {d[flag[2:].replace('-', '_')]:g})")
-    sv.add_argument("--no-batching", action="store_true",
-                    help="decode one request at a time (no batching across requests; a benchmark baseline)")
+    batching = sv.add_mutually_exclusive_group()
+    batching.add_argument("--batching", choices=["step", "request", "off"], default=d["batching"],
+                          help="how concurrent requests share the model: step: greedy and sampled requests join "
+                               "the running batch before any decoding step and leave it when done (continuous "
+                               "batching; beam search batches by request); request: a batch of requests decodes "
+                               "to its end; off: one request at a time (default: %(default)s)")
+    batching.add_argument("--no-batching", action="store_true", help="the same as --batching off")
     sv.add_argument("--batch-size", type=int, help="sentences per decoding batch (default: the model's)")
     search_args(sv)  # the served models' search defaults, which each request may override
     sv.add_argument("--nbest", type=int, metavar="N", help="outputs per input by default")

@@ -1,9 +1,10 @@
 """Decoding: turn a model's next-token scores into output sequences.
 
-Everything here uses only the family-neutral interface (``encode``, ``init_state``,
+Everything here uses only the family-neutral interface (``encode``, ``init_state``, ``merge``,
 ``decode_step``, and ``select`` on nested states), so the same search runs on every model
-family. Greedy search and sampling follow one path per sentence; beam search keeps ``K``;
-``search`` picks one from a :class:`SearchConfig`.
+family. Greedy search and sampling follow one path per sentence (:class:`PathDecoder`, whose
+rows may also join and leave between steps: step-level batching in ``s2s serve``); beam search
+keeps ``K``; ``search`` picks one from a :class:`SearchConfig`.
 
 Attention weights are kept only when asked for (``attention_layer``): a hypothesis then holds
 one row per step over its source, which for long inputs is most of search's memory; otherwise
@@ -19,8 +20,8 @@ them, per row with the row's own history; scores are sums of those processed log
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from .config import SearchConfig
 from .data.tokenizers import BOS, EOS, PAD
 from .generation_controls import OFF, GenerationControls, apply_controls
-from .models.base import Seq2SeqModel, check_attention_layer, select
+from .models.base import Seq2SeqModel, State, check_attention_layer, select
 
 
 @dataclass
@@ -67,54 +68,145 @@ def gnmt_penalty(length: int, alpha: float) -> float:
 Chooser = Callable[[torch.Tensor], torch.Tensor]  # (B, V) log-probs -> (B,) next tokens
 
 
+@dataclass(eq=False)
+class _Path:
+    """A row of a :class:`PathDecoder`: its output so far."""
+
+    tag: Hashable
+    cap: int  # the most steps it may decode
+    src_len: int  # its source length (EOS included): what its attention rows keep
+    tokens: list[int] = field(default_factory=list)
+    score: float = 0.0
+    steps: int = 0
+    attention: list[torch.Tensor] = field(default_factory=list)  # stays empty unless attention is asked for
+
+    def hypothesis(self) -> Hypothesis:
+        return Hypothesis(self.tokens, self.score, torch.stack(self.attention).cpu() if self.attention else None)
+
+
+class PathDecoder:
+    """Decoding of one path per row (greedy or sampled) as a batch that inputs may join before
+    any step and leave after any: :meth:`admit` encodes new inputs and merges them into the
+    running rows (the model's ``merge``), :meth:`step` decodes one token for every row and
+    returns the rows that just finished (EOS or their length cap), which leave the batch, so a
+    step costs what the unfinished ones need. Greedy search and sampling admit their whole batch
+    once and step until it is empty; ``s2s serve`` admits requests as they come (step-level,
+    or continuous, batching). ``choose`` picks from the log-probabilities after ``controls``
+    (each row with its own output so far), and a row's score adds those."""
+
+    def __init__(self, model: Seq2SeqModel, choose: Chooser, max_len_a: float = 1.5, max_len_b: int = 10,
+                 max_output_tokens: int | None = None, attention_layer: int | None = None,
+                 controls: GenerationControls = OFF) -> None:
+        _check_attention(model, attention_layer)
+        self.model, self.choose, self.attention_layer, self.controls = model, choose, attention_layer, controls
+        self.max_len_a, self.max_len_b, self.max_output_tokens = max_len_a, max_len_b, max_output_tokens
+        self.rows: list[_Path] = []
+        self.enc = self.state = self.prev = None
+        self.history: torch.Tensor | None = None  # (rows, T >= steps): each row's output so far from column 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @torch.no_grad()
+    def admit(self, src: torch.Tensor, src_lens: torch.Tensor, tags: Sequence[Hashable]) -> None:
+        """Encode a batch of new inputs ((B, S) ids, (B,) lengths), one ``tag`` each (what
+        :meth:`step` returns with its hypothesis), and add them to the running rows."""
+        enc = self.model.encode(src, src_lens)
+        state = self.model.init_state(enc)
+        caps = output_caps(self.model, src_lens, self.max_len_a, self.max_len_b, self.max_output_tokens,
+                           self.controls.min_len)
+        prev = torch.full((src.size(0),), BOS, dtype=torch.long, device=src.device)
+        history = src.new_zeros(src.size(0), 0 if self.history is None else self.history.size(1))
+        if self.rows:
+            self.enc, self.state = self.model.merge(self.enc, self.state, enc, state)
+            self.prev = torch.cat([self.prev, prev])
+            self.history = torch.cat([self.history, history]) if self.history is not None else None
+        else:
+            self.enc, self.state, self.prev = enc, state, prev
+            self.history = history if self.controls.needs_history else None
+        self.rows += [_Path(tag, cap, n) for tag, cap, n in zip(tags, caps, src_lens.tolist())]
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[Hashable, Hypothesis]]:
+        """Decode one token of every row; the (tag, hypothesis) of each row that finished."""
+        out = self.model.decode_step(self.prev, self.enc, self.state, self.attention_layer)
+        logp = self._controlled(F.log_softmax(out.logits.float(), dim=-1))
+        best = self.choose(logp)
+        best_lp = logp.gather(1, best.unsqueeze(1)).squeeze(1)  # the (processed) log-prob, whatever chose it
+        if self.history is not None:
+            self._record(best)
+        keep, done = [], []
+        for r, (row, tok, lp) in enumerate(zip(self.rows, best.tolist(), best_lp.tolist())):
+            row.score += lp
+            row.steps += 1
+            if self.attention_layer is not None and out.attention is not None:
+                row.attention.append(out.attention[r, : row.src_len])
+            if tok != EOS:
+                row.tokens.append(tok)
+            (keep if tok != EOS and row.steps < row.cap else done).append(r)
+        finished = [(self.rows[r].tag, self.rows[r].hypothesis()) for r in done]
+        if not keep:
+            self.rows, self.enc, self.state, self.prev, self.history = [], None, None, None, None
+        elif done:
+            self._keep(keep, best, out.state)
+        else:
+            self.prev, self.state = best, out.state
+        return finished
+
+    def drop(self, leave: Callable[[Hashable], bool]) -> None:
+        """Remove the rows whose tag ``leave`` is true of, unfinished (their callers gave up)."""
+        keep = [r for r, row in enumerate(self.rows) if not leave(row.tag)]
+        if not keep:
+            self.rows, self.enc, self.state, self.prev, self.history = [], None, None, None, None
+        elif len(keep) < len(self.rows):
+            self._keep(keep, self.prev, self.state)
+
+    def _keep(self, keep: list[int], prev: torch.Tensor, state: State) -> None:
+        idx = torch.tensor(keep, device=prev.device)
+        self.rows = [self.rows[r] for r in keep]
+        self.prev, self.enc, self.state = prev[idx], select(self.enc, idx), select(state, idx)
+        if self.history is not None:
+            self.history = self.history[idx, : max(row.steps for row in self.rows)]
+
+    def _record(self, best: torch.Tensor) -> None:
+        """Write each row's new token after its own output so far."""
+        assert self.history is not None
+        steps = torch.tensor([row.steps for row in self.rows], device=best.device)
+        if self.history.size(1) <= max(row.steps for row in self.rows):
+            self.history = torch.cat([self.history, self.history.new_zeros(len(self.rows), 1)], dim=1)
+        self.history[torch.arange(len(self.rows), device=best.device), steps] = best
+
+    def _controlled(self, logp: torch.Tensor) -> torch.Tensor:
+        """``controls`` on one step's log-probabilities, each row with its own output so far;
+        rows that joined at different steps go in one group per step count."""
+        if not self.controls.active:
+            return logp
+        steps = [row.steps for row in self.rows]
+        groups = sorted(set(steps))
+        if len(groups) == 1:
+            history = None if self.history is None else self.history[:, : groups[0]]
+            return apply_controls(logp, history, groups[0], self.controls)
+        out = logp.clone()
+        for n in groups:
+            idx = torch.tensor([r for r, s in enumerate(steps) if s == n], device=logp.device)
+            history = None if self.history is None else self.history[idx, :n]
+            out[idx] = apply_controls(logp[idx], history, n, self.controls)
+        return out
+
+
 @torch.no_grad()
 def _single_path(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float,
                  max_len_b: int, choose: Chooser, max_output_tokens: int | None = None,
                  attention_layer: int | None = None, controls: GenerationControls = OFF) -> list[Hypothesis]:
-    """Batched decoding of one path per sentence (greedy or sampled); each sentence stops at its
-    own EOS or length cap and leaves the batch, so a step costs what the unfinished ones need.
-    ``choose`` picks from the log-probabilities after ``controls``, and the score adds those."""
-    _check_attention(model, attention_layer)
-    bsz = src.size(0)
-    enc = model.encode(src, src_lens)
-    state = model.init_state(enc)
-    caps = output_caps(model, src_lens, max_len_a, max_len_b, max_output_tokens, controls.min_len)
-    lens = src_lens.tolist()
-    tokens: list[list[int]] = [[] for _ in range(bsz)]
-    scores = [0.0] * bsz
-    attn: list[list[torch.Tensor]] = [[] for _ in range(bsz)]  # stays empty unless attention is asked for
-    alive = torch.arange(bsz, device=src.device)  # batch rows still decoding
-    prev = torch.full((bsz,), BOS, dtype=torch.long, device=src.device)
-    history = torch.empty((bsz, 0), dtype=torch.long, device=src.device) if controls.needs_history else None
-    step = 0
-    while alive.numel():
-        out = model.decode_step(prev, enc, state, attention_layer)
-        logp = apply_controls(F.log_softmax(out.logits.float(), dim=-1), history, step, controls)
-        best = choose(logp)
-        best_lp = logp.gather(1, best.unsqueeze(1)).squeeze(1)  # the (processed) log-prob, whatever chose it
-        if history is not None:
-            history = torch.cat([history, best.unsqueeze(1)], dim=1)
-        keep = []
-        for row, (i, tok, lp) in enumerate(zip(alive.tolist(), best.tolist(), best_lp.tolist())):
-            scores[i] += lp
-            if attention_layer is not None and out.attention is not None:
-                attn[i].append(out.attention[row, : lens[i]])
-            if tok == EOS:
-                continue
-            tokens[i].append(tok)
-            if step + 1 < caps[i]:
-                keep.append(row)
-        step += 1
-        if len(keep) < alive.numel():
-            if not keep:
-                break
-            idx = torch.tensor(keep, device=src.device)
-            alive, prev = alive[idx], best[idx]
-            enc, state = select(enc, idx), select(out.state, idx)
-            history = history[idx] if history is not None else None
-        else:
-            prev, state = best, out.state
-    return [Hypothesis(tokens[i], scores[i], torch.stack(attn[i]).cpu() if attn[i] else None) for i in range(bsz)]
+    """Batched decoding of one path per sentence (greedy or sampled): a :class:`PathDecoder`
+    that admits the whole batch, then steps until every sentence has finished."""
+    decoder = PathDecoder(model, choose, max_len_a, max_len_b, max_output_tokens, attention_layer, controls)
+    decoder.admit(src, src_lens, range(src.size(0)))
+    out: list[Hypothesis | None] = [None] * src.size(0)
+    while decoder:
+        for i, hyp in decoder.step():
+            out[i] = hyp  # type: ignore[index]
+    return out  # type: ignore[return-value]
 
 
 def greedy_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, max_len_a: float = 1.5,
@@ -122,8 +214,13 @@ def greedy_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor
                   attention_layer: int | None = None, controls: GenerationControls = OFF) -> list[Hypothesis]:
     """Batched greedy decoding: the most probable next token at every step (after ``controls``).
     With ``attention_layer``, each hypothesis keeps that attention's weights at every step."""
-    return _single_path(model, src, src_lens, max_len_a, max_len_b, lambda logp: logp.argmax(dim=-1),
-                        max_output_tokens, attention_layer, controls)
+    return _single_path(model, src, src_lens, max_len_a, max_len_b, most_probable, max_output_tokens,
+                        attention_layer, controls)
+
+
+def most_probable(logp: torch.Tensor) -> torch.Tensor:
+    """Greedy search's choice: each row's best token."""
+    return logp.argmax(dim=-1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -147,13 +244,19 @@ def sample_search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor
     """Batched sampling (``controls``, then temperature, then top-k, then top-p). ``score`` is the
     log-probability of the sample after ``controls`` (without them: the model's own), untempered,
     so it compares with other searches."""
+    return _single_path(model, src, src_lens, max_len_a, max_len_b, sampler(temperature, top_k, top_p, generator),
+                        max_output_tokens, attention_layer, controls)
+
+
+def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+            generator: torch.Generator | None = None) -> Chooser:
+    """Sampling's choice: temperature, then top-k, then top-p, then a draw per row."""
 
     def choose(logp: torch.Tensor) -> torch.Tensor:
         probs = filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-    return _single_path(model, src, src_lens, max_len_a, max_len_b, choose, max_output_tokens, attention_layer,
-                        controls)
+    return choose
 
 
 # ---------------------------------------------------------------------------- beam search
@@ -279,15 +382,37 @@ def search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, cfg: 
     cap, ctl = cfg.max_output_tokens, controls_of(cfg)
     if cfg.sample:
         n = cfg.nbest
-        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(n)
+        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(paths_per_input(cfg))
         hyps = sample_search(model, src[rows], src_lens[rows], cfg.max_len_a, cfg.max_len_b,
                              cfg.temperature, cfg.top_k, cfg.top_p, generator, cap, attention_layer, ctl)
-        return [sorted(hyps[i * n : (i + 1) * n], key=lambda h: -h.score) for i in range(src.size(0))]
+        return [rank_samples(hyps[i * n : (i + 1) * n]) for i in range(src.size(0))]
     if cfg.beam_size == 1:
         return [[h] for h in greedy_search(model, src, src_lens, cfg.max_len_a, cfg.max_len_b, cap, attention_layer,
                                            ctl)]
     return beam_search(model, src, src_lens, cfg.beam_size, cfg.max_len_a, cfg.max_len_b,
                        cfg.length_penalty, cfg.nbest, cap, attention_layer, ctl)
+
+
+def path_decoder(model: Seq2SeqModel, cfg: SearchConfig, generator: torch.Generator | None = None,
+                 attention_layer: int | None = None) -> PathDecoder | None:
+    """An empty :class:`PathDecoder` for ``cfg``'s search (greedy, or sampling: each input then
+    needs :func:`paths_per_input` rows, ranked by :func:`rank_samples`); None for beam search,
+    which keeps K rows per sentence that only its own loop can reorder."""
+    if not cfg.sample and cfg.beam_size > 1:
+        return None
+    choose = sampler(cfg.temperature, cfg.top_k, cfg.top_p, generator) if cfg.sample else most_probable
+    return PathDecoder(model, choose, cfg.max_len_a, cfg.max_len_b, cfg.max_output_tokens, attention_layer,
+                       controls_of(cfg))
+
+
+def paths_per_input(cfg: SearchConfig) -> int:
+    """Rows a single-path search decodes per input: ``nbest`` samples, or the one greedy path."""
+    return cfg.nbest if cfg.sample else 1
+
+
+def rank_samples(hyps: Sequence[Hypothesis]) -> list[Hypothesis]:
+    """An input's samples as its n-best list: by model score, best first."""
+    return sorted(hyps, key=lambda h: -h.score)
 
 
 def controls_of(cfg: SearchConfig) -> GenerationControls:

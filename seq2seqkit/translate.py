@@ -23,7 +23,7 @@ from .errors import UserError
 from .models import Seq2SeqModel, build_model
 from .models.base import check_attention_layer
 from .models.ensemble import Ensemble
-from .search import Hypothesis, search
+from .search import Hypothesis, PathDecoder, path_decoder, search
 
 log = logging.getLogger("seq2seqkit")
 
@@ -113,6 +113,12 @@ class Engine(ABC):
         """Where it runs, for ``repr`` (the PyTorch engine, the default, goes unnamed)."""
         return f"device={self.device}"
 
+    def path_decoder(self, cfg: SearchConfig, attention_layer: int | None = None) -> PathDecoder | None:
+        """An empty step-level decoder for ``cfg``'s search (inputs join and leave between
+        steps: :class:`~seq2seqkit.search.PathDecoder`), where the engine has one; None: it
+        decodes whole batches only (:meth:`decode`)."""
+        return None
+
 
 class TorchEngine(Engine):
     """Search (:func:`~seq2seqkit.search.search`) on a PyTorch model, padded batches on ``device``."""
@@ -139,6 +145,10 @@ class TorchEngine(Engine):
         self.model.eval()
         src, lens = pad_sources(sources)
         return search(self.model, src.to(self.device), lens.to(self.device), cfg, attention_layer=attention_layer)
+
+    def path_decoder(self, cfg: SearchConfig, attention_layer: int | None = None) -> PathDecoder | None:
+        self.model.eval()
+        return path_decoder(self.model, cfg, attention_layer=attention_layer)  # None for beam search
 
 
 def decode_nbest(engine: Engine, sources: Sequence[Sequence[int]], cfg: SearchConfig, progress: str | None = None,

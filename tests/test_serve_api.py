@@ -8,6 +8,8 @@ the API from its own OpenAPI schema (no 5xx)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 from pathlib import Path
 
@@ -125,9 +127,22 @@ def test_beam_n_best_and_sampling_settings(api, models):
     sampled = api.post("/v1/generate", json={"inputs": ["a b"], "sample": True, "n_best": 4, "top_k": 3,
                                              "top_p": 0.9, "temperature": 1.5}).json()["results"][0]
     assert len(sampled["n_best"]) == 4
+    scores = [n["score"] for n in sampled["n_best"]]
+    assert scores == sorted(scores, reverse=True) and sampled["output"] == sampled["n_best"][0]["output"]
     controlled = api.post("/v1/generate", json={"inputs": ["a b"], "min_len": 6, "no_repeat_ngram_size": 2,
                                                 "repetition_penalty": 1.2, "max_output_tokens": 8}).json()
     assert 6 <= len(controlled["results"][0]["output"].split()) <= 8
+
+
+def test_each_request_logs_one_line_saying_how_it_was_batched(models, caplog):
+    with caplog.at_level(logging.INFO, logger="seq2seqkit.serve"), client(models) as c:
+        assert c.post("/v1/generate", json={"inputs": ["a b", "c"]}).status_code == 200
+        assert c.post("/v1/generate", json={"inputs": ["a b"], "beam_size": 2}).status_code == 200
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "seq2seqkit.serve"]
+    step, beam = [x for x in lines if x["path"] == "/v1/generate"]
+    assert (step["batching"], step["inputs"], step["batch_requests"], step["batch_inputs"]) == ("step", 2, 1, 2)
+    assert step["steps"] >= 1 and step["decode_ms"] > 0 and step["queue_ms"] >= 0
+    assert (beam["batching"], beam["batch_inputs"], beam["steps"]) == ("request", 1, 0)  # beam search: by request
 
 
 def test_attention_weights_with_the_pieces(api, models):
@@ -233,16 +248,26 @@ def test_huge_bodies_are_413_before_parsing(models):
 
 def hold_decoding(app) -> tuple[threading.Event, threading.Event]:
     """Make the batch worker wait (in its thread) until ``release`` is set; ``started`` is set
-    when a batch has begun decoding."""
+    when a batch has begun decoding (request-level: the whole batch; step-level: a step)."""
     batcher, started, release = app.state.batcher, threading.Event(), threading.Event()
-    decode = batcher.decode
+    decode, open_stream = batcher.decode, batcher.open
 
-    def held(key, sources):
+    def hold():
         started.set()
         assert release.wait(30)
+
+    def held(key, sources):
+        hold()
         return decode(key, sources)
 
-    batcher.decode = held
+    def held_stream(key):
+        stream = open_stream(key)
+        if stream is not None:
+            step = stream.step
+            stream.step = lambda: (hold(), step())[1]
+        return stream
+
+    batcher.decode, batcher.open = held, held_stream
     return started, release
 
 
@@ -304,14 +329,24 @@ def alone(tr: Translator, text: str, **search) -> list[tuple[str, float]]:
 
 
 def burst(models, limits: Limits, requests: list[dict]) -> tuple[list[dict], list[int]]:
-    """Send ``requests`` at once while the worker is held on its first batch, so that all the
-    others are queued when it is free again (no timing involved); (their JSON responses, the
-    number of inputs in each batch decoded)."""
+    """Send ``requests`` at once while the worker is held on its first batch (or step), so that
+    all the others are queued when it is free again (no timing involved); (their JSON
+    responses, the number of inputs in each batch decoded, or admitted to the running one)."""
     app = create_app(models, limits)
     started, release = hold_decoding(app)
     sizes = []
-    decode = app.state.batcher.decode
-    app.state.batcher.decode = lambda key, sources: (sizes.append(len(sources)), decode(key, sources))[1]
+    batcher = app.state.batcher
+    decode, open_stream = batcher.decode, batcher.open
+    batcher.decode = lambda key, sources: (sizes.append(len(sources)), decode(key, sources))[1]
+
+    def recorded(key):
+        stream = open_stream(key)
+        if stream is not None:
+            admit = stream.admit
+            stream.admit = lambda sources, tags: (sizes.append(len(sources)), admit(sources, tags))[1]
+        return stream
+
+    batcher.open = recorded
 
     async def scenario(c):
         sent = [asyncio.create_task(c.post("/v1/generate", json=r)) for r in requests]
@@ -323,17 +358,20 @@ def burst(models, limits: Limits, requests: list[dict]) -> tuple[list[dict], lis
 
     responses = run_async(app, scenario)
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    assert app.state.batcher.batches == len(sizes)
+    assert batcher.batches + batcher.admissions == len(sizes)
     return [r.json() for r in responses], sizes
 
 
 @pytest.mark.parametrize("family", ["attention", "transformer"])
-@pytest.mark.parametrize("search", [{}, {"beam_size": 3, "n_best": 2}])
-def test_concurrent_requests_share_batches_and_get_what_decoding_alone_gives(models, transformer_dir, family, search):
-    """Inputs of different lengths padded into one batch decode as each does alone."""
+@pytest.mark.parametrize("search", [{}, {"beam_size": 3, "n_best": 2}, {"no_repeat_ngram_size": 2, "min_len": 2}])
+@pytest.mark.parametrize("batching", ["step", "request"])
+def test_concurrent_requests_share_batches_and_get_what_decoding_alone_gives(models, transformer_dir, family, search,
+                                                                            batching):
+    """Inputs of different lengths padded into one batch (step-level: joining the running one
+    while its first request is at its second step) decode as each does alone."""
     served = models if family == "attention" else load_models([transformer_dir], ["tf"], device="cpu")
     requests = [{"inputs": [w], **search} for w in WORDS]
-    bodies, sizes = burst(served, Limits(max_wait_ms=0), requests)
+    bodies, sizes = burst(served, Limits(max_wait_ms=0, batching=batching), requests)
     assert sum(sizes) == len(requests) and len(sizes) <= 2  # the first batch (held), then all the others
     tr = next(iter(served.values()))
     assert len({b["results"][0]["output"] for b in bodies}) > 3  # outputs that differ, not one string
@@ -410,10 +448,13 @@ def test_serve_cli_builds_the_app_it_is_told_to(model_dirs, monkeypatch):
                  "--no-batching"]) == 0
     assert (ran["host"], ran["port"]) == ("127.0.0.1", 8123)
     app = ran["app"]
-    assert app.state.limits.max_inputs == 5 and app.state.limits.batching is False
+    assert app.state.limits.max_inputs == 5 and app.state.limits.batching == "off"
     with TestClient(app) as c:
         listed = c.get("/v1/models").json()["models"]
         assert [(m["name"], m["search"]["beam_size"]) for m in listed] == [("a", 3), ("r", 3)]
+    for flags, mode in (([], "step"), (["--batching", "request"], "request"), (["--batching", "off"], "off")):
+        assert main(["-q", "serve", "-m", d[0], *flags]) == 0
+        assert ran["app"].state.limits.batching == ran["app"].state.batcher.mode == mode
 
 
 # ------------------------------------------------------------------ a real server: uvicorn

@@ -47,7 +47,7 @@ def test_concurrent_jobs_of_one_key_share_a_batch_and_get_their_own_results():
     results = run(b, scenario)
     assert results == [[[2, 1]], [[3]], [[6, 5, 4], [7]], [[11, 10, 9, 8]]]
     assert len(dec.batches) == 1 and b.batches == 1
-    assert dec.threads == {"s2s-decode_0"}  # off the event loop
+    assert dec.threads == {"s2s-decode"}  # off the event loop: the one worker thread
 
 
 def test_a_batch_never_exceeds_the_token_budget_and_keys_stay_apart():
@@ -126,3 +126,158 @@ def test_a_failing_decode_fails_its_callers_and_the_worker_goes_on():
 
     assert run(b, scenario) == [[2]]
     assert calls == ["bad", "good"]
+
+
+# ------------------------------------------------------------------ step-level batching
+class Steps:
+    """A stand-in running batch (the batcher's ``Stream``): an input of n ids finishes after n
+    steps with its ids reversed. Records every step's rows (their first ids) and, when
+    ``pause_at`` is set, waits before that step until ``go`` is set (``paused`` tells it has)."""
+
+    def __init__(self, log: list, pause_at: int | None = None, fail_at: int | None = None) -> None:
+        self.rows: list[list] = []  # [tag, ids, steps done]
+        self.log, self.pause_at, self.fail_at = log, pause_at, fail_at
+        self.paused, self.go = threading.Event(), threading.Event()
+        self.dropped: list = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def admit(self, sources, tags) -> None:
+        self.rows += [[tag, list(s), 0] for s, tag in zip(sources, tags)]
+
+    def step(self):
+        if len(self.log) == self.pause_at:
+            self.paused.set()
+            assert self.go.wait(30)
+        if len(self.log) == self.fail_at:
+            raise RuntimeError("boom")
+        self.log.append(sorted(ids[0] for _, ids, _ in self.rows))
+        for row in self.rows:
+            row[2] += 1
+        done = [(tag, list(reversed(ids))) for tag, ids, n in self.rows if n == len(ids)]
+        self.rows = [row for row in self.rows if row[2] < len(row[1])]
+        return done
+
+    def drop(self, leave) -> None:
+        self.dropped += [ids for tag, ids, _ in self.rows if leave(tag)]
+        self.rows = [row for row in self.rows if not leave(row[0])]
+
+
+def stepper(max_batch_tokens: int = 4096, max_wait_ms: float = 0, beam_keys=(), **stream):
+    """A step-level batcher over :class:`Steps` (one log of steps per key); keys in
+    ``beam_keys`` cannot step (as beam search) and decode by request with a Recorder."""
+    logs: dict = {}
+    streams: list[Steps] = []
+
+    def open_stream(key):
+        if key in beam_keys:
+            return None
+        streams.append(Steps(logs.setdefault(key, []), **stream))
+        return streams[-1]
+
+    dec = Recorder()
+    b = Batcher(dec, max_wait_ms=max_wait_ms, max_batch_tokens=max_batch_tokens, batching="step", open=open_stream)
+    return b, logs, streams, dec
+
+
+async def until(event: threading.Event) -> None:
+    while not event.is_set():
+        await asyncio.sleep(0.005)
+
+
+def test_requests_join_the_running_batch_between_steps_and_leave_when_done():
+    b, logs, streams, _ = stepper(pause_at=2)  # new requests arrive during the third step
+    done_order = []
+
+    async def scenario():
+        first = b.submit("k", [[10, 11, 12, 13, 14, 15]])  # 6 steps
+        first.future.add_done_callback(lambda _: done_order.append("first"))
+        while not streams:
+            await asyncio.sleep(0.005)
+        await until(streams[0].paused)  # two steps done, the third is starting
+        later = [b.submit("k", [[20]]), b.submit("k", [[30, 31, 32], [40, 41]])]
+        later[0].future.add_done_callback(lambda _: done_order.append("second"))
+        streams[0].go.set()
+        results = await asyncio.gather(first.future, *(j.future for j in later))
+        return results, [first, *later]
+
+    results, jobs = run(b, scenario)
+    assert results == [[[15, 14, 13, 12, 11, 10]], [[20]], [[32, 31, 30], [41, 40]]]
+    assert logs["k"] == [[10], [10], [10], [10, 20, 30, 40], [10, 30, 40], [10, 30]]  # joined at step 4, left when done
+    assert done_order == ["second", "first"]  # answered as soon as its row finished, not at the batch's end
+    assert (b.admissions, b.steps, b.batches) == (2, 6, 0)
+    first, second, third = jobs
+    assert (first.batch_requests, first.batch_inputs, first.steps, first.mode) == (1, 1, 6, "step")
+    assert (second.batch_requests, second.batch_inputs, second.steps) == (3, 4, 1)
+    assert (third.batch_requests, third.batch_inputs, third.steps) == (3, 4, 3)
+    assert second.decode_ms <= first.decode_ms
+
+
+def test_the_running_batch_stays_within_the_token_budget_and_other_keys_wait_their_turn():
+    b, logs, streams, _ = stepper(max_batch_tokens=8, pause_at=1)
+
+    async def scenario():
+        jobs = [b.submit("a", [[1, 1, 1, 1]])]  # 5 tokens, 4 steps
+        while not streams:
+            await asyncio.sleep(0.005)
+        await until(streams[0].paused)  # during its second step:
+        jobs += [b.submit("a", [[2]]),  # 2 tokens: fits (8)
+                 b.submit("a", [[3, 3]]),  # 3 more: over the budget until a row leaves
+                 b.submit("b", [[4]]),  # another key: waits for "a" to drain
+                 b.submit("a", [[5]])]  # came after "b": does not join the running "a"
+        streams[0].go.set()
+        return await asyncio.gather(*(j.future for j in jobs))
+
+    assert run(b, scenario) == [[[1, 1, 1, 1]], [[2]], [[3, 3]], [[4]], [[5]]]
+    assert logs["a"] == [[1], [1], [1, 2], [1, 3], [3], [5]]  # 3 joins once 2 has left; 5 after b
+    assert logs["b"] == [[4]]
+    assert len(streams) == 3  # a, then b, then a again: three running batches
+
+
+def test_searches_that_cannot_step_batch_by_request_and_errors_reach_their_callers():
+    b, logs, streams, dec = stepper(beam_keys=("beam",), fail_at=1)
+
+    async def scenario():
+        beams = [b.submit("beam", [[i]]) for i in range(3)]
+        stepped = b.submit("k", [[7, 8, 9]])
+        with pytest.raises(RuntimeError, match="boom"):  # the stream fails at its second step
+            await stepped.future
+        results = await asyncio.gather(*(j.future for j in beams))
+        return results, beams
+
+    results, beams = run(b, scenario)
+    assert results == [[[0]], [[1]], [[2]]] and dec.batches == [("beam", [[0], [1], [2]])]
+    assert [j.mode for j in beams] == ["request"] * 3
+
+
+def test_a_withdrawn_request_leaves_the_running_batch():
+    b, logs, streams, _ = stepper(pause_at=1)
+
+    async def scenario():
+        gone, stays = b.submit("k", [[1, 1, 1, 1, 1]]), b.submit("k", [[2, 2, 2]])
+        while not streams:
+            await asyncio.sleep(0.005)
+        await until(streams[0].paused)
+        b.withdraw(gone)  # what a 504 does
+        gone.future.cancel()
+        streams[0].go.set()
+        return await stays.future
+
+    assert run(b, scenario) == [[2, 2, 2]]
+    assert logs["k"] == [[1, 2], [1, 2], [2]] and streams[0].dropped == [[1, 1, 1, 1, 1]]  # gone after the step it was in
+
+
+def test_a_step_level_batch_starts_at_once_and_only_request_level_ones_wait_for_company():
+    b, logs, streams, dec = stepper(max_wait_ms=60_000, beam_keys=("beam",))
+
+    async def scenario():
+        alone = await asyncio.wait_for(b.submit("k", [[1, 2]]).future, 30)  # no 60 s wait for company
+        beams = [b.submit("beam", [[i]]) for i in range(2)]
+        await asyncio.sleep(0.05)
+        assert not any(j.future.done() for j in beams)  # a request-level batch waits (here: until close)
+        await b.close()
+        return alone, [j.future.result() for j in beams]
+
+    assert run(b, scenario) == ([[2, 1]], [[[0]], [[1]]])
+    assert dec.batches == [("beam", [[0], [1]])]

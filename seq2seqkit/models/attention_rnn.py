@@ -30,7 +30,7 @@ from ..config import ModelConfig
 from ..data.tokenizers import PAD
 from ..errors import ConfigError
 from .attention import AdditiveAttention, Attention, DotAttention, GeneralAttention
-from .base import NO_LOSSES, Losses, Seq2SeqModel, State, StepOutput
+from .base import NO_LOSSES, Losses, Seq2SeqModel, State, StepOutput, merge_rows
 from .copy import CopyGate, copy_log_probs, coverage_losses, step_coverage_loss
 from .dropout import Dropout
 from .rnn import RNNS, Bridge, OutputLayer, RNNEncoder, bridged_state
@@ -99,6 +99,11 @@ class AttentionRNNSeq2Seq(Seq2SeqModel):
         if self.coverage:
             state["coverage"] = enc["mask"].new_zeros(enc["mask"].shape, dtype=torch.float32)
         return state
+
+    def merge(self, enc: State, state: State, new_enc: State, new_state: State) -> tuple[State, State]:
+        # Source positions padded (mask False: no attention, no copy mass, no coverage).
+        axes = {"memory": 1, "proj": 1, "mask": 1, "src": 1, "coverage": 1}
+        return merge_rows(enc, new_enc, axes), merge_rows(state, new_state, axes)
 
     @property
     def attention_layers(self) -> int:

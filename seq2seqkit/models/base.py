@@ -24,6 +24,9 @@ the ensemble normalise with ``log_softmax``, so none of them asks which kind a m
 
 Encoder outputs and decoder states are nested dicts/tuples of tensors whose first dimension
 is the batch, so search can select, repeat and reorder hypotheses with one generic function.
+Joining two batches is the family's own business (``merge``): their sources may differ in length
+and their rows in how many steps they have decoded, which only the family knows how to pad
+(step-level batching in ``s2s serve`` admits new inputs into a running batch with it).
 """
 
 from __future__ import annotations
@@ -64,6 +67,35 @@ def select(obj: State, index: torch.Tensor) -> State:
     return map_batch(obj, lambda t: t.index_select(0, index))
 
 
+def cat_padded(a: torch.Tensor, b: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """``a``'s rows then ``b``'s (concatenated along the batch, dim 0); with ``dim``, the shorter
+    of the two is first padded with zeros (False, PAD) along that axis to the other's length."""
+    if dim is not None and a.size(dim) != b.size(dim):
+        n = max(a.size(dim), b.size(dim))
+        a, b = (torch.cat([t, t.new_zeros(*t.shape[:dim], n - t.size(dim), *t.shape[dim + 1 :])], dim=dim)
+                if t.size(dim) < n else t for t in (a, b))
+    return torch.cat([a, b])
+
+
+def merge_rows(a: State, b: State, axes: Mapping[str, int] | None = None) -> State:
+    """Two nested states of the same structure as one batch (``a``'s rows first): every tensor
+    concatenated along the batch; a dict entry named in ``axes`` is padded along that axis (a
+    source axis: positions, masks, ids; all pad with zeros) as :func:`cat_padded` does, and so
+    is every tensor inside it."""
+    axes = axes or {}
+
+    def go(x: State, y: State, dim: int | None) -> State:
+        if isinstance(x, torch.Tensor):
+            return cat_padded(x, y, dim)
+        if isinstance(x, dict):
+            return {k: go(v, y[k], axes.get(k, dim)) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return type(x)(go(u, v, dim) for u, v in zip(x, y))
+        return x
+
+    return go(a, b, None)
+
+
 class Seq2SeqModel(nn.Module, ABC):
     """Base class of all families. Subclasses set ``src_vocab`` and ``tgt_vocab``."""
 
@@ -99,6 +131,14 @@ class Seq2SeqModel(nn.Module, ABC):
         """``forward``'s logits and the model's auxiliary training losses, each (B, T) per target
         position (padding included: the caller masks it); none unless a family defines some."""
         return self(src, src_lens, tgt_in), NO_LOSSES
+
+    def merge(self, enc: State, state: State, new_enc: State, new_state: State) -> tuple[State, State]:
+        """Two batches as one: the encoder outputs and decoder states of ``enc``/``state`` (rows
+        first) and of ``new_enc``/``new_state`` (rows after), such that every row then decodes
+        exactly as it did in its own batch, whatever the sources' lengths and however many steps
+        each row has decoded (continuous batching: inputs join a running batch between steps).
+        Each family pads what it alone knows has a source or a step axis."""
+        raise NotImplementedError(f"{type(self).__name__} cannot merge batches")
 
     @property
     def max_positions(self) -> int | None:

@@ -57,6 +57,10 @@ class Ensemble(Seq2SeqModel):
     def init_state(self, enc: State) -> State:
         return tuple(m.init_state(e) for m, e in zip(self.members, enc))
 
+    def merge(self, enc: State, state: State, new_enc: State, new_state: State) -> tuple[State, State]:
+        merged = [m.merge(*parts) for m, *parts in zip(self.members, enc, state, new_enc, new_state)]
+        return tuple(e for e, _ in merged), tuple(s for _, s in merged)
+
     def decode_step(self, prev: torch.Tensor, enc: State, state: State, attention_layer: int | None = None) -> StepOutput:
         outs = [m.decode_step(prev, e, s, attention_layer if m.attention_layers else None)
                 for m, e, s in zip(self.members, enc, state)]

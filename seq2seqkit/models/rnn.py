@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
 from ..data.tokenizers import PAD
-from .base import Seq2SeqModel, State, StepOutput
+from .base import Seq2SeqModel, State, StepOutput, merge_rows
 from .dropout import Dropout
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -118,6 +118,9 @@ class RNNSeq2Seq(Seq2SeqModel):
 
     def init_state(self, enc: State) -> State:
         return bridged_state(self.bridge_h, self.bridge_c, enc)
+
+    def merge(self, enc: State, state: State, new_enc: State, new_state: State) -> tuple[State, State]:
+        return merge_rows(enc, new_enc), merge_rows(state, new_state)  # one vector per row: no source axis
 
     @property
     def attention_layers(self) -> int:

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data.tokenizers import PAD
-from .base import NO_LOSSES, Losses, Seq2SeqModel, State, StepOutput
+from .base import NO_LOSSES, Losses, Seq2SeqModel, State, StepOutput, cat_padded, merge_rows
 from .copy import CopyGate, copy_log_probs, coverage_losses, step_coverage_loss
 from .dropout import Dropout
 
@@ -181,10 +181,13 @@ class DecoderLayer(Block):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
 
     def forward(self, x: torch.Tensor, cross: KV, src_mask: torch.Tensor, cache: KV | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
+                need_weights: bool = False, self_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
         """``cache`` None: ``x`` (B, T, D) is a whole target prefix, attended causally.
         Otherwise ``x`` (B, 1, D) is the next position and ``cache`` holds the self-attention
-        K/V of all earlier ones: no mask is needed, since they all precede it.
+        K/V of all earlier ones: no causal mask is needed, since they all precede it; in a merged
+        batch (rows that joined at different steps) ``self_mask`` (B, t + 1) says which cached
+        entries (and the new one) are a row's own.
         Returns the output, the K/V of all positions so far, and (if ``need_weights``) the
         cross-attention weights of every head (B, heads, T, S)."""
         h = self.sub_in(x, self.norm1)
@@ -192,7 +195,7 @@ class DecoderLayer(Block):
         if cache is not None:
             assert x.size(1) == 1, "cached decoding feeds one position at a time"
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        x = self.sub_out(x, self.self_attn(h, k, v, is_causal=cache is None), self.norm1)
+        x = self.sub_out(x, self.self_attn(h, k, v, self_mask, is_causal=cache is None), self.norm1)
         h = self.sub_in(x, self.norm2)
         x = self.sub_out(x, self.cross_attn(h, *cross, src_mask), self.norm2)
         weights = self.cross_attn.weights(h, cross[0], src_mask) if need_weights else None
@@ -236,17 +239,19 @@ class Decoder(nn.Module):
         return tuple(layer.cross_attn.keys_values(memory) for layer in self.layers)
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, enc: State, cache: tuple[KV, ...] | None = None,
-                attention_layer: int | None = None, copy_attention: bool = False) -> DecoderOutput:
+                attention_layer: int | None = None, copy_attention: bool = False,
+                self_mask: torch.Tensor | None = None) -> DecoderOutput:
         """Decoder features, K/V cache, the head-averaged cross-attention weights of layer
         ``attention_layer`` (None: not computed) and, with ``copy_attention``, the copy
-        distribution: the cross-attention of the last layer's first head."""
+        distribution: the cross-attention of the last layer's first head. ``self_mask``: which
+        cache entries each row may attend to (see :class:`DecoderLayer`)."""
         x = inputs = self.embed(tokens, pos)
         last = len(self.layers) - 1
         want = None if attention_layer is None else attention_layer % len(self.layers)  # checked by the caller
         new_cache, weights, copy_weights = [], None, None
         for i, layer in enumerate(self.layers):
             need = i == want or (copy_attention and i == last)
-            x, kv, w = layer(x, enc["cross"][i], enc["mask"], None if cache is None else cache[i], need)
+            x, kv, w = layer(x, enc["cross"][i], enc["mask"], None if cache is None else cache[i], need, self_mask)
             new_cache.append(kv)
             if i == want:
                 weights = w.mean(dim=1)
@@ -260,7 +265,9 @@ class TransformerSeq2Seq(Seq2SeqModel):
 
     enc: ``{"memory": (B, S, D), "mask": (B, S) True = real, "cross": per layer (K, V)}``;
     decoder state: ``{"pos": (B,) index of the next position, "self": per layer (K, V) of the
-    positions so far, each (B, heads, t, d_head)}``. ``decode_step(..., attention_layer=i)``
+    positions so far, each (B, heads, t, d_head)}``; a merged batch (``merge``: rows that joined
+    at different steps) also holds ``"self_mask"`` (B, t), True where a cache entry is the row's
+    own, and each row keeps its own ``pos``. ``decode_step(..., attention_layer=i)``
     also returns the head-averaged cross-attention weights of decoder layer ``i`` (computed
     explicitly, since SDPA does not return them, so only when asked for). With copy, enc also
     holds ``"src"`` (B, S) ids; with coverage, the state ``"coverage"`` (B, S).
@@ -328,11 +335,41 @@ class TransformerSeq2Seq(Seq2SeqModel):
         pos = self.encoder.embed.positions  # the decoder's table has the same size
         return pos.max_positions if pos.kind == "learned" else None
 
+    def merge(self, enc: State, state: State, new_enc: State, new_state: State) -> tuple[State, State]:
+        """Sources padded (``mask`` False, ids PAD); the self-attention caches padded to the longer
+        one, with ``self_mask`` marking each row's own entries (a row appends its next ones after
+        the padding: attention does not care where a key sits, the positions are in the
+        embeddings). Cache columns no row owns any more (their rows left) are dropped."""
+        enc = merge_rows(enc, new_enc, {"memory": 1, "mask": 1, "src": 1, "cross": 2})
+        merged = merge_rows({k: v for k, v in state.items() if k != "self_mask"},
+                            {k: v for k, v in new_state.items() if k != "self_mask"}, {"self": 2, "coverage": 1})
+        mask = cat_padded(self._self_mask(state), self._self_mask(new_state), 1)
+        owned = mask.any(dim=0)
+        if not bool(owned.all()):
+            cols = owned.nonzero().squeeze(1)
+            mask, merged["self"] = mask[:, cols], tuple((k[:, :, cols], v[:, :, cols]) for k, v in merged["self"])
+        return enc, {**merged, "self_mask": mask}
+
+    @staticmethod
+    def _self_mask(state: State) -> torch.Tensor:
+        """Which self-attention cache entries are each row's own (all of them, before any merge)."""
+        if "self_mask" in state:
+            return state["self_mask"]
+        k = state["self"][0][0]
+        return torch.ones(k.size(0), k.size(2), dtype=torch.bool, device=k.device)
+
     def decode_step(self, prev: torch.Tensor, enc: State, state: State, attention_layer: int | None = None) -> StepOutput:
-        self.decoder.embed.positions.check(state["self"][0][0].size(2) + 1)
+        mask = state.get("self_mask")
+        if mask is not None:  # a merged batch: rows own part of the cache; the next entry is every row's
+            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+        # Positions: a row's next one (the cache may be longer than a merged row's output).
+        self.decoder.embed.positions.check(state["self"][0][0].size(2) + 1 if mask is None
+                                           else int(state["pos"].max()) + 1)
         out = self.decoder(prev[:, None], state["pos"][:, None], enc, state["self"], attention_layer,
-                           copy_attention=self.copy_gate is not None)
+                           copy_attention=self.copy_gate is not None, self_mask=mask)
         new_state = {"pos": state["pos"] + 1, "self": out.cache}
+        if mask is not None:
+            new_state["self_mask"] = mask
         losses: Losses = NO_LOSSES
         if self.coverage:
             copy_attn = out.copy_attention[:, 0]

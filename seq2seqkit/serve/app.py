@@ -11,7 +11,11 @@ uvicorn. Routes (JSON; the schema at ``/openapi.json``, browsable at ``/docs``):
   the batch worker runs, 503 before and while shutting down.
 
 Errors have one JSON shape (:mod:`.errors`). One JSON log line per request goes to the
-``seq2seqkit.serve`` logger.
+``seq2seqkit.serve`` logger; for generation it says how the request was batched (``batching``:
+step, request or off) and the batch it joined: ``batch_requests`` / ``batch_inputs``, the
+requests / inputs of its batch (step-level: those decoding in the first step it took part in,
+itself included), ``steps`` (step-level: the decoding steps it took part in), ``queue_ms`` (from
+arrival to its first step, or its batch's start) and ``decode_ms`` (from then to its answer).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from fastapi.responses import JSONResponse
 from ..translate import Translator
 from .batcher import Batcher, Closed, QueueFull
 from .errors import ApiError, BodyLimit, install_error_handlers
-from .generate import Generation, decode_batch, model_info, prepare, respond
+from .generate import Generation, decode_batch, model_info, open_stream, prepare, respond
 from .limits import Limits
 from .page import mount_page
 from .schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelsResponse, Status
@@ -46,7 +50,7 @@ def create_app(models: Mapping[str, Translator], limits: Limits | None = None) -
     limits = limits or Limits()
     models = dict(models)
     batcher = Batcher(lambda key, sources: decode_batch(models, key, sources), limits.max_wait_ms,
-                      limits.max_batch_tokens, limits.max_queue, limits.batching)
+                      limits.max_batch_tokens, limits.max_queue, limits.batching, lambda key: open_stream(models, key))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,7 +62,8 @@ def create_app(models: Mapping[str, Translator], limits: Limits | None = None) -
 
     app = FastAPI(title="seq2seq-kit", version="1", lifespan=lifespan,
                   description="Apply trained sequence-to-sequence models over HTTP. Concurrent requests with "
-                              "the same search settings are decoded together in one batch.")
+                              "the same search settings are decoded together: greedy and sampled requests join "
+                              "the running batch between decoding steps, beam search requests share batches.")
     app.state.models, app.state.limits, app.state.batcher = models, limits, batcher
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
@@ -96,7 +101,8 @@ def create_app(models: Mapping[str, Translator], limits: Limits | None = None) -
             raise ApiError(504, f"no result within {limits.timeout_s:g} s (--timeout-s); the server is busy or "
                                 f"the request too large") from None
         finally:
-            request.state.log.update(batch_requests=job.batch_requests, batch_inputs=job.batch_inputs,
+            request.state.log.update(batching=job.mode, batch_requests=job.batch_requests,
+                                     batch_inputs=job.batch_inputs, steps=job.steps,
                                      queue_ms=round(job.queue_ms, 1), decode_ms=round(job.decode_ms, 1))
         return respond(models[gen.key.model], gen, results)
 

@@ -4,14 +4,17 @@ its inputs as source ids within the limits, the batch key it is grouped by, and 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
+import torch
 from pydantic import ValidationError
 
 from ..config import Invalid, SearchConfig
-from ..search import Hypothesis
+from ..data.dataset import pad_sources
+from ..search import Hypothesis, PathDecoder, paths_per_input, rank_samples
 from ..translate import Translator, ranking_score
 from .errors import ApiError, JSON_NAMES
 from .limits import Limits
@@ -94,6 +97,44 @@ def _config(search: str) -> SearchConfig:
 def decode_batch(models: Mapping[str, Translator], key: BatchKey, sources: list[Sequence[int]]) -> list[list[Hypothesis]]:
     """Decode the inputs of a batch of requests (run in the batch worker's thread)."""
     return models[key.model].decode_ids(sources, _config(key.search), ATTENTION_LAYER if key.attention else None)
+
+
+class PathStream:
+    """Step-level batching of one key (the batcher's ``Stream``): each input decodes as
+    :func:`~seq2seqkit.search.paths_per_input` rows of a :class:`~seq2seqkit.search.PathDecoder`
+    (one greedy path, or ``n_best`` samples) and finishes with its n-best list when all have."""
+
+    def __init__(self, decoder: PathDecoder, device: torch.device, paths: int) -> None:
+        self.decoder, self.device, self.paths = decoder, device, paths
+        self.done: dict[Any, list[Hypothesis]] = {}  # tag -> the finished paths of an unfinished input
+
+    def __len__(self) -> int:
+        return len(self.decoder)
+
+    def admit(self, sources: list[Sequence[int]], tags: list[Any]) -> None:
+        src, lens = pad_sources([s for s in sources for _ in range(self.paths)])
+        self.decoder.admit(src.to(self.device), lens.to(self.device), [t for t in tags for _ in range(self.paths)])
+
+    def step(self) -> list[tuple[Any, list[Hypothesis]]]:
+        out = []
+        for tag, hyp in self.decoder.step():
+            paths = self.done.setdefault(tag, [])
+            paths.append(hyp)
+            if len(paths) == self.paths:
+                out.append((tag, rank_samples(self.done.pop(tag))))
+        return out
+
+    def drop(self, leave: Callable[[Any], bool]) -> None:
+        self.decoder.drop(leave)
+        self.done = {tag: paths for tag, paths in self.done.items() if not leave(tag)}
+
+
+def open_stream(models: Mapping[str, Translator], key: BatchKey) -> PathStream | None:
+    """A step-level batch of ``key`` (run in the batch worker's thread); None where its search
+    decodes whole batches only (beam search, or an engine other than PyTorch's)."""
+    tr, cfg = models[key.model], _config(key.search)
+    decoder = tr.engine.path_decoder(cfg, ATTENTION_LAYER if key.attention else None)
+    return None if decoder is None else PathStream(decoder, tr.device, paths_per_input(cfg))
 
 
 def score(h: Hypothesis) -> float | None:

@@ -6,7 +6,9 @@ The defaults suit a 2-core machine serving a model of tens of millions of weight
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Limits(BaseModel):
@@ -18,6 +20,14 @@ class Limits(BaseModel):
     max_queue: int = Field(64, ge=1)  # requests waiting for the model; one more gets 429 with Retry-After
     timeout_s: float = Field(30.0, gt=0)  # a request not answered by then gets 504
     max_beam: int = Field(16, ge=1)  # the largest beam_size (and n_best) a request may ask for
-    batching: bool = True  # gather concurrent requests into one batch; False: one request at a time
-    max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a batch waits for others
-    max_batch_tokens: int = Field(4096, ge=1)  # source tokens (EOS included) that close a batch
+    # step: requests join and leave the running batch between decoding steps (greedy, sampling;
+    # beam search batches by request); request: a batch decodes to its end; off: one request at a time
+    batching: Literal["step", "request", "off"] = "step"
+    max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a request-level batch waits for others
+    max_batch_tokens: int = Field(4096, ge=1)  # source tokens (EOS included) that close a batch / fill the running one
+
+    @field_validator("batching", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        """``True``/``False`` (as before there were modes): the default mode, or off."""
+        return ("step" if value else "off") if isinstance(value, bool) else value
