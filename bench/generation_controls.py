@@ -15,7 +15,7 @@ import time
 import torch
 
 from common import machine
-from seq2seqkit.config import ModelConfig, SearchConfig
+from seq2seqkit.config import SearchConfig, model_config
 from seq2seqkit.data.dataset import pad_sources
 from seq2seqkit.models import build_model
 from seq2seqkit.search import search
@@ -37,8 +37,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = ModelConfig(family="transformer", embed_dim=256, hidden_size=256, heads=4, ff_dim=1024,
-                      encoder_layers=3, decoder_layers=3, dropout=0.0)
+    cfg = model_config(family="transformer", embed_dim=256, heads=4, ff_dim=1024, encoder_layers=3, decoder_layers=3,
+                       dropout=0.0)
     model = build_model(cfg, src_vocab=8000, tgt_vocab=8000).eval()
     src, lens = pad_sources(torch.randint(4, 8000, (args.batch, 40)).tolist())
     for beam in (1, args.beam):  # warm-up: the first calls pay for kernel set-up

@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 from common import REPO, ensure_trained, machine, record
 
-from seq2seqkit.config import load_config
+from seq2seqkit.config import load_config, load_saved_config
 from seq2seqkit.evaluate import load_eval_set
 
 CANDIDATES = ["runs/multi30k-transformer", "runs/g2p-transformer"]
@@ -61,7 +61,7 @@ def pick_model(given: str | None) -> Path:
 
 
 def test_sentences(model_dir: Path, n: int) -> list[str]:
-    cfg = load_config(model_dir / "config.yaml")
+    cfg = load_saved_config(model_dir / "config.yaml")
     test = cfg.data.test if cfg.data.test.is_set else cfg.data.dev
     sources = load_eval_set(*test.files(), fmt=test.format).sources or []
     return [s for s in sources if s.strip()][:n]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import difflib
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .errors import ConfigError
 
@@ -141,35 +142,31 @@ class TokenizersConfig(_Section):
 
 
 # ---------------------------------------------------------------------------- model
-class ModelConfig(_Section):
-    """Architecture. ``family`` picks the class; the other keys are its hyper-parameters.
+class _ModelBase(_Section):
+    """The keys every family has. ``family`` picks the class (see ``ModelConfig``); each family's
+    class adds its own keys, so a key of another family is refused like any unknown key."""
 
-    rnn: the plain encoder-decoder (fixed context vector). attention: the same RNNs with
-    Bahdanau or Luong attention over all encoder states. transformer: Vaswani et al. 2017,
-    where ``embed_dim`` is d_model and ``encoder_layers``/``decoder_layers`` count blocks.
-    """
-
-    family: Literal["rnn", "attention", "transformer"] = "rnn"
-    cell: Literal["gru", "lstm"] = "gru"
-    embed_dim: int = Field(256, ge=1)
-    hidden_size: int = Field(512, ge=1)
-    encoder_layers: int = Field(1, ge=1)
+    family: str
+    embed_dim: int = Field(256, ge=1)  # transformer: d_model
+    encoder_layers: int = Field(1, ge=1)  # transformer: blocks
     decoder_layers: int = Field(1, ge=1)
-    bidirectional: bool = True
     dropout: float = Field(0.2, ge=0, lt=1)
-    feed_context: bool = True  # rnn: context vector also fed at every step (Cho et al. 2014)
     tie_embeddings: bool = False  # output projection shares the target embedding matrix
-    share_embeddings: bool = False  # source and target share one embedding (needs tokenizer.joint)
-    # attention RNN
-    attention: Literal["bahdanau", "luong_dot", "luong_general"] = "bahdanau"
-    input_feeding: bool = True  # Luong et al.: previous attentional vector fed to the next step
-    # transformer
-    heads: int = Field(8, ge=1)
-    ff_dim: int = Field(2048, ge=1)
-    norm: Literal["pre", "post"] = "pre"
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
-    max_positions: int = Field(1024, ge=1)
-    attention_dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class RecurrentConfig(_ModelBase):
+    """The keys of both RNN families: their encoder (models/rnn.py's RNNEncoder) and decoder cells."""
+
+    cell: Literal["gru", "lstm"] = "gru"
+    hidden_size: int = Field(512, ge=1)
+    bidirectional: bool = True
+    # Not keys of the RNN families: read by checks that apply to every family.
+    share_embeddings: ClassVar[bool] = False
+
+
+class _CopyOptions(_Section):
+    """The keys of the families that attend over the source."""
+
     # Pointer-generator (See et al. 2017; models/copy.py): at every step a learned gate mixes the
     # vocabulary distribution with the attention over the source, so source tokens (names, rare
     # pieces) can be copied. Attention RNN: its attention; Transformer: the last decoder layer's
@@ -179,28 +176,87 @@ class ModelConfig(_Section):
     # sum_i min(a_i, c_i) per target token is logged and added with training.coverage_weight.
     # Needs model.copy_attn.
     coverage: bool = False
-    # Attention RNN with Bahdanau attention: the coverage vector is also an input of the attention
-    # score (See et al. eq. 11), so the decoder can see what it has attended to. Needs model.coverage.
+
+    @model_validator(mode="after")
+    def _coverage_needs_copy(self) -> _CopyOptions:
+        if self.coverage and not self.copy_attn:
+            raise Invalid("coverage", "is defined on the copy attention: needs model.copy_attn: true", ("copy_attn",))
+        return self
+
+
+class RNNConfig(RecurrentConfig):
+    """The plain encoder-decoder: the decoder sees one fixed context vector (Cho et al. 2014)."""
+
+    family: Literal["rnn"] = "rnn"
+    feed_context: bool = True  # context vector also fed at every step (Cho et al. 2014)
+    # No attention over the source, so nothing to copy with: not keys of this family, read by
+    # checks that apply to every family.
+    copy_attn: ClassVar[bool] = False
+    coverage: ClassVar[bool] = False
+
+
+class AttentionConfig(_CopyOptions, RecurrentConfig):
+    """The same RNNs with Bahdanau or Luong attention over all encoder states."""
+
+    family: Literal["attention"] = "attention"
+    attention: Literal["bahdanau", "luong_dot", "luong_general"] = "bahdanau"
+    input_feeding: bool = True  # Luong et al.: previous attentional vector fed to the next step
+    # The coverage vector is also an input of the Bahdanau attention score (See et al. eq. 11), so
+    # the decoder can see what it has attended to. Needs model.coverage.
     coverage_feature: bool = False
 
     @model_validator(mode="after")
-    def _family_options(self) -> ModelConfig:
-        if self.copy_attn and self.family == "rnn":
-            raise Invalid("copy_attn", "family 'rnn' has no attention over the source to copy with "
-                                  "(use family 'attention' or 'transformer')", ("family",))
-        if self.coverage and not self.copy_attn:
-            raise Invalid("coverage", "is defined on the copy attention: needs model.copy_attn: true", ("copy_attn",))
+    def _coverage_feature(self) -> AttentionConfig:
         if self.coverage_feature and not self.coverage:
             raise Invalid("coverage_feature", "needs model.coverage: true", ("coverage",))
-        if self.coverage_feature and (self.family != "attention" or self.attention != "bahdanau"):
-            raise Invalid("coverage_feature", "only implemented for family 'attention' with attention 'bahdanau'",
-                          ("family", "attention"))
-        if self.share_embeddings and self.family != "transformer":
-            raise Invalid("share_embeddings", "only implemented for family 'transformer'", ("family",))
-        if self.family == "transformer" and self.embed_dim % self.heads:
+        if self.coverage_feature and self.attention != "bahdanau":
+            raise Invalid("coverage_feature", "only implemented for attention 'bahdanau'", ("attention",))
+        return self
+
+
+class TransformerConfig(_CopyOptions, _ModelBase):
+    """Vaswani et al. 2017: ``embed_dim`` is d_model, ``encoder_layers``/``decoder_layers`` count blocks."""
+
+    family: Literal["transformer"] = "transformer"
+    heads: int = Field(8, ge=1)
+    ff_dim: int = Field(2048, ge=1)
+    norm: Literal["pre", "post"] = "pre"
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = Field(1024, ge=1)
+    attention_dropout: float = Field(0.1, ge=0, lt=1)
+    share_embeddings: bool = False  # source and target share one embedding (needs tokenizer.joint)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.embed_dim % self.heads:
             raise Invalid("heads", f"{self.heads} heads do not divide model.embed_dim {self.embed_dim} "
                                    f"(each head gets embed_dim / heads dimensions)", ("embed_dim",))
         return self
+
+
+MODEL_FAMILIES: dict[str, type[_ModelBase]] = {"rnn": RNNConfig, "attention": AttentionConfig,
+                                               "transformer": TransformerConfig}
+
+
+def _family(value: Any) -> Any:
+    """The family a model section names ("rnn" where it names none)."""
+    family = value.get("family", "rnn") if isinstance(value, dict) else getattr(value, "family", None)
+    return family if isinstance(family, str) else None
+
+
+# The model section: the class of its family. A key of another family is an unknown key.
+ModelConfig = Annotated[
+    Union[Annotated[RNNConfig, Tag("rnn")], Annotated[AttentionConfig, Tag("attention")],
+          Annotated[TransformerConfig, Tag("transformer")]],
+    Discriminator(_family, custom_error_type="model_family",
+                  custom_error_message="Input should be 'rnn', 'attention' or 'transformer'"),
+]
+_MODEL = TypeAdapter(ModelConfig)
+
+
+def model_config(**keys: Any) -> ModelConfig:
+    """The model section ``keys`` give (``family`` picks the class, "rnn" where absent), validated."""
+    return _MODEL.validate_python(keys)
 
 
 # ------------------------------------------------------------------------- training
@@ -365,7 +421,7 @@ class Config(_Section):
     output_dir: str = "runs/model"
     data: DataConfig = DataConfig()
     tokenizer: TokenizersConfig = TokenizersConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = RNNConfig()
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig = SearchConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -432,31 +488,47 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
 
 
-def _section(loc: tuple[str, ...]) -> type[BaseModel] | None:
+def _section(loc: tuple[str, ...], family: str = "rnn") -> type[BaseModel] | None:
     """The config class at a dotted location (``("training", "early_stopping")`` ->
-    EarlyStoppingConfig), or None where the location is not a section."""
+    EarlyStoppingConfig; ``("model",)`` -> the class of ``family``), or None where the location
+    is not a section."""
     cls: type[BaseModel] = Config
     for part in loc:
         field = cls.model_fields.get(part)
-        ann = field.annotation if field else None
+        ann = MODEL_FAMILIES[family] if (cls, part) == (Config, "model") else field.annotation if field else None
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
         cls = ann
     return cls
 
 
-def _suggest(loc: tuple[str, ...]) -> str:
+def _section_keys() -> dict[str, set[str]]:
+    """The keys of each top-level section (of the model section: those of every family)."""
+    keys = {name: set(f.annotation.model_fields) for name, f in Config.model_fields.items()
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+    keys["model"] = {k for cls in MODEL_FAMILIES.values() for k in cls.model_fields}
+    return keys
+
+
+def _suggest(loc: tuple[str, ...], family: str = "rnn") -> str:
     """' (did you mean training.epochs?)' for an unknown key close to a known one of its section,
     or to a key of the same name in another section; '' when nothing is close."""
-    section = _section(loc[:-1])
+    section = _section(loc[:-1], family)
     if section is not None:
         close = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
         if close:
             return f" (did you mean {'.'.join([*loc[:-1], close[0]])}?)"
-    elsewhere = [f"{name}.{loc[-1]}" for name, f in Config.model_fields.items()
-                 if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
-                 and loc[-1] in f.annotation.model_fields and (name,) != loc[:-1]]
+    elsewhere = [f"{name}.{loc[-1]}" for name, keys in _section_keys().items() if loc[-1] in keys and (name,) != loc[:-1]]
     return f" (did you mean {elsewhere[0]}?)" if elsewhere else ""
+
+
+def _unknown_key(loc: tuple[str, ...], family: str | None) -> tuple[str, bool]:
+    """What is wrong with an unknown key, and whether it is a key of another model family."""
+    owners = [f"'{f}'" for f, cls in MODEL_FAMILIES.items() if loc[-1] in cls.model_fields]
+    if family is not None and loc[:-1] == ("model",) and owners:
+        return (f"not a key of family '{family}' (only of {'family' if len(owners) == 1 else 'families'} "
+                f"{' and '.join(owners)})"), True
+    return "unknown key" + _suggest(loc, family or "rnn"), False
 
 
 def _format_error(err: ValidationError, source: str, overrides: list[str] | None = None) -> str:
@@ -465,13 +537,23 @@ def _format_error(err: ValidationError, source: str, overrides: list[str] | None
     first = err.errors()[0]
     loc = tuple(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
+    family = None
+    if loc[:1] == ("model",) and loc[1:2] and loc[1] in MODEL_FAMILIES:  # the family's class: not a key
+        family, loc = loc[1], loc[:1] + loc[2:]
     involved = [loc]
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, Invalid):
         involved = [loc + tuple(k.split(".")) for k in (cause.key, *cause.also)]
         loc = involved[0]
+    if first["type"] == "model_family":
+        if isinstance(first["input"], dict):
+            loc = involved[0] = loc + ("family",)
+        else:
+            msg = "Input should be a valid dictionary (the keys of the model section)"
     if first["type"] == "extra_forbidden":
-        msg = "unknown key" + _suggest(loc)
+        msg, other_family = _unknown_key(loc, family)
+        if other_family:  # an override of model.family is as much at fault as the key
+            involved.append(("model", "family"))
     key = ".".join(loc) or "<root>"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     for item in reversed(overrides or []):  # the last override of a key is the one in force
@@ -559,6 +641,26 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read YAML (or start from defaults when ``path`` is None), apply overrides, validate."""
     raw = read_config_file(path) if path is not None else {}
     return from_dict(raw, "config" if path is None else str(path), overrides)
+
+
+def read_saved_config(path: str | Path) -> dict[str, Any]:
+    """The mapping in a model directory's ``config.yaml`` (written by :func:`dump_config`, not by
+    a user). Before each model family had its own keys, every model's section held the keys of
+    all families (their defaults); those of other families never had any effect on the model, so
+    they are dropped here, and directories trained then load as they always did. Unknown keys
+    (no family's) are kept, and refused as in any config."""
+    raw = read_config_file(path)
+    model = raw.get("model")
+    family = _family(model)
+    if family in MODEL_FAMILIES:
+        own, everyone = MODEL_FAMILIES[family].model_fields, _section_keys()["model"]
+        raw["model"] = {k: v for k, v in model.items() if k in own or k not in everyone}
+    return raw
+
+
+def load_saved_config(path: str | Path) -> Config:
+    """The config of a model directory (``MODEL_DIR/config.yaml``), read by :func:`read_saved_config`."""
+    return from_dict(read_saved_config(path), str(path))
 
 
 def dump_config(cfg: Config) -> str:

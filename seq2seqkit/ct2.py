@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, SearchConfig, load_config
+from .config import Config, SearchConfig, load_saved_config
 from .data.tokenizers import BOS, EOS, MANIFEST, PAD, UNK, Tokenizer, load_tokenizers
 from .errors import UserError
 from .models import build_model
@@ -328,7 +328,7 @@ def load_ctranslate2(model_dir: str | Path, device: str = "auto", compute_type: 
     if not is_ctranslate2_dir(model_dir):
         raise UserError(f"{model_dir}: not a CTranslate2 model directory (no model.bin/config.json); create one "
                         f"with 's2s export --format ctranslate2 MODEL_DIR OUT_DIR'")
-    cfg = load_config(model_dir / "config.yaml")
+    cfg = load_saved_config(model_dir / "config.yaml")
     src_tok, tgt_tok = load_tokenizers(model_dir)
     dev = "cuda" if device == "cuda" or (device == "auto" and ct2.get_cuda_device_count() > 0) else "cpu"
     try:

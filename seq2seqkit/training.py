@@ -40,7 +40,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import distributed
 from . import metrics as M
 from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
-from .config import Config, TrainingConfig, dump_config, exposure_bias_key, from_dict, read_config_file
+from .config import Config, TrainingConfig, dump_config, exposure_bias_key, from_dict, read_saved_config
 from .data.corpus import iter_examples
 from .data.dataset import Batch, EncodedCorpus, collate, cut_sources, encode_corpus, token_batches
 from .data.shards import training_data
@@ -711,7 +711,7 @@ def load_for_resume(model_dir: str | Path, overrides: list[str]) -> Config:
     path = Path(model_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.yaml)")
-    raw = read_config_file(path)
+    raw = read_saved_config(path)
     raw["output_dir"] = str(model_dir)
     teacher = (raw.get("training") or {}).get("teacher_forcing")
     if isinstance(teacher, dict):  # saved before teacher_forcing.mode existed: it decoded step by step

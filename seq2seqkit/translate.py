@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_weights
-from .config import Config, SearchConfig, load_config
+from .config import Config, SearchConfig, load_saved_config
 from .data.dataset import pad_sources
 from .data.tokenizers import EOS, SPECIALS, Tokenizer, load_tokenizers
 from .errors import UserError
@@ -252,7 +252,7 @@ class Translator:
         model_dir = Path(model_dir)
         if not (model_dir / "config.yaml").is_file():
             raise UserError(f"{model_dir}: not a model directory (no config.yaml)")
-        cfg = load_config(model_dir / "config.yaml")
+        cfg = load_saved_config(model_dir / "config.yaml")
         src_tok, tgt_tok = load_tokenizers(model_dir)
         path = Path(checkpoint) if checkpoint.endswith(".pt") else model_dir / "checkpoints" / f"{checkpoint}.pt"
         if checkpoint == "best" and not path.exists():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seqkit.config import Config, from_dict
+from seq2seqkit.config import Config, ModelConfig, from_dict, model_config
 from seq2seqkit.data.dataset import make_batch
 
 
@@ -38,12 +38,28 @@ def tiny_config(tmp_path: Path, **training) -> Config:
         "data": {"train": {"src": str(train[0]), "tgt": str(train[1])},
                  "dev": {"src": str(dev[0]), "tgt": str(dev[1])}},
         "tokenizer": {"src": {"kind": "word"}, "tgt": {"kind": "word"}},
-        "model": {"family": "rnn", "cell": "gru", "embed_dim": 32, "hidden_size": 96, "dropout": 0.0},
+        "model": tiny_model("rnn", cell="gru").model_dump(),
         "training": {"epochs": 30, "batch_tokens": 400, "lr": 0.01, "log_every": 20,
                      "checkpoint_every": 50, "num_threads": 2, **training},
         "evaluation": {"metrics": ["exact", "wer", "per"]},
     }
     return from_dict(raw)
+
+
+def tiny_model(family: str, **keys) -> ModelConfig:
+    """The model section of :func:`tiny_config` (32-dim embeddings, no dropout, 96 hidden units
+    in the RNN families) for ``family``; ``keys`` add to or override it. Assign it to
+    ``cfg.model`` to switch a tiny config's family."""
+    sizes = {} if family == "transformer" else {"hidden_size": 96}
+    return model_config(**{"family": family, "embed_dim": 32, "dropout": 0.0, **sizes, **keys})
+
+
+def small_model(family: str, **keys) -> ModelConfig:
+    """A small model section of ``family`` for fast tests: 16-dim embeddings, no dropout, and 24
+    hidden units (RNN families) or 2 heads of a 32-dim feed-forward (Transformer); ``keys`` add to
+    or override these."""
+    sizes = {"heads": 2, "ff_dim": 32} if family == "transformer" else {"hidden_size": 24}
+    return model_config(**{"family": family, "embed_dim": 16, "dropout": 0.0, **sizes, **keys})
 
 
 @pytest.fixture(autouse=True, scope="session")

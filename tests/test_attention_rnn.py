@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seq2seqkit.config import ModelConfig
+from seq2seqkit.config import model_config
 from seq2seqkit.data.dataset import pad_sources
 from seq2seqkit.errors import ConfigError
 from seq2seqkit.evaluate import evaluate_model, load_eval_set
@@ -31,7 +31,7 @@ IDS = [",".join(f"{k}={v}" for k, v in kw.items()) for kw in VARIANTS]
 
 
 def make(**kw) -> torch.nn.Module:
-    cfg = ModelConfig(family="attention", embed_dim=16, hidden_size=24, dropout=0.0, **kw)
+    cfg = model_config(family="attention", embed_dim=16, hidden_size=24, dropout=0.0, **kw)
     torch.manual_seed(0)
     return build_model(cfg, src_vocab=20, tgt_vocab=15).eval()
 
@@ -133,7 +133,7 @@ def test_luong_dot_with_a_wider_encoder_is_a_clear_config_error():
 @pytest.mark.parametrize("attention", ["bahdanau", "luong_general"])
 def test_learns_the_reverse_task(tmp_path, attention):
     cfg = tiny_config(tmp_path, max_steps=300, validate_every=100, num_threads=1)
-    cfg.model.family, cfg.model.attention = "attention", attention
+    cfg.model = model_config(family="attention", attention=attention, embed_dim=32, hidden_size=96, dropout=0.0)  # the tiny sizes
     cfg.training.lr = 0.005  # at the tiny config's 0.01, Luong-general's dev loss turns up after 200 updates
     Trainer(cfg).train()
     translator = Translator.load(cfg.output_dir)

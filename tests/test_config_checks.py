@@ -86,14 +86,16 @@ def test_heads_must_divide_embed_dim(tmp_path: Path):
     assert error(path) == (f"{path}: model.heads: 6 heads do not divide model.embed_dim 64 "
                            f"(each head gets embed_dim / heads dimensions)")
     assert load_config(path, ["model.heads=8"]).model.heads == 8
-    assert load_config(None, ["model.heads=6", "model.embed_dim=64"]).model.family == "rnn"  # RNNs have no heads
+    assert error(None, "model.heads=6", "model.embed_dim=64") == \
+        "override 'model.heads=6': not a key of family 'rnn' (only of family 'transformer')"  # RNNs have no heads
 
 
 def test_share_embeddings_needs_a_joint_vocabulary(tmp_path: Path):
     path = write(tmp_path / "c.yaml", TRANSFORMER + "  share_embeddings: true\n")
     assert error(path) == f"{path}: model.share_embeddings: needs one vocabulary for both sides (set tokenizer.joint: true)"
     assert load_config(path, ["tokenizer.joint=true"]).model.share_embeddings is True
-    assert "only implemented for family 'transformer'" in error(None, "model.share_embeddings=true", "tokenizer.joint=true")
+    assert error(None, "model.share_embeddings=true", "tokenizer.joint=true") == \
+        "override 'model.share_embeddings=true': not a key of family 'rnn' (only of family 'transformer')"
 
 
 def test_early_stopping_metric_must_be_computed(tmp_path: Path):

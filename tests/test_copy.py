@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from seq2seqkit.cli import main
-from seq2seqkit.config import ModelConfig, from_dict
+from seq2seqkit.config import from_dict, model_config
 from seq2seqkit.data.dataset import make_batch
 from seq2seqkit.errors import ConfigError
 from seq2seqkit.models import build_model
@@ -27,7 +27,7 @@ from seq2seqkit.training import Trainer, token_loss
 MARK, FILLER, FIRST_RARE, RARE = 5, list(range(6, 16)), 16, 1500
 VOCAB = FIRST_RARE + RARE
 SMALL = {"attention": dict(family="attention", embed_dim=32, hidden_size=64, dropout=0.0),
-         "transformer": dict(family="transformer", embed_dim=32, hidden_size=64, heads=2, ff_dim=64, dropout=0.0,
+         "transformer": dict(family="transformer", embed_dim=32, heads=2, ff_dim=64, dropout=0.0,
                              attention_dropout=0.0)}
 LR = {"attention": 0.01, "transformer": 0.005}
 
@@ -50,7 +50,7 @@ TEST = rare_word_task(60, random.Random(1), SEEN)
 def train_ids(family: str, copy: bool, steps: int = 100, **extra) -> torch.nn.Module:
     """Train on TRAIN with the functions training uses (teacher forcing, token loss, coverage)."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**SMALL[family], copy_attn=copy, **extra), VOCAB, VOCAB)
+    model = build_model(model_config(**SMALL[family], copy_attn=copy, **extra), VOCAB, VOCAB)
     opt = torch.optim.Adam(model.parameters(), lr=LR[family])
     rng = random.Random(0)
     for _ in range(steps):
@@ -124,7 +124,7 @@ def small_batch():
 
 @pytest.mark.parametrize("family,extra", list(copy_models()))
 def test_mixture_is_a_distribution_and_steps_agree_with_the_teacher_forced_pass(family, extra):
-    model = build_model(ModelConfig(**SMALL[family], copy_attn=True, **extra), 100, 100).eval()
+    model = build_model(model_config(**SMALL[family], copy_attn=True, **extra), 100, 100).eval()
     b = small_batch()
     scores, losses = model.forward_with_losses(b.src, b.src_lens, b.tgt_in)
     torch.testing.assert_close(scores.exp().sum(-1), torch.ones(scores.shape[:2]))
@@ -143,7 +143,7 @@ def test_mixture_is_a_distribution_and_steps_agree_with_the_teacher_forced_pass(
 
 
 def test_mixture_gradients_are_finite_and_bf16_mixes_in_fp32():
-    model = build_model(ModelConfig(**SMALL["transformer"], copy_attn=True, coverage=True), 100, 100)
+    model = build_model(model_config(**SMALL["transformer"], copy_attn=True, coverage=True), 100, 100)
     b = small_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         scores, losses = model.forward_with_losses(b.src, b.src_lens, b.tgt_in)
@@ -203,7 +203,7 @@ def test_coverage_loss_is_zero_first_and_positive_when_attention_repeats():
 
 
 def test_cached_and_uncached_transformer_decoding_agree_with_copy():
-    model = build_model(ModelConfig(**SMALL["transformer"], copy_attn=True, coverage=True, decoder_layers=2),
+    model = build_model(model_config(**SMALL["transformer"], copy_attn=True, coverage=True, decoder_layers=2),
                         100, 100).eval()
     b = small_batch()
     enc = model.encode(b.src, b.src_lens)
@@ -218,7 +218,7 @@ def test_cached_and_uncached_transformer_decoding_agree_with_copy():
 @pytest.mark.parametrize("family", list(SMALL))
 @pytest.mark.parametrize("mode", ["parallel", "sequential"])
 def test_scheduled_sampling_trains_copy_models(family, mode):
-    model = build_model(ModelConfig(**SMALL[family], copy_attn=True, coverage=True), 100, 100)
+    model = build_model(model_config(**SMALL[family], copy_attn=True, coverage=True), 100, 100)
     b = small_batch()
     scores, losses = decode_with_teacher_forcing(model, b.src, b.src_lens, b.tgt_in, 0.5, mode)
     assert scores.shape == (2, b.tgt_in.size(1), 100) and losses["coverage"].shape == b.tgt_in.shape

@@ -15,7 +15,7 @@ from seq2seqkit.ct2 import CTranslate2Translator, export_ctranslate2  # noqa: E4
 from seq2seqkit.training import Trainer  # noqa: E402
 from seq2seqkit.translate import Translator  # noqa: E402
 
-from conftest import tiny_config, write_reverse_task  # noqa: E402
+from conftest import tiny_config, tiny_model, write_reverse_task  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,7 @@ def trained(tmp_path_factory) -> Path:
     """A small pre-norm Transformer, partly trained on the reverse task (so its outputs vary)."""
     tmp = tmp_path_factory.mktemp("ct2")
     cfg = tiny_config(tmp, max_steps=300, validate_every=300, num_threads=1)
-    cfg.model.family = "transformer"
-    cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = 64, 4, 128
-    cfg.model.encoder_layers = cfg.model.decoder_layers = 2
+    cfg.model = tiny_model("transformer", embed_dim=64, heads=4, ff_dim=128, encoder_layers=2, decoder_layers=2)
     cfg.training.lr, cfg.training.lr_schedule, cfg.training.warmup_steps = 2e-3, "inverse_sqrt", 50
     Trainer(cfg).train()
     return Path(cfg.output_dir)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seq2seqkit.cli import main
-from seq2seqkit.config import ModelConfig, from_dict
+from seq2seqkit.config import from_dict
 from seq2seqkit.data.dataset import pad_sources
 from seq2seqkit.errors import UserError
 from seq2seqkit.models import build_model
@@ -18,15 +18,12 @@ from seq2seqkit.search import beam_search, greedy_search
 from seq2seqkit.training import Trainer
 from seq2seqkit.translate import Translator
 
-from conftest import batch, step_by_step, tiny_config, write_reverse_task
+from conftest import batch, small_model, step_by_step, tiny_config, write_reverse_task
 from test_search import random_sources, same
-
-SMALL = {"embed_dim": 16, "hidden_size": 24, "dropout": 0.0, "heads": 2, "ff_dim": 32}
-
 
 def member(family: str, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(ModelConfig(family=family, **SMALL), src_vocab=20, tgt_vocab=15).eval()
+    return build_model(small_model(family), src_vocab=20, tgt_vocab=15).eval()
 
 
 def three_families() -> Ensemble:
@@ -72,7 +69,7 @@ def test_beam_search_on_a_mixed_ensemble_is_batch_independent_and_size_1_is_gree
 
 
 def test_members_must_agree_on_vocabulary_sizes():
-    other = build_model(ModelConfig(family="rnn", **SMALL), src_vocab=20, tgt_vocab=16)
+    other = build_model(small_model("rnn"), src_vocab=20, tgt_vocab=16)
     with pytest.raises(ValueError, match="vocabulary sizes"):
         Ensemble([member("rnn", 0), other])
 
@@ -82,7 +79,8 @@ def trained(tmp_path, name: str, family: str, alphabet: str = "abcdef") -> str:
     if alphabet != "abcdef":
         write_reverse_task(tmp_path / name / "train", 2000, seed=1, alphabet=alphabet)
     raw = cfg.model_dump()
-    raw["model"] = {**raw["model"], "family": family, "heads": 2, "ff_dim": 64}
+    sizes = {"heads": 2, "ff_dim": 64} if family == "transformer" else {"hidden_size": raw["model"]["hidden_size"]}
+    raw["model"] = {"family": family, "embed_dim": raw["model"]["embed_dim"], "dropout": 0.0, **sizes}
     cfg = from_dict(raw)
     Trainer(cfg).train()
     return cfg.output_dir

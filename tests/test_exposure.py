@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import batch, tiny_config
-from seq2seqkit.config import ModelConfig, load_config
+from seq2seqkit.config import load_config, model_config
 from seq2seqkit.data.dataset import make_batch
 from seq2seqkit.data.tokenizers import BOS, EOS, PAD
 from seq2seqkit.errors import ConfigError
@@ -176,7 +176,7 @@ TGT = [[4, 5, 6], [7, 8, 9, 10, 11, 12]]
 
 def make(name: str) -> Seq2SeqModel:
     torch.manual_seed(0)
-    return build_model(ModelConfig(dropout=0.0, **FAMILIES[name]), src_vocab=20, tgt_vocab=15).eval()
+    return build_model(model_config(dropout=0.0, **FAMILIES[name]), src_vocab=20, tgt_vocab=15).eval()
 
 
 @pytest.mark.parametrize("name", FAMILIES)

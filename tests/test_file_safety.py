@@ -21,7 +21,7 @@ from seq2seqkit.errors import UserError
 from seq2seqkit.rundir import LOCK, MARKER, MODEL, RunLock, kind_of, remove_model_dir
 from seq2seqkit.training import Trainer, load_for_resume
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_model
 
 
 def one_line_error(capsys) -> str:
@@ -171,9 +171,7 @@ def test_export_refuses_a_destination_that_is_inside_or_around_the_source(tmp_pa
 def test_export_force_replaces_only_an_earlier_export(tmp_path, capsys):
     pytest.importorskip("ctranslate2")
     cfg = tiny_config(tmp_path, max_steps=2, num_threads=1)
-    cfg.model.family = "transformer"
-    cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = 16, 2, 32
-    cfg.model.encoder_layers = cfg.model.decoder_layers = 1
+    cfg.model = tiny_model("transformer", embed_dim=16, heads=2, ff_dim=32, encoder_layers=1, decoder_layers=1)
     Trainer(cfg).train()
     src, dst = cfg.output_dir, tmp_path / "ct2"
     export = ["-q", "export", "--format", "ctranslate2", src, str(dst), "--checkpoint", "last"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from seq2seqkit.cli import main
-from seq2seqkit.config import CorpusConfig, ModelConfig, SearchConfig
+from seq2seqkit.config import CorpusConfig, SearchConfig
 from seq2seqkit.data.dataset import pad_sources
 from seq2seqkit.models import build_model
 from seq2seqkit.models.base import Seq2SeqModel, StepOutput
@@ -24,17 +24,16 @@ from seq2seqkit.search import search
 from seq2seqkit.training import Trainer
 from seq2seqkit.translate import Translator
 
-from conftest import tiny_config
+from conftest import small_model, tiny_config
 from test_search import random_sources
 
-SMALL = {"embed_dim": 16, "hidden_size": 24, "dropout": 0.0, "heads": 2, "ff_dim": 32, "decoder_layers": 2}
 SEARCHES = {"greedy": SearchConfig(), "beam": SearchConfig(beam_size=3, nbest=2),
             "sample": SearchConfig(sample=True, nbest=2)}
 
 
 def family(name: str, seed: int = 0, **kw) -> Seq2SeqModel:
     torch.manual_seed(seed)
-    return build_model(ModelConfig(family=name, **{**SMALL, **kw}), src_vocab=20, tgt_vocab=15).eval()
+    return build_model(small_model(name, **{"decoder_layers": 2, **kw}), src_vocab=20, tgt_vocab=15).eval()
 
 
 class Spy(Seq2SeqModel):
@@ -132,7 +131,7 @@ def trained(tmp_path: Path, name: str, **model) -> Path:
     cfg = tiny_config(tmp_path, max_steps=2, num_threads=1)
     if "max_positions" in model:  # training data must fit learned positions (checked at load)
         cfg.data.max_src_len = cfg.data.max_tgt_len = model["max_positions"] - 1
-    cfg.model = ModelConfig(family=name, **{**SMALL, **model})
+    cfg.model = small_model(name, **{"decoder_layers": 2, **model})
     cfg.data.dev = CorpusConfig()  # no validation: only the weights' shapes matter here
     Trainer(cfg).train()
     return Path(cfg.output_dir)

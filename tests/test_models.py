@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seq2seqkit.config import ModelConfig, TeacherForcingConfig
+from seq2seqkit.config import TeacherForcingConfig, model_config
 from seq2seqkit.data.dataset import pad_sources
 from conftest import assert_padding_is_inert, batch, step_by_step
 from seq2seqkit.data.tokenizers import BOS, EOS
@@ -23,7 +23,7 @@ VARIANTS = [
 
 
 def make(**kw) -> torch.nn.Module:
-    cfg = ModelConfig(embed_dim=16, hidden_size=24, dropout=0.0, **kw)
+    cfg = model_config(embed_dim=16, hidden_size=24, dropout=0.0, **kw)
     torch.manual_seed(0)
     return build_model(cfg, src_vocab=20, tgt_vocab=15).eval()
 

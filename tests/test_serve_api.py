@@ -24,7 +24,7 @@ from seq2seqkit.serve import Limits, create_app, load_models  # noqa: E402
 from seq2seqkit.training import Trainer  # noqa: E402
 from seq2seqkit.translate import Translator, ranking_score  # noqa: E402
 
-from conftest import tiny_config  # noqa: E402
+from conftest import tiny_config, tiny_model  # noqa: E402
 
 WORDS = ["a b c", "d e f a", "b", "c c a e f", "f e", "a b c d e", "e", "d d b"]  # lengths differ: padding
 
@@ -36,8 +36,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     dirs = {}
     for family, steps in (("attention", 60), ("rnn", 2)):
         cfg = tiny_config(tmp / family, max_steps=steps, validate_every=steps, num_threads=1)
-        cfg.model.family = family
-        cfg.model.hidden_size = 64
+        cfg.model = tiny_model(family, hidden_size=64)
         Trainer(cfg).train()
         dirs[family] = Path(cfg.output_dir)
     return dirs
@@ -47,8 +46,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 def transformer_dir(tmp_path_factory) -> Path:
     """A tiny Transformer, a little trained (its own padding masks; exportable to CTranslate2)."""
     cfg = tiny_config(tmp_path_factory.mktemp("serve-tf"), max_steps=40, validate_every=40, num_threads=1)
-    cfg.model.family, cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = "transformer", 32, 2, 64
-    cfg.model.encoder_layers = cfg.model.decoder_layers = 1
+    cfg.model = tiny_model("transformer", heads=2, ff_dim=64, encoder_layers=1, decoder_layers=1)
     cfg.training.lr_schedule, cfg.training.warmup_steps, cfg.training.lr = "inverse_sqrt", 10, 3e-3
     Trainer(cfg).train()
     return Path(cfg.output_dir)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_model
 
 import uvicorn
 from fastapi.testclient import TestClient
@@ -48,8 +48,7 @@ def find_chromium() -> str | None:
 
 def train(tmp: Path, family: str, steps: int) -> Path:
     cfg = tiny_config(tmp, max_steps=steps, validate_every=10**6, checkpoint_every=10**6, num_threads=1)
-    cfg.model.family = family
-    cfg.model.embed_dim, cfg.model.hidden_size = 16, 48
+    cfg.model = tiny_model(family, embed_dim=16, hidden_size=48)
     Trainer(cfg).train()
     return Path(cfg.output_dir)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seq2seqkit.config import ModelConfig
 from seq2seqkit.data.dataset import pad_sources
 from seq2seqkit.data.tokenizers import BOS, EOS
 from seq2seqkit.generation_controls import GenerationControls
@@ -17,18 +16,19 @@ from seq2seqkit.models.base import select
 from seq2seqkit.models.ensemble import Ensemble
 from seq2seqkit.search import PathDecoder, greedy_search, max_lengths, most_probable, sampler
 
+from conftest import small_model
 from test_search import random_sources, same
 
-SMALL = dict(embed_dim=16, hidden_size=24, dropout=0.0, heads=2, ff_dim=32, attention_dropout=0.0)
 FAMILIES = {
     "rnn": dict(family="rnn", cell="gru"),
     "rnn-lstm-2": dict(family="rnn", cell="lstm", encoder_layers=2, decoder_layers=2),
     "bahdanau": dict(family="attention"),
     "luong-feeding": dict(family="attention", cell="lstm", attention="luong_general"),
-    "transformer": dict(family="transformer", decoder_layers=2),
-    "transformer-learned-post": dict(family="transformer", positions="learned", max_positions=40, norm="post"),
+    "transformer": dict(family="transformer", decoder_layers=2, attention_dropout=0.0),
+    "transformer-learned-post": dict(family="transformer", positions="learned", max_positions=40, norm="post",
+                                     attention_dropout=0.0),
     "copy-attention": dict(family="attention", copy_attn=True, coverage=True, coverage_feature=True),
-    "copy-transformer": dict(family="transformer", copy_attn=True, coverage=True),
+    "copy-transformer": dict(family="transformer", copy_attn=True, coverage=True, attention_dropout=0.0),
 }
 VOCAB = 20  # one vocabulary for both sides (copy models need it)
 
@@ -37,7 +37,7 @@ def model_of(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     if name == "ensemble":
         return Ensemble([model_of("rnn", 1), model_of("bahdanau", 2), model_of("copy-transformer", 3)]).eval()
-    return build_model(ModelConfig(**SMALL, **FAMILIES[name]), VOCAB, VOCAB).eval()
+    return build_model(small_model(**FAMILIES[name]), VOCAB, VOCAB).eval()
 
 
 NAMES = [*FAMILIES, "ensemble"]

@@ -19,7 +19,7 @@ from seq2seqkit.config import dump_config
 from seq2seqkit.errors import UserError
 from seq2seqkit.training import Trainer, load_for_resume
 
-from conftest import tiny_config, train_reverse_and_score
+from conftest import tiny_config, tiny_model, train_reverse_and_score
 
 
 def train_losses(model_dir: Path) -> list[tuple[int, float]]:
@@ -195,8 +195,7 @@ def test_bf16_precision_runs_matmuls_in_bf16_and_keeps_fp32_weights(tmp_path):
     losses = {}
     for precision in ("fp32", "bf16"):
         cfg = tiny_config(tmp_path / precision, max_steps=80, precision=precision, num_threads=1)
-        cfg.model.family = "transformer"
-        cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = 32, 2, 64
+        cfg.model = tiny_model("transformer", heads=2, ff_dim=64)
         trainer = Trainer(cfg)
         seen = []
         trainer.model.output.register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
@@ -210,8 +209,7 @@ def test_bf16_precision_runs_matmuls_in_bf16_and_keeps_fp32_weights(tmp_path):
 
 def _tiny_transformer(tmp_path, **training):
     cfg = tiny_config(tmp_path, num_threads=1, **training)
-    cfg.model.family = "transformer"
-    cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = 32, 2, 64
+    cfg.model = tiny_model("transformer", heads=2, ff_dim=64)
     return cfg
 
 

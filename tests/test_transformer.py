@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seqkit.config import ModelConfig
+from seq2seqkit.config import model_config
 from seq2seqkit.data.dataset import pad_sources
 from conftest import assert_padding_is_inert, batch, step_by_step, tiny_config, train_reverse_and_score
 from seq2seqkit.data.tokenizers import BOS, EOS
@@ -31,7 +31,7 @@ TGT = [[4, 5, 6], [7, 8, 9, 10, 11, 12], [13]]
 def make(src_vocab: int = 20, tgt_vocab: int = 15, **kw) -> TransformerSeq2Seq:
     kw = {"embed_dim": 16, "heads": 2, "ff_dim": 32, "encoder_layers": 2, "decoder_layers": 2,
           "dropout": 0.1, "attention_dropout": 0.1, **kw}
-    cfg = ModelConfig(family="transformer", **kw)
+    cfg = model_config(family="transformer", **kw)
     torch.manual_seed(0)
     model = build_model(cfg, src_vocab=src_vocab, tgt_vocab=tgt_vocab)
     assert isinstance(model, TransformerSeq2Seq)
@@ -175,10 +175,8 @@ def test_configuration_errors_are_clear():
 def test_reverse_task_is_learned(tmp_path):
     """A 2+2-layer Transformer learns to reverse short strings (>= 95% exact match)."""
     cfg = tiny_config(tmp_path, max_steps=600, validate_every=100)
-    cfg.model.family = "transformer"
-    cfg.model.embed_dim, cfg.model.heads, cfg.model.ff_dim = 64, 4, 128
-    cfg.model.encoder_layers = cfg.model.decoder_layers = 2
-    cfg.model.dropout = cfg.model.attention_dropout = 0.1
+    cfg.model = model_config(family="transformer", embed_dim=64, heads=4, ff_dim=128, encoder_layers=2, decoder_layers=2,
+                             dropout=0.1, attention_dropout=0.1)
     tc = cfg.training
     tc.lr, tc.lr_schedule, tc.warmup_steps, tc.label_smoothing = 2e-3, "inverse_sqrt", 50, 0.1
     tc.early_stopping.metric = "exact"  # keep the checkpoint with the best dev exact match

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import AttentionConfig
 from ..data.tokenizers import PAD
 from ..errors import ConfigError
 from .attention import AdditiveAttention, Attention, DotAttention, GeneralAttention
@@ -52,7 +52,7 @@ class AttentionRNNSeq2Seq(Seq2SeqModel):
     "context"[, "cell"][, "src": ids, with copy]}``; decoder state: ``{"h": (B, L, H)[, "c"]
     [, "feed": (B, H)][, "coverage": (B, S), with coverage]}``."""
 
-    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
+    def __init__(self, cfg: AttentionConfig, src_vocab: int, tgt_vocab: int) -> None:
         super().__init__()
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.is_lstm = cfg.cell == "lstm"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..config import ModelConfig
+from ..config import RecurrentConfig, RNNConfig
 from ..data.tokenizers import PAD
 from .base import Seq2SeqModel, State, StepOutput, merge_rows
 from .dropout import Dropout
@@ -23,7 +23,7 @@ RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 class RNNEncoder(nn.Module):
     """Embeddings + (bi)GRU/LSTM over the padded source, padding skipped via packing."""
 
-    def __init__(self, cfg: ModelConfig, vocab: int) -> None:
+    def __init__(self, cfg: RecurrentConfig, vocab: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, cfg.embed_dim, padding_idx=PAD)
         self.dropout = Dropout(cfg.dropout)
@@ -89,7 +89,7 @@ class OutputLayer(nn.Module):
 class RNNSeq2Seq(Seq2SeqModel):
     """Encoder -> context vector -> decoder. Decoder state: ``{"h": (B, L, H)[, "c": ...]}``."""
 
-    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
+    def __init__(self, cfg: RNNConfig, src_vocab: int, tgt_vocab: int) -> None:
         super().__init__()
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.feed_context = cfg.feed_context

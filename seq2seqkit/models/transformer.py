@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import TransformerConfig
 from ..data.tokenizers import PAD
 from .base import NO_LOSSES, Losses, Seq2SeqModel, State, StepOutput, cat_padded, merge_rows
 from .copy import CopyGate, copy_log_probs, coverage_losses, step_coverage_loss
@@ -120,7 +120,7 @@ class Embedder(nn.Module):
     with std d^-1/2 (they may double as the output projection); the scale brings them back to
     the magnitude of the position encodings."""
 
-    def __init__(self, cfg: ModelConfig, table: nn.Embedding) -> None:
+    def __init__(self, cfg: TransformerConfig, table: nn.Embedding) -> None:
         super().__init__()
         self.table = table  # possibly shared with the other side (share_embeddings)
         self.positions = Positions(cfg.positions, cfg.embed_dim, cfg.max_positions)
@@ -140,7 +140,7 @@ class Block(nn.Module):
     post-norm: LN(x + drop(f(x)))  -- the original paper.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.pre = cfg.norm == "pre"
         self.dropout = Dropout(cfg.dropout)
@@ -156,7 +156,7 @@ class Block(nn.Module):
 class EncoderLayer(Block):
     """Self-attention over the (unpadded) source, then the feed-forward network."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__(cfg)
         d = cfg.embed_dim
         self.attn = MultiHeadAttention(d, cfg.heads, cfg.attention_dropout)
@@ -172,7 +172,7 @@ class EncoderLayer(Block):
 class DecoderLayer(Block):
     """Causal self-attention, cross-attention over the source, feed-forward network."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__(cfg)
         d = cfg.embed_dim
         self.self_attn = MultiHeadAttention(d, cfg.heads, cfg.attention_dropout)
@@ -204,7 +204,7 @@ class DecoderLayer(Block):
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, table: nn.Embedding) -> None:
+    def __init__(self, cfg: TransformerConfig, table: nn.Embedding) -> None:
         super().__init__()
         self.embed = Embedder(cfg, table)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
@@ -228,7 +228,7 @@ class DecoderOutput(NamedTuple):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, table: nn.Embedding) -> None:
+    def __init__(self, cfg: TransformerConfig, table: nn.Embedding) -> None:
         super().__init__()
         self.embed = Embedder(cfg, table)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
@@ -273,7 +273,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
     holds ``"src"`` (B, S) ids; with coverage, the state ``"coverage"`` (B, S).
     """
 
-    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> None:
+    def __init__(self, cfg: TransformerConfig, src_vocab: int, tgt_vocab: int) -> None:
         super().__init__()
         if cfg.share_embeddings and src_vocab != tgt_vocab:
             raise ValueError(f"model.share_embeddings needs one vocabulary for both sides, but the source has "
