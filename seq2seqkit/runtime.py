@@ -295,15 +295,15 @@ class HeapBound:
     the freed heap is given back (:func:`release_freed_memory`), instead of the heap growing for
     the rest of the run.
 
-    The limit is a trade between memory and speed, not a hard cap. Resident memory after an
-    update is the update's own peak (the kept heap does not shrink), and the heap grows in jumps
-    of up to 0.6-0.8 GB, when an update's largest blocks (the logits and their gradients) fit no
-    free hole, so the peak passes the limit by up to one jump. A release costs the next updates
-    the page faults of re-touching the heap (0.3-0.6 s CPU for the first of them, on a 1.5 s
-    update), and they touch 2.0-2.3 GB again within two updates: a lower limit releases every
-    few updates. Over 100 updates (BENCHMARKS.md, "Memory"): limit 1.5x, peak 1.56x, 6 releases,
-    +2.6% CPU per token against never releasing (peak 2.10x); limit 1.2x, peak 1.38x, 24
-    releases, +11%."""
+    The limit trades memory for speed; it is not a hard cap. Resident memory after an update is
+    the update's own peak (the kept heap does not shrink within it), and the heap grows in jumps
+    (0.1-0.6 GB: an update whose largest blocks, the logits and their gradients, fit no free
+    hole), so the peak passes the limit by up to one jump. A release costs page faults: the next
+    update faults 1.1-1.4 GB back in (0.3-0.6 s CPU on a 1.2-1.6 s update), and within two or
+    three updates batches of other shapes have made most of the heap resident again. So a lower
+    limit releases every few updates and still does not hold the peak at 1.5x: over 100 updates,
+    1.2x gave 1.38-1.55x for about +5% CPU per token, 1.5x 1.56-1.82x at no measurable cost,
+    never releasing 1.83-2.10x (BENCHMARKS.md, "Memory")."""
 
     def __init__(self, warmup: int = 10, ceiling: float = 1.5, enabled: bool = True) -> None:
         self.warmup, self.ceiling, self.enabled = warmup, ceiling, enabled
