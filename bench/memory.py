@@ -2,7 +2,7 @@
 
     python bench/memory.py translate            # s2s translate on one 1k / 10k / 100k-character line
     python bench/memory.py train --epochs 3     # a Multi30k Transformer run: training steps vs validation
-    python bench/memory.py ab --epochs 2        # training speed with and without releasing freed heap
+    python bench/memory.py ab --epochs 2 --above 1.5 1.2   # training speed: never releasing freed heap vs limits
     python bench/memory.py ... --record         # ... and append the table to BENCHMARKS.md
 
 * ``translate``: trains (once) a small attention GRU on the G2P task (``configs/g2p-attention.yaml``,
@@ -17,9 +17,11 @@
   at each switch between training and validation and reads ``VmHWM`` at the end of each phase,
   so every training epoch and every validation has its own peak; a side thread samples
   ``VmRSS`` every few seconds into ``OUT/rss.csv``. The table compares the training phases'
-  peak with the whole run's (``ru_maxrss`` of the child).
-* ``ab``: the same training child with ``training.release_memory`` true and false, alternating
-  (``--repeats`` pairs), validation without the exposure-bias passes. Speed is the CPU time the
+  peak with the whole run's (the highest phase peak: after a reset, the child's ``ru_maxrss``
+  no longer covers the earlier phases).
+* ``ab``: the same training child with ``training.release_memory`` false and with each
+  ``training.release_memory_above`` of ``--above`` (default 1.5), alternating (``--repeats``
+  rounds), validation without the exposure-bias passes; the logged losses must be identical. Speed is the CPU time the
   training phases took per 1,000 target tokens (one thread, so it does not depend on how busy
   the other cores are, unlike wall-clock tokens/s, which is shown too), beside each run's peak RSS.
 """
@@ -31,6 +33,7 @@ import csv
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import threading
@@ -188,11 +191,15 @@ def train_child(args: argparse.Namespace) -> None:
 
     trainer._validate = measured_validate  # type: ignore[method-assign]
     step = trainer.train_step
-    trained = {"tokens": 0}
+    trained = {"tokens": 0, "updates": 0, "peak10": None}
 
     def counted_step(batch, *args, **kwargs):
         trained["tokens"] += sum(b.n_tokens for b in (batch if isinstance(batch, list) else [batch]))
-        return step(batch, *args, **kwargs)
+        loss = step(batch, *args, **kwargs)
+        trained["updates"] += 1
+        if trained["updates"] == 10:  # the training step's own peak: the first 10 updates' (ru_maxrss, KiB)
+            trained["peak10"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return loss
 
     trainer.train_step = counted_step  # type: ignore[method-assign]
     threading.Thread(target=sampler, daemon=True).start()
@@ -206,8 +213,10 @@ def train_child(args: argparse.Namespace) -> None:
     tok_s = [e["tokens_per_s"] for e in log if e["kind"] == "train"]
     print(json.dumps({"phases": [{k: v for k, v in p.items() if k not in ("t0", "c0")} for p in phases],
                       "hwm_reset": can_reset, "steps": trainer.progress.step, "seconds": seconds,
-                      "tokens_per_s": tok_s, "train_tokens": trained["tokens"],
+                      "tokens_per_s": tok_s, "train_tokens": trained["tokens"], "peak10": trained["peak10"],
+                      "losses": [[e["kind"], e["step"], e["loss"]] for e in log if "loss" in e],
                       "heap_releases": trainer.heap.releases, "heap_limit": trainer.heap.limit,
+                      "heap_peak": trainer.heap.peak,
                       "threads": torch.get_num_threads()}))
 
 
@@ -224,7 +233,10 @@ def run_train_child(out: Path, epochs: int, sample_every: float, overrides: list
         rc, peak, wall = run_measured(cmd, cwd=REPO, stdout=f)
     if rc:
         raise SystemExit(f"training child failed with status {rc}")
-    return json.loads(result.read_text().strip().splitlines()[-1]), peak, wall
+    res = json.loads(result.read_text().strip().splitlines()[-1])
+    # The child resets the kernel's high-water mark at each phase, and what wait4 reports is the
+    # mark at exit (or at a thread's exit), so the whole run's peak is the highest phase peak.
+    return res, max([peak, *(p["peak"] for p in res["phases"])]), wall
 
 
 def bench_train(args: argparse.Namespace) -> str:
@@ -232,28 +244,36 @@ def bench_train(args: argparse.Namespace) -> str:
 
 
 def bench_ab(args: argparse.Namespace) -> str:
-    """Training speed and peak RSS with and without releasing the freed heap, alternating."""
-    rows = ["| training.release_memory | run | updates | training CPU s | CPU ms per 1k target tokens "
-            "| logged tokens/s (median, wall) | whole run's peak RSS | heap releases |",
-            "|---|---|---|---|---|---|---|---|"]
-    per_1k: dict[bool, list[float]] = {True: [], False: []}
+    """Training speed and peak RSS without releasing the freed heap and with each limit, alternating."""
+    rows = ["| freed heap released above | run | updates | training CPU s | CPU ms per 1k target tokens "
+            "| logged tokens/s (median, wall) | first 10 updates' peak RSS | whole run's peak RSS | heap releases |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    arms = [*args.above, None]  # None: training.release_memory=false
+    per_1k: dict[float | None, list[float]] = {arm: [] for arm in arms}
+    same = []  # per round: are the logged losses (training windows, validation) bit-identical in every arm?
     for run in range(1, args.repeats + 1):
-        for release in (True, False):
-            out = Path(args.out) / f"{'release' if release else 'keep'}-{run}"
+        losses = []
+        for arm in arms:
+            out = Path(args.out) / (f"above-{arm}-{run}" if arm else f"keep-{run}")
+            setting = [f"training.release_memory_above={arm}"] if arm else ["training.release_memory=false"]
             res, peak, _ = run_train_child(out, args.epochs, args.sample_every,
-                                           [f"training.release_memory={str(release).lower()}",
-                                            "training.exposure_bias=false", *args.overrides])
+                                           [*setting, "training.exposure_bias=false", *args.overrides])
             cpu = sum(p["cpu_seconds"] for p in res["phases"] if p["name"] == "train")
             ms = 1000 * cpu / max(res["train_tokens"] / 1000, 1e-9)
-            per_1k[release].append(ms)
+            per_1k[arm].append(ms)
+            losses.append(res["losses"])
             tok = sorted(res["tokens_per_s"])
             median = f"{tok[len(tok) // 2]:,.0f}" if tok else ""
-            releases = res["heap_releases"] if release else "off"
-            rows.append(f"| {str(release).lower()} | {run} | {res['steps']} | {cpu:,.0f} | {ms:.2f} | {median} "
-                        f"| {peak / MIB:,.0f} MiB | {releases} |")
-    on, off = (sum(v) / len(v) for v in (per_1k[True], per_1k[False]))
-    rows += ["", f"mean CPU ms per 1k target tokens: release {on:.2f}, keep {off:.2f} "
-                 f"(release costs {100 * (on / off - 1):+.1f}%)"]
+            ref = res["peak10"] or peak
+            rows.append(f"| {f'{arm}x' if arm else 'never'} | {run} | {res['steps']} | {cpu:,.0f} | {ms:.2f} | {median} "
+                        f"| {ref / MIB:,.0f} MiB | {peak / MIB:,.0f} MiB = {peak / ref:.2f}x "
+                        f"| {res['heap_releases'] if arm else 'off'} |")
+        same.append(bool(losses[0]) and all(x == losses[0] for x in losses))
+    mean = {arm: sum(v) / len(v) for arm, v in per_1k.items()}
+    costs = ", ".join(f"above {arm}x {mean[arm]:.2f} ({100 * (mean[arm] / mean[None] - 1):+.1f}%)" for arm in args.above)
+    rows += ["", f"mean CPU ms per 1k target tokens: never {mean[None]:.2f}, {costs}",
+             f"logged losses bit-identical across the arms: {', '.join('yes' if x else 'NO' for x in same)} "
+             f"(per round; {len(losses[0])} logged values each)"]
     return "\n".join(rows)
 
 
@@ -273,13 +293,13 @@ def train_table(res: dict, peak: int, wall: float) -> str:
         rows.append(f"| {name} | {p['seconds']:.0f} | {start} | {p['peak'] / MIB:,.0f} MiB | {p['end_rss'] / MIB:,.0f} MiB |")
     tok = res["tokens_per_s"]
     rows.append("")
-    line = f"whole run's peak (ru_maxrss) {peak / MIB:,.0f} MiB; {res['steps']} updates in {wall / 60:.1f} min"
+    line = f"whole run's peak {peak / MIB:,.0f} MiB; {res['steps']} updates in {wall / 60:.1f} min"
     if tok:
         line += f"; logged tokens/s median {sorted(tok)[len(tok) // 2]:,.0f}"
-    if res.get("heap_limit"):
-        ref = res["heap_limit"] / 1.5
-        line += (f"; the first 10 updates' peak {ref / MIB:,.0f} MiB (whole run {peak / ref:.2f}x), freed heap "
-                 f"released {res['heap_releases']} times above {res['heap_limit'] / MIB:,.0f} MiB")
+    if res.get("heap_peak"):
+        line += (f"; the first 10 updates' peak {res['heap_peak'] / MIB:,.0f} MiB (whole run "
+                 f"{peak / res['heap_peak']:.2f}x), freed heap released {res['heap_releases']} times above "
+                 f"{res['heap_limit'] / MIB:,.0f} MiB")
     rows.append(line)
     return "\n".join(rows)
 
@@ -304,6 +324,8 @@ def main() -> None:
     ab.add_argument("--epochs", type=int, default=2)
     ab.add_argument("--repeats", type=int, default=2)
     ab.add_argument("--sample-every", type=float, default=5.0)
+    ab.add_argument("--above", type=float, nargs="+", default=[1.5],
+                    help="training.release_memory_above of the releasing arms (beside one that never releases)")
     ab.add_argument("--record", action="store_true")
     ab.add_argument("overrides", nargs="*")
     c = sub.add_parser("train-child")

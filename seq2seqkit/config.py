@@ -320,9 +320,11 @@ class TrainingConfig(_Section):
     # fp16: the same in float16, for GPUs without bf16; its narrow range needs loss scaling
     # (torch.amp.GradScaler): an update whose gradients overflow is skipped and the scale halved.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # Give freed heap back to the OS around validation and whenever resident memory passes 1.5x
-    # the first updates' peak (runtime.HeapBound): a fragmenting heap otherwise keeps growing.
+    # Give freed heap back to the OS around validation and whenever resident memory passes
+    # release_memory_above x the first 10 updates' peak (runtime.HeapBound): a fragmenting heap
+    # otherwise keeps growing. Lower: less memory, more releases, each one costing page faults.
     release_memory: bool = True
+    release_memory_above: float = Field(1.5, gt=1)
     # Batches whose gradients are summed into one update (and, under torchrun, per process): an
     # update of N processes x accumulate_steps batches is normalised by all their target tokens.
     accumulate_steps: int = Field(1, ge=1)

@@ -18,7 +18,7 @@ from about 5.5 s to 4.3 s at 1 thread (``python bench/profile_step.py transforme
 Keeping freed memory has a price over a long run: the heap fragments and its resident size
 grows with it. :func:`release_freed_memory` gives the free pages back, and :class:`HeapBound`
 does so during training whenever resident memory passes 1.5x what the first updates needed
-(``python bench/memory.py train``; BENCHMARKS.md, "Memory").
+(``training.release_memory_above``; ``python bench/memory.py train``; BENCHMARKS.md, "Memory").
 """
 
 from __future__ import annotations
@@ -283,22 +283,33 @@ def resident_bytes() -> int | None:
 
 
 class HeapBound:
-    """Keeps a training process's resident memory near what its updates need.
+    """Keeps a training process's resident memory near ``ceiling`` times the peak of its first
+    ``warmup`` updates (``training.release_memory_above``).
 
     Whatever the allocator settings, the heap fragments over a run: batches differ in shape, so a
     step's blocks do not fit the holes the previous step left, and the pages of those holes stay
     resident. Measured on the Multi30k Transformer (bf16, one thread; bench/memory.py): 2.0 GB
     after the first updates, 4.0-4.1 GB after 80 with either glibc's default or
     :func:`keep_freed_memory`, 5.8 GB in the third epoch, while ``malloc_trim`` at update 80 left
-    0.9 GB: the rest was free heap. So after each update, once resident memory passes ``headroom``
-    times the peak of the first ``warmup`` updates, the freed heap is given back
-    (:func:`release_freed_memory`); the next update faults its pages in again, once, instead of
-    the heap growing for the rest of the run."""
+    0.9 GB: the rest was free heap. So after each update, once resident memory passes the limit,
+    the freed heap is given back (:func:`release_freed_memory`), instead of the heap growing for
+    the rest of the run.
 
-    def __init__(self, warmup: int = 10, headroom: float = 1.5, enabled: bool = True) -> None:
-        self.warmup, self.headroom, self.enabled = warmup, headroom, enabled
+    The limit trades memory for speed; it is not a hard cap. Resident memory after an update is
+    the update's own peak (the kept heap does not shrink within it), and the heap grows in jumps
+    (0.1-0.6 GB: an update whose largest blocks, the logits and their gradients, fit no free
+    hole), so the peak passes the limit by up to one jump. A release costs page faults: the next
+    update faults 1.1-1.4 GB back in (0.3-0.6 s CPU on a 1.2-1.6 s update), and within two or
+    three updates batches of other shapes have made most of the heap resident again. So a lower
+    limit releases every few updates and still does not hold the peak at 1.5x: over 100 updates,
+    1.2x gave 1.38-1.55x for about +5% CPU per token, 1.5x 1.56-1.82x at no measurable cost,
+    never releasing 1.83-2.10x (BENCHMARKS.md, "Memory")."""
+
+    def __init__(self, warmup: int = 10, ceiling: float = 1.5, enabled: bool = True) -> None:
+        self.warmup, self.ceiling, self.enabled = warmup, ceiling, enabled
         self.updates, self.releases = 0, 0
-        self.limit: int | None = None
+        self.peak: int | None = None  # the first updates' peak RSS (bytes)
+        self.limit: int | None = None  # ceiling x peak
 
     def release(self) -> None:
         """Give the freed heap back now (between phases of different shapes, e.g. validation)."""
@@ -311,10 +322,10 @@ class HeapBound:
             return
         if self.limit is None:
             if self.updates >= self.warmup:  # ru_maxrss is in KiB on Linux
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-                self.limit = int(self.headroom * peak)
+                self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                self.limit = int(self.ceiling * self.peak)
                 log.info("memory: peak %d MiB after %d updates; freed heap is released above %d MiB",
-                         peak >> 20, self.updates, self.limit >> 20)
+                         self.peak >> 20, self.updates, self.limit >> 20)
             return
         rss = resident_bytes()
         if rss is not None and rss > self.limit and release_freed_memory():

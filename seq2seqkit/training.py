@@ -238,8 +238,8 @@ class Trainer:
         self._signatures_shown = False
         self._clock = time.perf_counter()  # train_seconds counts from here (and from each train())
         self.stopped: str | None = None  # "SIGINT"/"SIGTERM" if train() stopped early on it (checkpoint saved)
-        # resident memory within 1.5x the first updates' peak (runtime.py)
-        self.heap = HeapBound(enabled=self.cfg.training.release_memory)
+        # resident memory near release_memory_above x the first updates' peak (runtime.py)
+        self.heap = HeapBound(ceiling=self.cfg.training.release_memory_above, enabled=self.cfg.training.release_memory)
 
     def _new_run(self) -> bool:
         """A new run's data set, tokenizers (trained on its training data, or those of its

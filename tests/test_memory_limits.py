@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from seq2seqkit.cli import main
-from seq2seqkit.config import CorpusConfig, SearchConfig
+from seq2seqkit.config import CorpusConfig, SearchConfig, dump_config, load_config
 from seq2seqkit.data.dataset import pad_sources
+from seq2seqkit.errors import ConfigError
 from seq2seqkit.models import build_model
 from seq2seqkit.models.base import Seq2SeqModel, StepOutput
 from seq2seqkit.models.ensemble import Ensemble
@@ -277,16 +278,49 @@ def test_release_freed_memory_gives_the_kept_heap_back():
 
 
 def test_heap_bound_releases_only_above_its_limit():
-    generous, tight = HeapBound(warmup=2, headroom=1e6), HeapBound(warmup=2, headroom=1e-6)
+    generous, tight = HeapBound(warmup=2, ceiling=1e6), HeapBound(warmup=2, ceiling=1e-6)
     for _ in range(5):
         generous.after_update()
         tight.after_update()
     assert generous.limit is not None and generous.releases == 0
     assert tight.releases == (3 if sys.platform.startswith("linux") else 0)  # every update after the warm-up
-    off = HeapBound(warmup=2, headroom=1e-6, enabled=False)  # training.release_memory: false
+    off = HeapBound(warmup=2, ceiling=1e-6, enabled=False)  # training.release_memory: false
     for _ in range(5):
         off.after_update()
     assert off.limit is None and off.releases == 0
+
+
+def test_heap_bound_limit_is_the_ceiling_times_the_first_updates_peak(monkeypatch, tmp_path):
+    """training.release_memory_above sets the limit: ceiling x the peak of the first updates;
+    after the warm-up, an update that ends above it releases the freed heap, one at or under it
+    does not, and validation's releases are not counted. Resident memory, the peak and the
+    release are scripted (MiB), so the test does not depend on the allocator."""
+    import seq2seqkit.runtime as runtime
+
+    rss, released = [0], []
+    monkeypatch.setattr(runtime, "resident_bytes", lambda: rss[0] << 20)
+    monkeypatch.setattr(runtime, "release_freed_memory", lambda: released.append(rss[0]) or True)
+    monkeypatch.setattr(runtime.resource, "getrusage", lambda who: type("Usage", (), {"ru_maxrss": 1000 << 10}))
+    trainer = Trainer(tiny_config(tmp_path, release_memory_above=1.2))
+    assert trainer.heap.ceiling == 1.2 and trainer.heap.enabled
+    bound = HeapBound(warmup=2, ceiling=1.2)
+    for mib in (5000, 900):  # the warm-up: nothing is compared, whatever resident memory is
+        rss[0] = mib
+        bound.after_update()
+    assert released == [] and bound.peak == 1000 << 20 and bound.limit == 1200 << 20
+    for mib in (1100, 1200, 1201, 1150, 1900):
+        rss[0] = mib
+        bound.after_update()
+    bound.release()  # around validation
+    assert released == [1201, 1900, 1900] and bound.releases == 2
+
+
+@pytest.mark.parametrize("value", ["1", "0.5", "true"])
+def test_release_memory_above_must_be_a_factor_over_one(tmp_path, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(tiny_config(tmp_path)))
+    with pytest.raises(ConfigError, match=r"training\.release_memory_above"):
+        load_config(path, [f"training.release_memory_above={value}"])
 
 
 def test_perplexity_refuses_references_beyond_learned_positions(transformer_dir, tmp_path, capsys):
