@@ -167,7 +167,7 @@ def test_early_stopping_and_the_plateau_schedule_are_decided_for_every_process(t
     learning rates and weights are those of one process accumulating 2 batches (1e-6)."""
     decisions = {"lr_schedule": "plateau", "plateau_patience": 0, "validate_every": 3, "max_steps": None,
                  "early_stopping": {"metric": "exact", "patience": 2}}
-    subprocess.run(TORCHRUN + ["--nproc-per-node", "2", *TRAIN, str(_config(tmp_path / "two", **decisions))],
+    subprocess.run(TORCHRUN + ["--standalone", "--nproc-per-node", "2", *TRAIN, str(_config(tmp_path / "two", **decisions))],
                    env=ENV, check=True, capture_output=True, timeout=600)
     Trainer(load_config(_config(tmp_path / "one", accumulate_steps=2, **decisions))).train()
     two, one = tmp_path / "two" / "model", tmp_path / "one" / "model"
@@ -186,7 +186,7 @@ def test_sigterm_to_one_process_stops_all_and_resume_is_exact(reference, tmp_pat
     log exactly; resumed with 1 process accumulating 2 batches, with its weights (1e-6)."""
     config = _config(tmp_path)
     model_dir = tmp_path / "model"
-    proc = _start(["--nproc-per-node", "2", *TRAIN, str(config)], tmp_path / "run.log")
+    proc = _start(["--standalone", "--nproc-per-node", "2", *TRAIN, str(config)], tmp_path / "run.log")
     _wait_for_step(proc, model_dir, 6)
     os.kill(_rank_pid(proc.pid, 1), signal.SIGTERM)
     proc.wait(timeout=300)
@@ -197,7 +197,7 @@ def test_sigterm_to_one_process_stops_all_and_resume_is_exact(reference, tmp_pat
     assert "exitcode  : 143" in output  # both processes stopped as asked, none failed
 
     shutil.copytree(model_dir, tmp_path / "alone")
-    subprocess.run(TORCHRUN + ["--nproc-per-node", "2", *TRAIN, "--resume", str(model_dir)], env=ENV, check=True,
+    subprocess.run(TORCHRUN + ["--standalone", "--nproc-per-node", "2", *TRAIN, "--resume", str(model_dir)], env=ENV, check=True,
                    capture_output=True, timeout=600)
     assert _log(model_dir) == _log(reference)
     assert all(torch.equal(w, _weights(reference)[k]) for k, w in _weights(model_dir).items())
@@ -214,15 +214,15 @@ def test_resume_restores_every_process_random_state(tmp_path):
     """With dropout and scheduled sampling, each process draws from its own RNG: a run stopped by
     SIGTERM and resumed with 2 processes still ends with the weights and log of one never stopped."""
     configs = [_config(tmp_path / name, dropout=0.2, teacher_forcing={"ratio": 0.8}) for name in ("straight", "stopped")]
-    straight = _start(["--nproc-per-node", "2", *TRAIN, str(configs[0])], tmp_path / "straight.log")
+    straight = _start(["--standalone", "--nproc-per-node", "2", *TRAIN, str(configs[0])], tmp_path / "straight.log")
     stopped_dir = tmp_path / "stopped" / "model"
-    proc = _start(["--nproc-per-node", "2", *TRAIN, str(configs[1])], tmp_path / "stopped.log")
+    proc = _start(["--standalone", "--nproc-per-node", "2", *TRAIN, str(configs[1])], tmp_path / "stopped.log")
     _wait_for_step(proc, stopped_dir, 6)
     os.kill(_rank_pid(proc.pid, 0), signal.SIGTERM)
     proc.wait(timeout=300)
     assert straight.wait(timeout=300) == 0
     assert load_checkpoint(stopped_dir / "checkpoints" / "last.pt")["progress"]["step"] < STEPS
-    subprocess.run(TORCHRUN + ["--nproc-per-node", "2", *TRAIN, "--resume", str(stopped_dir)], env=ENV, check=True,
+    subprocess.run(TORCHRUN + ["--standalone", "--nproc-per-node", "2", *TRAIN, "--resume", str(stopped_dir)], env=ENV, check=True,
                    capture_output=True, timeout=600)
     assert _log(stopped_dir) == _log(tmp_path / "straight" / "model")
     assert all(torch.equal(w, _weights(tmp_path / "straight" / "model")[k]) for k, w in _weights(stopped_dir).items())
@@ -235,7 +235,7 @@ def test_a_process_that_dies_or_hangs_stops_the_others_with_a_clear_message(how,
     rank 0 gives up after training.distributed_timeout_s (3 s). Either way rank 0 exits with one
     line saying what happened and how to continue, and torchrun ends: nothing hangs."""
     config = _config(tmp_path, max_steps=100000, distributed_timeout_s=3)
-    proc = _start(["--nproc-per-node", "2", *TRAIN, str(config)], tmp_path / "run.log")
+    proc = _start(["--standalone", "--nproc-per-node", "2", *TRAIN, str(config)], tmp_path / "run.log")
     _wait_for_step(proc, tmp_path / "model", 4)
     victim = _rank_pid(proc.pid, 1)
     os.kill(victim, how)
