@@ -270,8 +270,11 @@ def shared_tokenizers(model_dir: Path, group: Group) -> tuple[Tokenizer, Tokeniz
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of a distributed ``s2s train``)."""
+    """Leave the process group (at the end of a distributed ``s2s train``), all processes
+    together: one that tore its connections down while another still used them could abort
+    at exit (gloo's threads), so they meet at a barrier first."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
