@@ -381,8 +381,8 @@ def search(model: Seq2SeqModel, src: torch.Tensor, src_lens: torch.Tensor, cfg: 
     """
     cap, ctl = cfg.max_output_tokens, controls_of(cfg)
     if cfg.sample:
-        n = cfg.nbest
-        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(paths_per_input(cfg))
+        n = paths_per_input(cfg)
+        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(n)
         hyps = sample_search(model, src[rows], src_lens[rows], cfg.max_len_a, cfg.max_len_b,
                              cfg.temperature, cfg.top_k, cfg.top_p, generator, cap, attention_layer, ctl)
         return [rank_samples(hyps[i * n : (i + 1) * n]) for i in range(src.size(0))]
