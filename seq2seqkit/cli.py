@@ -31,7 +31,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 # ------------------------------------------------------------------------------ commands
-def launch_train(args: argparse.Namespace, check_config: Callable[[], object]) -> int:
+def launch_train(args: argparse.Namespace, check_config: Callable[[], Config]) -> int:
     """``s2s train --nproc N ...``: the same command in N processes on this machine, started by
     torchrun's launcher (torch.distributed.run), once ``check_config`` has read the config (a bad
     one is one line here, not one per process)."""
@@ -40,7 +40,15 @@ def launch_train(args: argparse.Namespace, check_config: Callable[[], object]) -
     if "LOCAL_RANK" in os.environ:
         raise UserError("--nproc: this process was already started by torchrun; give the number of processes "
                         "to torchrun (--nproc-per-node) only")
-    check_config()
+    cfg = check_config()
+    import torch
+
+    from .translate import resolve_device
+
+    if resolve_device(cfg.training.device).type == "cuda" and args.nproc > (gpus := torch.cuda.device_count()):
+        raise UserError(f"--nproc {args.nproc}: training.device is cuda and this machine has {gpus} GPU"
+                        f"{'s' * (gpus != 1)}; NCCL needs one GPU per process: --nproc {gpus} at most "
+                        f"(or training.device=cpu)")
     argv = ["-q"] * args.quiet + ["--debug"] * args.debug + ["train"]
     argv += (["--resume", args.resume] if args.resume else []) + ([args.config] if args.config else []) + args.overrides
     return launch(args.nproc, argv)

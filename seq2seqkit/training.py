@@ -589,6 +589,8 @@ class Trainer:
             "teacher_forcing": teacher_forcing_ratio(self.cfg.training.teacher_forcing, p.step - 1),
             "tokens_per_s": tokens_per_s,
             **({"loss_scale": self.scaler.get_scale()} if self.scaler.is_enabled() else {}),
+            # on a GPU: the most memory PyTorch's allocator has held for tensors so far, MiB
+            **({"gpu_peak_mib": torch.cuda.max_memory_allocated(self.device) / 2**20} if self.device.type == "cuda" else {}),
             # auxiliary losses per output token, unweighted (loss and ppl are the token cross-entropy alone)
             **{k: v / max(p.window_tokens, 1) for k, v in p.window_aux.items()},
         }
