@@ -24,12 +24,14 @@ over the steps so far, kept in the decoder state; it enters the loss, not the at
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import TransformerConfig
 from ..data.tokenizers import PAD
@@ -38,6 +40,12 @@ from .copy import CopyGate, copy_log_probs, coverage_losses, step_coverage_loss
 from .dropout import Dropout
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, heads, length, d_head) each
+
+# SDPA kernels on a GPU, cuDNN's left out: it builds an execution plan for every new input shape
+# (~0.35 s each on an H200), and sequence-to-sequence batches bring a new (batch, length) shape at
+# nearly every step: the Multi30k Transformer's first epoch took 36 s there instead of ~6 s, and
+# without it a masked attention over 40 shapes ran in 0.21 s instead of 14 s (BENCHMARKS.md, GPU).
+GPU_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class MultiHeadAttention(nn.Module):
@@ -65,10 +73,11 @@ class MultiHeadAttention(nn.Module):
                 mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         """Queries from ``x`` (B, T, D) over ``k``/``v``; ``mask`` (B, S) True = may be attended."""
         q = self._split(self.q_proj(x))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if mask is None else mask[:, None, None, :],
-            dropout_p=self.attention_dropout if self.training else 0.0, is_causal=is_causal,
-        )
+        with sdpa_kernel(GPU_SDPA) if q.is_cuda else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=None if mask is None else mask[:, None, None, :],
+                dropout_p=self.attention_dropout if self.training else 0.0, is_causal=is_causal,
+            )
         return self.out_proj(out.transpose(1, 2).reshape(x.shape))
 
     def weights(self, x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
