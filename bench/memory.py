@@ -140,7 +140,12 @@ def bench_translate(args: argparse.Namespace) -> str:
 
 # -------------------------------------------------------------------------------- train
 def train_child(args: argparse.Namespace) -> None:
-    """In the child: train with per-phase peaks, then print one JSON line of results."""
+    """In the child: train with per-phase peaks, then print one JSON line of results. The
+    process settings are those ``s2s train`` runs with (``configure_process``: glibc malloc keeps
+    freed blocks), applied before torch loads."""
+    from seq2seqkit.runtime import configure_process
+
+    configure_process()
     import torch
 
     from seq2seqkit.config import load_config
@@ -220,8 +225,10 @@ def train_child(args: argparse.Namespace) -> None:
                       "threads": torch.get_num_threads()}))
 
 
-def run_train_child(out: Path, epochs: int, sample_every: float, overrides: list[str]) -> tuple[dict, int, float]:
-    """One measured training child: (its result line, its peak RSS, wall seconds)."""
+def run_train_child(out: Path, epochs: int, sample_every: float, overrides: list[str],
+                    preload: str | None = None) -> tuple[dict, int, float]:
+    """One measured training child: (its result line, its peak RSS, wall seconds); ``preload``:
+    a malloc library the child runs with (``LD_PRELOAD``) instead of glibc's."""
     out = out.resolve()
     if out.exists():
         raise SystemExit(f"{out} exists: remove it or give another --out")
@@ -229,8 +236,9 @@ def run_train_child(out: Path, epochs: int, sample_every: float, overrides: list
     cmd = [sys.executable, str(Path(__file__).resolve()), "train-child", "--out", str(out), "--epochs", str(epochs),
            "--sample-every", str(sample_every), "--", *overrides]
     result = out.parent / f"{out.name}-result.json"
+    env = {**os.environ, "LD_PRELOAD": preload} if preload else None
     with result.open("w") as f:
-        rc, peak, wall = run_measured(cmd, cwd=REPO, stdout=f)
+        rc, peak, wall = run_measured(cmd, cwd=REPO, stdout=f, env=env)
     if rc:
         raise SystemExit(f"training child failed with status {rc}")
     res = json.loads(result.read_text().strip().splitlines()[-1])
@@ -248,16 +256,21 @@ def bench_ab(args: argparse.Namespace) -> str:
     rows = ["| freed heap released above | run | updates | training CPU s | CPU ms per 1k target tokens "
             "| logged tokens/s (median, wall) | first 10 updates' peak RSS | whole run's peak RSS | heap releases |",
             "|---|---|---|---|---|---|---|---|---|"]
-    arms = [*args.above, None]  # None: training.release_memory=false
-    per_1k: dict[float | None, list[float]] = {arm: [] for arm in arms}
+    arms: list = [*args.above, None]  # None: training.release_memory=false
+    if args.jemalloc:
+        arms.append("jemalloc")  # glibc's malloc replaced (LD_PRELOAD), nothing released by the toolkit
+    per_1k: dict[float | str | None, list[float]] = {arm: [] for arm in arms}
     same = []  # per round: are the logged losses (training windows, validation) bit-identical in every arm?
     for run in range(1, args.repeats + 1):
         losses = []
         for arm in arms:
-            out = Path(args.out) / (f"above-{arm}-{run}" if arm else f"keep-{run}")
-            setting = [f"training.release_memory_above={arm}"] if arm else ["training.release_memory=false"]
+            name = {None: "keep", "jemalloc": "jemalloc"}.get(arm, f"above-{arm}")  # type: ignore[arg-type]
+            out = Path(args.out) / f"{name}-{run}"
+            releases = isinstance(arm, float)
+            setting = [f"training.release_memory_above={arm}"] if releases else ["training.release_memory=false"]
             res, peak, _ = run_train_child(out, args.epochs, args.sample_every,
-                                           [*setting, "training.exposure_bias=false", *args.overrides])
+                                           [*setting, "training.exposure_bias=false", *args.overrides],
+                                           args.jemalloc if arm == "jemalloc" else None)
             cpu = sum(p["cpu_seconds"] for p in res["phases"] if p["name"] == "train")
             ms = 1000 * cpu / max(res["train_tokens"] / 1000, 1e-9)
             per_1k[arm].append(ms)
@@ -265,12 +278,14 @@ def bench_ab(args: argparse.Namespace) -> str:
             tok = sorted(res["tokens_per_s"])
             median = f"{tok[len(tok) // 2]:,.0f}" if tok else ""
             ref = res["peak10"] or peak
-            rows.append(f"| {f'{arm}x' if arm else 'never'} | {run} | {res['steps']} | {cpu:,.0f} | {ms:.2f} | {median} "
+            label = f"{arm}x" if releases else "never (jemalloc)" if arm else "never"
+            rows.append(f"| {label} | {run} | {res['steps']} | {cpu:,.0f} | {ms:.2f} | {median} "
                         f"| {ref / MIB:,.0f} MiB | {peak / MIB:,.0f} MiB = {peak / ref:.2f}x "
-                        f"| {res['heap_releases'] if arm else 'off'} |")
+                        f"| {res['heap_releases'] if releases else 'off'} |")
         same.append(bool(losses[0]) and all(x == losses[0] for x in losses))
     mean = {arm: sum(v) / len(v) for arm, v in per_1k.items()}
-    costs = ", ".join(f"above {arm}x {mean[arm]:.2f} ({100 * (mean[arm] / mean[None] - 1):+.1f}%)" for arm in args.above)
+    costs = ", ".join(f"{f'above {arm}x' if isinstance(arm, float) else arm} {mean[arm]:.2f} "
+                      f"({100 * (mean[arm] / mean[None] - 1):+.1f}%)" for arm in arms if arm is not None)
     rows += ["", f"mean CPU ms per 1k target tokens: never {mean[None]:.2f}, {costs}",
              f"logged losses bit-identical across the arms: {', '.join('yes' if x else 'NO' for x in same)} "
              f"(per round; {len(losses[0])} logged values each)"]
@@ -326,6 +341,8 @@ def main() -> None:
     ab.add_argument("--sample-every", type=float, default=5.0)
     ab.add_argument("--above", type=float, nargs="+", default=[1.5],
                     help="training.release_memory_above of the releasing arms (beside one that never releases)")
+    ab.add_argument("--jemalloc", metavar="LIB", help="add an arm with this malloc library preloaded (LD_PRELOAD), "
+                    "e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (Debian: apt-get install libjemalloc2)")
     ab.add_argument("--record", action="store_true")
     ab.add_argument("overrides", nargs="*")
     c = sub.add_parser("train-child")
