@@ -16,7 +16,7 @@ already done (batch order depends on (seed, epoch) only), so a resumed run logs 
 losses as one that was never interrupted.
 
 Under torchrun the same loop runs in every process, each on its share of every update's
-batches (distributed.py); rank 0 alone validates and writes the model directory.
+batches (distributed.py); rank 0 alone validates (validation.py) and writes the model directory.
 """
 
 from __future__ import annotations
