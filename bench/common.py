@@ -31,8 +31,9 @@ import torch  # noqa: E402
 from seq2seqkit.checkpoint import atomic_write_bytes, epoch_checkpoints, load_checkpoint, write_average
 from seq2seqkit.config import Config, SearchConfig
 from seq2seqkit.evaluate import EvalSet, evaluate_model
-from seq2seqkit.training import Trainer, load_for_resume, lower_is_better
+from seq2seqkit.training import Trainer, load_for_resume
 from seq2seqkit.translate import Translator
+from seq2seqkit.validation import lower_is_better
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "BENCHMARKS.md"

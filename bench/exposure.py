@@ -54,8 +54,9 @@ from seq2seqkit.checkpoint import atomic_write_bytes, load_checkpoint
 from seq2seqkit.config import Config, exposure_bias_key, load_config
 from seq2seqkit.evaluate import EvalSet, evaluate_model, load_eval_set
 from seq2seqkit.tasks import resolve_dataset
-from seq2seqkit.training import Trainer, load_for_resume, lower_is_better
+from seq2seqkit.training import Trainer, load_for_resume
 from seq2seqkit.translate import Translator
+from seq2seqkit.validation import lower_is_better
 
 TASKS = {"g2p": {"metric": "wer", "test_metrics": ["wer", "per"], "grouped": True, "label": "G2P (CMUdict)"},
          "multi30k": {"metric": "bleu", "test_metrics": ["bleu", "chrf"], "grouped": False, "label": "Multi30k de→en"}}

@@ -14,7 +14,7 @@ from . import metrics as M
 from .data.corpus import detect_format, iter_examples, jsonl_labels, read_lines
 from .data.dataset import make_batch
 from .errors import DataError, UserError
-from .training import token_loss
+from .teacher_forcing import token_loss
 from .translate import Translator, input_limit
 
 

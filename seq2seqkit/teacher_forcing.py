@@ -16,7 +16,7 @@ on the kind of inputs it will see at inference. Two ways to get that prediction:
   errors compound as at inference. T decoder steps one after another: as cheap as one pass on a
   single CPU thread (1.1-1.2x teacher forcing), but the positions cannot run in parallel.
 
-The same two parallel passes measure exposure bias at validation (training.exposure_bias_sums):
+The same two parallel passes measure exposure bias at validation (validation.exposure_bias_sums):
 the reference loss when a share ``p`` of the decoder's inputs are the model's own predictions,
 against the teacher-forced loss. A substituted token keeps its position, so the loss at every
 position still scores the reference token that belongs there: like is compared with like.
@@ -27,10 +27,19 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .config import TeacherForcingConfig
 from .data.tokenizers import PAD
 from .models.base import Losses, Seq2SeqModel
+
+
+def token_loss(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Sum of token cross-entropies over non-padding positions."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), gold.reshape(-1),
+        ignore_index=PAD, reduction="sum", label_smoothing=label_smoothing,
+    )
 
 
 def teacher_forcing_ratio(cfg: TeacherForcingConfig, step: int) -> float:

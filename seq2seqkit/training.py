@@ -16,7 +16,7 @@ already done (batch order depends on (seed, epoch) only), so a resumed run logs 
 losses as one that was never interrupted.
 
 Under torchrun the same loop runs in every process, each on its share of every update's
-batches (distributed.py); rank 0 alone validates and writes the model directory.
+batches (distributed.py); rank 0 alone validates (validation.py) and writes the model directory.
 """
 
 from __future__ import annotations
@@ -33,37 +33,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed
-from . import metrics as M
 from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
-from .config import Config, TrainingConfig, dump_config, exposure_bias_key, from_dict, read_saved_config
-from .data.corpus import iter_examples
-from .data.dataset import Batch, EncodedCorpus, collate, cut_sources, encode_corpus, token_batches
-from .data.shards import training_data
-from .data.tokenizers import PAD, load_tokenizers, save_tokenizers
+from .config import Config, TrainingConfig, dump_config, from_dict, read_saved_config
+from .data.dataset import Batch, EncodedCorpus, collate, token_batches
+from .data.shards import ShardCorpus, training_data
+from .data.tokenizers import PAD, Tokenizer, load_tokenizers, save_tokenizers
 from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
 from .tasks import resolve_dataset
 from .rundir import open_run
 from .runtime import CoreWatch, HeapBound
-from .teacher_forcing import decode_with_teacher_forcing, own_predictions, substitute, teacher_forcing_ratio
-from .translate import translate_ids
+from .teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio, token_loss
+from .validation import early_stopping, load_dev, lower_is_better, validate
 
 log = logging.getLogger("seq2seqkit")
 
-LOWER_IS_BETTER = {"loss", "ppl", "wer", "per"}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # training.precision -> autocast dtype
 MIN_LOSS_SCALE = 1e-4  # fp16: a loss scale below this means the loss itself overflows (fairseq's default floor)
-EXPOSURE_BIAS_SEED = 0  # which dev inputs the exposure-bias measure replaces: the same at every validation and in every run
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of a validation number is better (losses, error rates, eb_*)."""
-    return metric in LOWER_IS_BETTER or metric.startswith("eb_")
 
 
 @dataclass
@@ -90,30 +80,6 @@ def aux_weights(cfg: TrainingConfig) -> dict[str, float]:
     return {"coverage": cfg.coverage_weight}
 
 
-def token_loss(logits: torch.Tensor, gold: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Sum of token cross-entropies over non-padding positions."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), gold.reshape(-1),
-        ignore_index=PAD, reduction="sum", label_smoothing=label_smoothing,
-    )
-
-
-@torch.no_grad()
-def exposure_bias_sums(model: Seq2SeqModel, b: Batch, draws: torch.Tensor,
-                       rates: list[float]) -> tuple[float, int, dict[float, float]]:
-    """On one batch: the teacher-forced loss sum, the number of reference tokens the model
-    predicts right (argmax), and for each rate p the loss sum of the reference when the decoder
-    inputs where ``draws`` (B, T uniform in [0, 1)) < p are the model's own predictions from the
-    teacher-forced pass (teacher_forcing.own_predictions; positions kept, BOS and padding never
-    replaced). Two parallel passes per rate at most, through ``model.forward``: any family."""
-    logits = model(b.src, b.src_lens, b.tgt_in)
-    correct = int(((logits.argmax(-1) == b.tgt_out) & (b.tgt_out != PAD)).sum())
-    pred = own_predictions(logits, b.tgt_in)
-    sums = {p: token_loss(model(b.src, b.src_lens, substitute(b.tgt_in, pred, draws < p)), b.tgt_out).item()
-            for p in rates}
-    return token_loss(logits, b.tgt_out).item(), correct, sums
-
-
 def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -131,6 +97,90 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainingConfig) -> torch.op
     else:
         fn = (lambda s: min(1.0, (s + 1) / w)) if w else (lambda s: 1.0)
     return torch.optim.lr_scheduler.LambdaLR(opt, fn)
+
+
+def build_scaler(cfg: TrainingConfig, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 loss scaling (a no-op object for fp32 and bf16, whose range needs none)."""
+    if cfg.precision == "fp16" and device.type == "cpu":
+        log.warning("training.precision=fp16 on a CPU: most CPUs have no float16 matrix units and run it far "
+                    "slower than fp32; bf16 is the fast choice on a CPU, fp16 is meant for GPUs without bf16")
+    return torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+
+def check_run_dir(out: Path, resume: bool) -> None:
+    """A resumed run needs checkpoints/last.pt in ``out``; a new one must not find one there."""
+    last = out / "checkpoints" / "last.pt"
+    if resume and not last.exists():
+        raise UserError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+    if not resume and last.exists():
+        raise UserError(f"{out} already holds a trained model: resume it with "
+                        f"'s2s train --resume {out}' or choose another output_dir")
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# -- what a checkpoint of a run holds (last.pt, best.pt) -----------------------------------------
+def rng_states() -> dict[str, Any]:
+    """This process's random number generators' states: Python's, torch's and every GPU's."""
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_states(rng: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (GPU states only where both sides have them)."""
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"].cpu())
+    if torch.cuda.is_available() and rng.get("cuda"):
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+
+def run_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+              scaler: torch.amp.GradScaler, progress: Progress, rng: dict[str, Any],
+              rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The checkpoint of a run: weights, optimizer, scheduler, loss scaler, progress and RNG
+    states; under torchrun with several processes, also every process's RNG states."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),  # empty unless training.precision=fp16
+        "progress": asdict(progress),
+        "rng": rng,
+        **({"rng_ranks": rng_ranks} if rng_ranks is not None and len(rng_ranks) > 1 else {}),
+    }
+
+
+def load_run_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: Any, scaler: torch.amp.GradScaler) -> Progress:
+    """Load a checkpoint of :func:`run_state` into the run's objects (refused in one line where
+    it is not one, or does not fit the model); returns its progress. RNG states are the caller's."""
+    load_weights(model, ckpt, path, needs=("optimizer", "scheduler", "progress", "rng"))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler.is_enabled() and ckpt.get("scaler"):  # a run saved with fp16 keeps its loss scale
+        scaler.load_state_dict(ckpt["scaler"])
+    return Progress(**ckpt["progress"])
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the lines of the log at ``path`` written after ``step`` (the checkpoint a run
+    (re)starts from): they will be redone."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by the crash we resume from
+            continue
+        if entry.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 class StopRequest:
@@ -186,62 +236,53 @@ class Trainer:
             self.run_lock.release()
 
     def _setup(self, cfg: Config, resume: bool) -> None:
+        self.cfg, tc = cfg, cfg.training
         self.ckpt_dir = self.out / "checkpoints"
-        last = self.ckpt_dir / "last.pt"
-        if resume and not last.exists():
-            raise UserError(f"{self.out}: nothing to resume (no checkpoints/last.pt)")
-        if not resume and last.exists():
-            raise UserError(f"{self.out} already holds a trained model: resume it with "
-                            f"'s2s train --resume {self.out}' or choose another output_dir")
-        self.cfg = cfg
-        tc = cfg.training
+        check_run_dir(self.out, resume)
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         self.cores = CoreWatch("training.num_threads", enabled=self.device.type == "cpu", adapt=not tc.num_threads)
-        self._seed(tc.seed)
+        seed_all(tc.seed)
         self.out.mkdir(parents=True, exist_ok=True)
-
-        # -- data: tokenizers and the training split, from data.preprocessed, the cache or memory
-        # (data/shards.py training_data). A resumed run keeps its own tokenizers; under torchrun
-        # rank 0 alone trains and writes them, and the other processes read what it wrote.
-        if resume:
-            self.src_tok, self.tgt_tok, self.train_data = training_data(cfg, load_tokenizers(self.out))
-        elif self.dist.on_main(self._new_run, "the tokenizers' training on rank 0") is None:
-            cfg.data = resolve_dataset(cfg.data)
-            shared = distributed.shared_tokenizers(self.out, self.dist)
-            self.src_tok, self.tgt_tok, self.train_data = training_data(cfg, shared)
+        self.src_tok, self.tgt_tok, self.train_data = self._training_data(resume)
         log.info("vocabulary: %d source, %d target", self.src_tok.vocab_size, self.tgt_tok.vocab_size)
-        # -- end of the data set-up
-        self.dev_data, self.dev_sources, self.dev_refs = self._load_dev()
-        log.info("data: %d training pairs, %d dev pairs", len(self.train_data), len(self.dev_data or []))
-
+        self.dev = load_dev(cfg, self.src_tok, self.tgt_tok)
+        log.info("data: %d training pairs, %d dev pairs", len(self.train_data), len(self.dev.pairs) if self.dev else 0)
         self.model: Seq2SeqModel = build_model(cfg.model, self.src_tok.vocab_size, self.tgt_tok.vocab_size).to(self.device)
         log.info("model: %s, %s parameters", cfg.model.family, f"{self.model.num_parameters():,}")
         self.optimizer = build_optimizer(self.model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc)
-        # fp16 loss scaling (a no-op object for fp32 and bf16, whose range needs none)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
-        if tc.precision == "fp16" and self.device.type == "cpu":
-            log.warning("training.precision=fp16 on a CPU: most CPUs have no float16 matrix units and run it far "
-                        "slower than fp32; bf16 is the fast choice on a CPU, fp16 is meant for GPUs without bf16")
+        self.scaler = build_scaler(tc, self.device)
         self.progress = Progress()
         self.dist.seed(tc.seed, 0)  # processes other than rank 0 draw their own dropout masks
         if resume:
-            self._restore(load_checkpoint(last, map_location=self.device))
-            self.progress.done = self._finished()  # limits may have been raised by overrides
+            self._resume()
         # The training computation, through DistributedDataParallel under torchrun.
         self.forward = self.dist.wrap(self.model, decode_with_teacher_forcing, self.device)
         self.log_file = self.out / "train_log.jsonl"
         if self.dist.is_main:
-            self._truncate_log()
+            truncate_log(self.log_file, self.progress.step)
         self.tb = None
         self._signatures_shown = False
         self._clock = time.perf_counter()  # train_seconds counts from here (and from each train())
         self.stopped: str | None = None  # "SIGINT"/"SIGTERM" if train() stopped early on it (checkpoint saved)
         # resident memory near release_memory_above x the first updates' peak (runtime.py)
-        self.heap = HeapBound(ceiling=self.cfg.training.release_memory_above, enabled=self.cfg.training.release_memory)
+        self.heap = HeapBound(ceiling=tc.release_memory_above, enabled=tc.release_memory)
 
-    def _new_run(self) -> bool:
+    # -- setup helpers -------------------------------------------------------------------------
+    def _training_data(self, resume: bool) -> tuple[Tokenizer, Tokenizer, EncodedCorpus | ShardCorpus]:
+        """Tokenizers and the training split, from data.preprocessed, the cache or memory
+        (data/shards.py training_data). A resumed run keeps its own tokenizers; under torchrun
+        rank 0 alone trains and writes them, and the other processes read what it wrote."""
+        if resume:
+            return training_data(self.cfg, load_tokenizers(self.out))
+        made = self.dist.on_main(self._new_run, "the tokenizers' training on rank 0")
+        if made is not None:
+            return made
+        self.cfg.data = resolve_dataset(self.cfg.data)
+        return training_data(self.cfg, distributed.shared_tokenizers(self.out, self.dist))
+
+    def _new_run(self) -> tuple[Tokenizer, Tokenizer, EncodedCorpus | ShardCorpus]:
         """A new run's data set, tokenizers (trained on its training data, or those of its
         shards), encoded training split, and config.yaml."""
         cfg = self.cfg
@@ -249,48 +290,22 @@ class Trainer:
         if not cfg.data.train.is_set and not cfg.data.preprocessed:
             raise ConfigError("data.train: no training data (set data.train.src and data.train.tgt, "
                               "data.train.path, data.dataset or data.preprocessed)")
-        self.src_tok, self.tgt_tok, self.train_data = training_data(cfg)
-        save_tokenizers(self.out, self.src_tok, self.tgt_tok)
+        src_tok, tgt_tok, train_data = training_data(cfg)
+        save_tokenizers(self.out, src_tok, tgt_tok)
         atomic_write_text(self.out / "config.yaml", dump_config(cfg))
-        return True
+        return src_tok, tgt_tok, train_data
 
-    # -- setup helpers -------------------------------------------------------------------------
-    @staticmethod
-    def _seed(seed: int) -> None:
-        random.seed(seed)
-        torch.manual_seed(seed)
-
-    def _load_dev(self) -> tuple[EncodedCorpus | None, list[list[int]], list[list[str]]]:
-        """The dev set twice over: filtered ids for the losses, and the sources (encoded once,
-        here, not at every validation) with their references for the output metrics."""
-        dev = self.cfg.data.dev
-        if not dev.is_set:
-            return None, [], []
-        examples = list(iter_examples(*dev.files(), fmt=dev.format))  # read once: ids for the losses, text for the metrics
-        encoded = encode_corpus(dev, self.cfg.data, self.src_tok, self.tgt_tok, "dev", examples)
-        pairs = [(ex.src, ex.tgt) for ex in examples if ex.src.strip() and ex.tgt.strip()]
-        if self.cfg.evaluation.group_by_source:
-            sources, refs = M.group_references([s for s, _ in pairs], [t for _, t in pairs])
-        else:
-            sources, refs = [s for s, _ in pairs], [[t] for _, t in pairs]
-        cap = self.cfg.data.dev_max_examples
-        return encoded, cut_sources([self.src_tok.encode(x) for x in sources[:cap]], self.cfg.data, "dev"), refs[:cap]
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        load_weights(self.model, ckpt, self.ckpt_dir / "last.pt", needs=("optimizer", "scheduler", "progress", "rng"))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler.is_enabled() and ckpt.get("scaler"):  # a run saved with fp16 keeps its loss scale
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.progress = Progress(**ckpt["progress"])
+    def _resume(self) -> None:
+        """Continue from checkpoints/last.pt: the run's state, this process's RNG states, and
+        ``done`` again where the limits were raised by overrides."""
+        path = self.ckpt_dir / "last.pt"
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.progress = load_run_state(ckpt, path, self.model, self.optimizer, self.scheduler, self.scaler)
         rng = self.dist.own_rng(ckpt["rng"], ckpt.get("rng_ranks"))
         if rng is None:  # a process the saved run did not have
             self.dist.seed(self.cfg.training.seed, self.progress.step)
         else:
-            random.setstate(rng["python"])
-            torch.set_rng_state(rng["torch"].cpu())
-            if torch.cuda.is_available() and rng.get("cuda"):
-                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+            set_rng_states(rng)
         log.info("resumed at %s", self.where())
         per_update = self.dist.world_size * self.cfg.training.accumulate_steps
         if self.progress.batches_per_update != per_update:
@@ -298,20 +313,7 @@ class Trainer:
                         "saved had %d: the remaining batches are trained in the same order, but each update averages "
                         "over %s batches than before", per_update, self.progress.batches_per_update,
                         "more" if per_update > self.progress.batches_per_update else "fewer")
-
-    def _truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint we (re)start from: they will be redone."""
-        if not self.log_file.exists():
-            return
-        keep = []
-        for line in self.log_file.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by the crash we resume from
-                continue
-            if entry.get("step", 0) <= self.progress.step:
-                keep.append(line)
-        atomic_write_text(self.log_file, "".join(k + "\n" for k in keep))
+        self.progress.done = self._finished()  # limits may have been raised by overrides
 
     def where(self) -> str:
         """Where training stands, counted as a person counts: ``step 1800, 3/3 epochs done`` or
@@ -367,22 +369,11 @@ class Trainer:
         self.progress.train_seconds += now - self._clock
         self._clock = now
         self._check_weights()
-        rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = rng_states()
         ranks = self.dist.gather(rng, "the checkpoint") if name == "last" else None
-        if not self.dist.is_main:
-            return
-        extra = {"rng_ranks": ranks} if ranks is not None and len(ranks) > 1 else {}
-        save_checkpoint({
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),  # empty unless training.precision=fp16
-            "progress": asdict(self.progress),
-            "rng": rng,
-            **extra,
-        }, self.ckpt_dir / f"{name}.pt")
+        if self.dist.is_main:
+            state = run_state(self.model, self.optimizer, self.scheduler, self.scaler, self.progress, rng, ranks)
+            save_checkpoint(state, self.ckpt_dir / f"{name}.pt")
 
     def _save_epoch_weights(self) -> None:
         """Weights only, as ``epoch-N.pt``; the oldest beyond ``keep_epoch_checkpoints`` are removed."""
@@ -463,7 +454,7 @@ class Trainer:
                     validate = (stepped and tc.validate_every and p.step % tc.validate_every == 0) or (not tc.validate_every and end_of_epoch)
                     if tc.max_steps and p.step >= tc.max_steps:
                         p.done, validate = True, True
-                    if validate and self.dev_data is not None:
+                    if validate and self.dev is not None:
                         last_val = self._validate_on_main()
                     if end_of_epoch and tc.keep_epoch_checkpoints:
                         self._save_epoch_weights()
@@ -610,43 +601,6 @@ class Trainer:
         left = max(self._total_steps - self.progress.step, 0)
         return tqdm.format_interval(left * (time.perf_counter() - start) / done)
 
-    @torch.no_grad()
-    def dev_losses(self) -> dict[str, float]:
-        """Teacher-forced per-token dev loss and perplexity, next-token accuracy (%), and, with
-        ``training.exposure_bias``, for each rate p in ``training.exposure_bias_rates``:
-
-        * ``eb_loss@p``: the per-token loss of the reference when a share p of the decoder's
-          inputs (after BOS) are the model's own greedy predictions from the teacher-forced pass
-          (the guess for the token at t given the gold prefix); positions are kept, so each
-          position is still scored against its own reference token;
-        * ``eb_gap@p``: ``eb_loss@p`` minus the teacher-forced loss (0 at p = 0 by definition).
-
-        The replaced positions are drawn from a generator seeded with EXPOSURE_BIAS_SEED at every
-        call (nested: those at p include those at any smaller p), never from the global RNG, so
-        every validation and every run, resumed or not, replaces the same positions."""
-        assert self.dev_data is not None
-        tc = self.cfg.training
-        rates = tc.exposure_bias_rates if tc.exposure_bias else []
-        self.model.eval()
-        gen = torch.Generator().manual_seed(EXPOSURE_BIAS_SEED)
-        total, correct, tokens = 0.0, 0, 0
-        mixed = dict.fromkeys(rates, 0.0)
-        batches = token_batches(self.dev_data.src_lens, self.dev_data.tgt_lens, tc.batch_tokens, None)
-        for idx in tqdm(batches, desc="validation: losses", unit="batch", dynamic_ncols=True, leave=False, disable=None):
-            b = collate(self.dev_data, idx).to(self.device)
-            draws = torch.rand(b.tgt_in.shape, generator=gen).to(self.device)
-            tf, right, sums = exposure_bias_sums(self.model, b, draws, rates)
-            total, correct, tokens = total + tf, correct + right, tokens + b.n_tokens
-            for p in rates:
-                mixed[p] += sums[p]
-        n = max(tokens, 1)
-        loss = total / n
-        values = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": 100.0 * correct / n}
-        for p in rates:
-            values[exposure_bias_key("loss", p)] = mixed[p] / n
-            values[exposure_bias_key("gap", p)] = mixed[p] / n - loss
-        return values
-
     def _validate_on_main(self) -> dict[str, float]:
         """Validation: on rank 0 alone under torchrun, while the others wait; they then take its
         progress (best score, early stopping) and learning rate (the plateau schedule)."""
@@ -672,37 +626,20 @@ class Trainer:
             self.heap.release()
 
     def _validate_and_record(self) -> dict[str, float]:
+        assert self.dev is not None
         tc, p = self.cfg.training, self.progress
-        values = self.dev_losses()
-        # Validation decodes deterministically: sampling would draw from the global RNG and make
-        # a resumed run diverge from an uninterrupted one.
-        search = self.cfg.search.model_copy(update={"sample": False, "nbest": 1})
-        hyps = translate_ids(self.model, self.dev_sources, search, self.device, progress="validation: decoding")
-        texts = [self.tgt_tok.decode(h.tokens) for h in hyps]
-        scores = M.score(texts, self.dev_refs, self.cfg.evaluation.metrics)
-        values.update(scores.values)
-        metric = tc.early_stopping.metric
-        if metric not in values:
-            raise ConfigError(f"training.early_stopping.metric: {metric!r} is not computed "
-                              f"(choose from {', '.join(sorted(values))})")
-        current = values[metric]
-        lower = lower_is_better(metric)
-        improved = p.best is None or (current < p.best if lower else current > p.best)
+        values, signatures = validate(self.model, self.dev, self.tgt_tok, self.cfg, self.device)
+        improved = early_stopping(p, values, tc.early_stopping)
         if improved:
-            p.best, p.best_step, p.bad_validations = current, p.step, 0
             self.save("best")
-        else:
-            p.bad_validations += 1
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(current if lower else -current)
-        if tc.early_stopping.patience and p.bad_validations >= tc.early_stopping.patience:
-            log.info("early stopping: no %s improvement in %d validations", metric, p.bad_validations)
-            p.done = True
+            current = values[tc.early_stopping.metric]
+            self.scheduler.step(current if lower_is_better(tc.early_stopping.metric) else -current)
         self._record("valid", {**values, "best": p.best})
         shown = " | ".join(f"{k} {v:.4g}" for k, v in values.items())
         log.info("validation at step %d: %s%s", p.step, shown, " (new best)" if improved else "")
         if not self._signatures_shown:
-            for k, v in scores.signatures.items():
+            for k, v in signatures.items():
                 log.info("%s signature: %s", k, v)
             self._signatures_shown = True
         return values

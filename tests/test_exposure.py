@@ -21,8 +21,9 @@ from seq2seqkit.data.tokenizers import BOS, EOS, PAD
 from seq2seqkit.errors import ConfigError
 from seq2seqkit.models import build_model
 from seq2seqkit.models.base import Seq2SeqModel, StepOutput
-from seq2seqkit.teacher_forcing import decode_with_teacher_forcing, mixed_pass, own_predictions, substitute
-from seq2seqkit.training import Trainer, exposure_bias_sums, load_for_resume, token_loss
+from seq2seqkit.teacher_forcing import decode_with_teacher_forcing, mixed_pass, own_predictions, substitute, token_loss
+from seq2seqkit.training import Trainer, load_for_resume
+from seq2seqkit.validation import dev_losses, exposure_bias_sums
 
 V = 12
 NEXT = {BOS: 4, **{k: k + 1 for k in range(4, V - 1)}, V - 1: EOS, EOS: EOS, PAD: EOS, 1: EOS}
@@ -118,9 +119,9 @@ def test_validation_numbers_are_deterministic_and_use_no_global_rng(tmp_path):
     trainer = _tiny_trainer(tmp_path, max_steps=10)
     trainer.train()
     state = torch.get_rng_state()
-    first = trainer.dev_losses()
+    first = dev_losses(trainer.model, trainer.dev.pairs, trainer.cfg.training, trainer.device)
     torch.manual_seed(999)  # the global RNG plays no part
-    assert trainer.dev_losses() == first
+    assert dev_losses(trainer.model, trainer.dev.pairs, trainer.cfg.training, trainer.device) == first
     assert set(first) == {"loss", "ppl", "acc", "eb_loss@0.25", "eb_gap@0.25", "eb_loss@0.5", "eb_gap@0.5",
                           "eb_loss@1", "eb_gap@1"}
     assert first["eb_gap@1"] > 0  # an untrained model's own mistakes hurt it

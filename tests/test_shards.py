@@ -273,3 +273,26 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_set_up_reads_the_dev_split_once_and_a_resume_the_training_split_at_most_once(tmp_path: Path, monkeypatch):
+    """A new run reads the dev split once (ids for the losses and texts for the metrics from the
+    same read); a resumed run keeps its tokenizers, so it reads the training split only to
+    encode it (once), or not at all from the cache."""
+    from seq2seqkit.data import corpus
+
+    opened: list[str] = []
+    real = corpus.open_binary
+    monkeypatch.setattr(corpus, "open_binary", lambda path: opened.append(str(path)) or real(path))
+    cfg = tiny_config(tmp_path, max_steps=2)
+    for cache, train_reads in (("false", 1), ("true", 0)):
+        out = tmp_path / f"run-{cache}"
+        new = Trainer(override(cfg, f"data.cache={cache}", f"output_dir={out}"))
+        new.save("last")
+        new.close()
+        assert opened.count(cfg.data.dev.src) == 1, (cache, opened)
+        opened.clear()
+        Trainer(load_for_resume(out, []), resume=True).close()
+        assert opened.count(cfg.data.train.src) == train_reads, (cache, opened)
+        assert opened.count(cfg.data.dev.src) == 1, (cache, opened)
+        opened.clear()

@@ -18,6 +18,7 @@ from seq2seqkit.checkpoint import load_checkpoint
 from seq2seqkit.config import dump_config
 from seq2seqkit.errors import UserError
 from seq2seqkit.training import Trainer, load_for_resume
+from seq2seqkit.validation import validate
 
 from conftest import tiny_config, tiny_model, train_reverse_and_score
 
@@ -183,9 +184,9 @@ def test_validation_is_deterministic_even_when_the_config_samples(tmp_path):
     trainer = Trainer(cfg)
     trainer.train()
     before = torch.get_rng_state()
-    first = trainer._validate()
+    first = validate(trainer.model, trainer.dev, trainer.tgt_tok, trainer.cfg, trainer.device)
     assert torch.equal(before, torch.get_rng_state())
-    assert trainer._validate() == first
+    assert validate(trainer.model, trainer.dev, trainer.tgt_tok, trainer.cfg, trainer.device) == first
 
 
 def test_bf16_precision_runs_matmuls_in_bf16_and_keeps_fp32_weights(tmp_path):
