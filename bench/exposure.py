@@ -42,12 +42,12 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from common import REPO, machine  # first: s2s's process settings, before torch loads
 
-from common import REPO, machine
-from scheduled_sampling import multi30k_overrides
+import torch  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from scheduled_sampling import multi30k_overrides  # noqa: E402
 
 from seq2seqkit import metrics as M
 from seq2seqkit.checkpoint import atomic_write_bytes, load_checkpoint

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
+from common import machine  # first: s2s's process settings, before torch loads
 
-from common import machine
+import torch  # noqa: E402
 from seq2seqkit.config import SearchConfig, model_config
 from seq2seqkit.data.dataset import pad_sources
 from seq2seqkit.models import build_model

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from common import REPO, machine  # first: s2s's process settings, before torch loads
 
-from common import REPO, machine
+import torch  # noqa: E402
 
 from seq2seqkit.config import TeacherForcingConfig, load_config
 from seq2seqkit.data.dataset import collate, token_batches
