@@ -29,14 +29,13 @@ from seq2seqkit.search import PathDecoder, most_probable  # noqa: E402
 from seq2seqkit.translate import Translator  # noqa: E402
 
 
-def run(model, ids: list[list[int]], width: int, group: int = 1) -> tuple[float, int]:
-    """Seconds and steps to decode ``ids`` with ``width`` rows kept running, newcomers admitted
-    once ``group`` places are free (or the batch is empty)."""
+def run(model, ids: list[list[int]], width: int) -> tuple[float, int]:
+    """Seconds and steps to decode ``ids`` with ``width`` rows kept running."""
     decoder, nxt, done, steps = PathDecoder(model, most_probable), 0, 0, 0
     start = time.perf_counter()
     while done < len(ids):
         free = width - len(decoder)
-        if (free >= min(group, width) or not decoder) and nxt < len(ids):
+        if free > 0 and nxt < len(ids):
             chunk = ids[nxt : nxt + free]
             src, lens = pad_sources(chunk)
             decoder.admit(src, lens, list(range(nxt, nxt + len(chunk))))
@@ -51,8 +50,6 @@ def main() -> None:
     ap.add_argument("--model", required=True, metavar="DIR")
     ap.add_argument("--sentences", type=int, default=640)
     ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--groups", type=int, nargs="+", default=[1],
-                    help="admit newcomers into the full-width batch once this many places are free (default 1)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
@@ -61,10 +58,9 @@ def main() -> None:
     test = t.cfg.data.test if t.cfg.data.test.is_set else t.cfg.data.dev
     sources = [s for s in load_eval_set(*test.files(), fmt=test.format).sources if s.strip()][: args.sentences]
     ids = [t.src_tok.encode(s) for s in sources]
-    for width, group in [(1, 1), *((args.width, g) for g in args.groups)]:
-        seconds, steps = run(t.model, ids, width, group)
-        print(f"width {width}, admitted {group} or more at a time: {len(ids) / seconds:.1f} sentences/s, {steps} steps, "
-              f"{1000 * seconds / steps:.2f} ms/step", flush=True)
+    for width in (1, args.width):
+        seconds, steps = run(t.model, ids, width)
+        print(f"width {width}: {len(ids) / seconds:.1f} sentences/s, {steps} steps, {1000 * seconds / steps:.2f} ms/step")
     if args.profile:
         prof = cProfile.Profile()
         prof.runcall(run, t.model, ids, args.width)

@@ -50,8 +50,7 @@ def create_app(models: Mapping[str, Translator], limits: Limits | None = None) -
     limits = limits or Limits()
     models = dict(models)
     batcher = Batcher(lambda key, sources: decode_batch(models, key, sources), limits.max_wait_ms,
-                      limits.max_batch_tokens, limits.max_queue, limits.batching, lambda key: open_stream(models, key),
-                      limits.join_fraction, limits.join_wait_steps)
+                      limits.max_batch_tokens, limits.max_queue, limits.batching, lambda key: open_stream(models, key))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
