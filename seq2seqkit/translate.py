@@ -251,7 +251,8 @@ class Translator:
             return load_ctranslate2(model_dir, device=device, compute_type=compute_type)
         model_dir = Path(model_dir)
         if not (model_dir / "config.yaml").is_file():
-            raise UserError(f"{model_dir}: not a model directory (no config.yaml)")
+            hint = " (a file: an input file goes after -i, or on stdin)" if model_dir.is_file() else ""
+            raise UserError(f"{model_dir}: not a model directory (no config.yaml){hint}")
         cfg = load_saved_config(model_dir / "config.yaml")
         src_tok, tgt_tok = load_tokenizers(model_dir)
         path = Path(checkpoint) if checkpoint.endswith(".pt") else model_dir / "checkpoints" / f"{checkpoint}.pt"

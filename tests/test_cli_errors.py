@@ -168,6 +168,16 @@ def test_translate_not_a_model_dir(tmp_path: Path, capsys):
     assert one_error_line(err) == f"{d}: not a model directory (no config.yaml)"
 
 
+def test_an_input_file_given_as_a_model_is_named_as_such(tmp_path: Path, capsys):
+    """`s2s generate -m MODEL_DIR input.txt`: -m takes several directories (an ensemble), so the
+    input file lands among them; the error says where an input file goes."""
+    write(tmp_path / "input.txt", "hi\n")
+    code, out, err = run_main(capsys, ["generate", "-m", str(tmp_path / "input.txt")])
+    assert code == 2 and out == ""
+    assert one_error_line(err) == (f"{tmp_path / 'input.txt'}: not a model directory (no config.yaml) "
+                                   "(a file: an input file goes after -i, or on stdin)")
+
+
 def test_translate_debug_raises(tmp_path: Path):
     with pytest.raises(UserError, match="not a model directory"):
         main(["--debug", "translate", "-m", str(tmp_path)])
