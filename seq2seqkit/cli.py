@@ -231,7 +231,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tr = load_translator(args)
     apply_search_flags(tr, args)
     layer = attention_to_plot(tr, args)
-    plot_dir = Path(args.plot_attention) if layer is not None else None
+    if layer is not None:
+        from .rundir import open_plot_dir
+
+        plot_dir = open_plot_dir(args.plot_attention)
+    else:
+        plot_dir = None
     show_scores = tr.cfg.search.nbest > 1
     name = args.input if args.input and args.input != "-" else "<stdin>"
     count, start = 0, time.perf_counter()
@@ -606,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     search_args(tr)
     tr.add_argument("--nbest", type=int, metavar="N", help="print the N best outputs per input as OUTPUT<TAB>SCORE")
     sampling_args(tr)
-    tr.add_argument("--plot-attention", metavar="DIR", help="write an attention heatmap per input: DIR/0001.png ...")
+    tr.add_argument("--plot-attention", metavar="DIR", help="write an attention heatmap per input: DIR/0001.png ... (DIR: "
+                                                            "new, empty, or an earlier --plot-attention's, replaced)")
     tr.add_argument("--attention-layer", type=int, metavar="N", help="with --plot-attention: which decoder layer's attention to plot (Transformer)")
     tr.set_defaults(fn=cmd_generate)
 

@@ -37,7 +37,8 @@ log = logging.getLogger("seq2seqkit")
 
 MARKER = ".seq2seqkit.json"
 LOCK = ".seq2seqkit.lock"
-MODEL, EXPORT = "model", "ctranslate2"
+MODEL, EXPORT, PLOTS = "model", "ctranslate2", "attention-plots"
+PLOT_NAME = re.compile(r"\d{4,}\.png")  # --plot-attention's files: 0001.png, 0002.png, ...
 
 # What the toolkit writes at the top of a model directory (tokenizer files: see ``_manifest_files``).
 MODEL_FILES = {MARKER, LOCK, "config.yaml", "tokenizers.json", "train_log.jsonl", "checkpoints", "tensorboard",
@@ -64,14 +65,14 @@ def write_marker(directory: Path, kind: str) -> None:
 
 
 def kind_of(directory: str | Path) -> str | None:
-    """``MODEL`` or ``EXPORT`` if this toolkit wrote ``directory`` (by its marker, or by the
-    files an earlier version wrote), else None."""
+    """``MODEL``, ``EXPORT`` or ``PLOTS`` if this toolkit wrote ``directory`` (by its marker, or
+    by the files an earlier version wrote), else None."""
     d = Path(directory)
     if not d.is_dir():
         return None
     try:
         marker = json.loads((d / MARKER).read_text(encoding="utf-8"))
-        if isinstance(marker, dict) and marker.get("seq2seqkit") in (MODEL, EXPORT):
+        if isinstance(marker, dict) and marker.get("seq2seqkit") in (MODEL, EXPORT, PLOTS):
             return marker["seq2seqkit"]
     except (OSError, ValueError):
         pass
@@ -123,6 +124,30 @@ def owner_of(path: str | Path) -> Path | None:
         if kind and _is_ours(d, kind, p, _known(d, kind)):
             return d
     return None
+
+
+def open_plot_dir(directory: str | Path) -> Path:
+    """``s2s generate --plot-attention DIR``: a new or empty directory, marked as the toolkit's,
+    or one that an earlier ``--plot-attention`` wrote, whose PNGs are removed first (so the
+    directory holds this run's plots alone). A directory holding anything else is refused: its
+    files are not the toolkit's to overwrite."""
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise UserError(f"--plot-attention {d}: not a directory")
+    if d.is_dir():
+        ours = kind_of(d) == PLOTS
+        foreign = [e.name for e in sorted(d.iterdir())
+                   if not (e.name == MARKER or ours and e.is_file() and PLOT_NAME.fullmatch(e.name))]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UserError(f"--plot-attention {d}: holds files seq2seq-kit did not write there ({shown}); give a new "
+                            f"or empty directory")
+        for e in d.iterdir():
+            if e.name != MARKER:
+                e.unlink()
+    d.mkdir(parents=True, exist_ok=True)
+    write_marker(d, PLOTS)
+    return d
 
 
 def check_ours(directory: Path, kind: str, action: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import subprocess
 import sys
 from pathlib import Path
@@ -150,8 +152,21 @@ def test_translate_plots_attention_of_a_model_that_has_it(model_dir, tmp_path, m
                  "--plot-attention", str(plots), "--attention-layer", "1"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert set(wrapped[0].asked) == {1}
-    assert sorted(p.name for p in plots.iterdir()) == ["0001.png", "0002.png", "0003.png"]
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.iterdir())
+    assert sorted(p.name for p in plots.glob("*.png")) == ["0001.png", "0002.png", "0003.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.glob("*.png"))
+    # The same directory again: the toolkit's own earlier plots are replaced by this run's alone.
+    src.write_text("a b c\n")
+    assert main(["-q", "translate", "-m", str(model_dir), "-i", str(src), "--plot-attention", str(plots)]) == 0
+    assert sorted(p.name for p in plots.glob("*.png")) == ["0001.png"]
+    # A directory holding a file the toolkit did not write there is refused, the file untouched.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "0001.png").write_bytes(b"a user's picture")
+    capsys.readouterr()
+    assert main(["-q", "translate", "-m", str(model_dir), "-i", str(src), "--plot-attention", str(mine)]) == 2
+    assert capsys.readouterr().err == (f"s2s: error: --plot-attention {mine}: holds files seq2seq-kit did not write "
+                                       f"there (0001.png); give a new or empty directory\n")
+    assert (mine / "0001.png").read_bytes() == b"a user's picture" and sorted(os.listdir(mine)) == ["0001.png"]
 
 
 def test_beam_never_scores_below_greedy_on_a_trained_model(model_dir):
