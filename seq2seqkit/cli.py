@@ -86,6 +86,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``s2s cache list`` / ``s2s cache clear``: the tokenized training splits that runs keep
+    (``data.cache``) in ``$S2S_CACHE_DIR/shards`` (default ``~/.cache/seq2seqkit/shards``)."""
+    from .data.shards import cache_entries, cache_root, remove_cache_entry
+
+    entries = cache_entries()
+    if args.action == "list":
+        print(f"{cache_root()}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
+              f"{sum(e.size for e in entries) / 1e6:.1f} MB")
+        for e in entries:
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+            pairs = f"{e.pairs:,} pairs" if e.pairs is not None else "? pairs"
+            source = e.sources[0] + (f" (+{len(e.sources) - 1})" if len(e.sources) > 1 else "") if e.sources else "?"
+            print(f"{e.path.name}  {e.size / 1e6:8.1f} MB  {pairs:>14}  last used {used}  "
+                  f"{'stale: ' + e.stale if e.stale else 'current'}  {source}")
+        return 0
+    if not (args.keys or args.all or args.stale or args.older_than is not None):
+        raise UserError("cache clear: say which entries: KEY ..., --stale, --older-than DAYS or --all")
+    known = {e.path.name: e for e in entries}
+    unknown = [k for k in args.keys if k not in known]
+    if unknown:
+        raise UserError(f"cache clear: no entry {unknown[0]} in {cache_root()} (see s2s cache list)")
+    cutoff = time.time() - 86400 * args.older_than if args.older_than is not None else None
+    chosen = [e for e in entries if args.all or e.path.name in args.keys or (args.stale and e.stale)
+              or (cutoff is not None and e.last_used < cutoff)]
+    freed, busy = 0, []
+    for e in chosen:
+        if remove_cache_entry(e.path):
+            freed += e.size
+        else:
+            busy.append(e.path.name)
+    print(f"removed {len(chosen) - len(busy)} entr{'y' if len(chosen) - len(busy) == 1 else 'ies'} "
+          f"({freed / 1e6:.1f} MB) from {cache_root()}"
+          + (f"; kept {len(busy)} that a run is writing or opening now: {', '.join(busy)}" if busy else ""))
+    return 0
+
+
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data.shards import preprocess
@@ -567,6 +604,14 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("out_dir", metavar="OUT_DIR", help="where to write the shards and tokenizers (a new directory)")
     pp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tokenizer.src.vocab_size=16000")
     pp.set_defaults(fn=cmd_preprocess)
+
+    ca = sub.add_parser("cache", help="list or clear the tokenized training data that runs cache (data.cache)")
+    ca.add_argument("action", choices=["list", "clear"])
+    ca.add_argument("keys", nargs="*", metavar="KEY", help="clear: these entries (names from `s2s cache list`)")
+    ca.add_argument("--stale", action="store_true", help="clear: entries whose training files changed or are gone")
+    ca.add_argument("--older-than", type=float, metavar="DAYS", help="clear: entries no run used for DAYS days")
+    ca.add_argument("--all", action="store_true", help="clear: every entry")
+    ca.set_defaults(fn=cmd_cache)
 
     def model_args(sp: argparse.ArgumentParser, required: bool) -> None:
         sp.add_argument("-m", "--model", required=required, metavar="MODEL_DIR", nargs="+", action="extend",

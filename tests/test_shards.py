@@ -296,3 +296,49 @@ def test_set_up_reads_the_dev_split_once_and_a_resume_the_training_split_at_most
         assert opened.count(cfg.data.train.src) == train_reads, (cache, opened)
         assert opened.count(cfg.data.dev.src) == 1, (cache, opened)
         opened.clear()
+
+
+def test_cache_list_and_clear(tmp_path: Path, monkeypatch, capsys):
+    """`s2s cache list` shows each entry (size, pairs, last use, current or stale); `s2s cache
+    clear` removes what it is told (--stale, --older-than, KEY, --all) and nothing else: an entry
+    whose lock a run holds stays, and one holding a file the toolkit did not write is refused."""
+    import fcntl
+    import time
+
+    monkeypatch.setenv("S2S_CACHE_DIR", str(tmp_path / "cache"))
+    cfgs = [tiny_config(tmp_path / name) for name in ("a", "b", "c")]
+    for cfg in cfgs:
+        shards.open_cached(cfg, None)
+    a, b, c = (shards.cache_root() / shards.cache_key(cfg) for cfg in cfgs)
+    old = time.time() - 10 * 86400
+    os.utime(c / shards.HEADER, (old, old))
+    shards.open_cached(cfgs[0], None)  # a cache hit: a's last use is now
+    assert (a / shards.HEADER).stat().st_mtime > time.time() - 60
+    with open(cfgs[1].data.train.src, "a", encoding="utf-8") as f:
+        f.write("a b\n")  # b's training file changed: b is stale
+
+    capsys.readouterr()
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{shards.cache_root()}: 3 entries")
+    assert [line.split()[0] for line in out[1:]] == [c.name, b.name, a.name]  # least recently used first
+    assert "2,000 pairs" in out[3] and "current" in out[3] and str(cfgs[0].data.train.src) in out[3]
+    assert "stale: " in out[2] and "has changed since the shards were written" in out[2]
+
+    assert main(["cache", "clear"]) == 2 and "say which entries" in one_line_error(capsys)
+    assert main(["cache", "clear", "nosuchkey"]) == 2 and "no entry nosuchkey" in one_line_error(capsys)
+    assert main(["cache", "clear", "--stale"]) == 0 and not b.exists() and a.exists() and c.exists()
+    assert main(["cache", "clear", "--older-than", "5"]) == 0 and not c.exists() and a.exists()
+    assert not (c.parent / f"{c.name}.lock").exists()
+
+    (a / "notes.txt").write_text("mine")
+    assert main(["cache", "clear", "--all"]) == 2
+    assert "holds files seq2seq-kit did not write" in one_line_error(capsys) and (a / "notes.txt").exists()
+    (a / "notes.txt").unlink()
+    with open(a.parent / f"{a.name}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a run writing or opening a
+        assert main(["cache", "clear", a.name]) == 0
+        assert "kept 1 that a run is writing or opening now" in capsys.readouterr().out and a.exists()
+    assert main(["cache", "clear", "--all"]) == 0 and not a.exists()
+    assert "removed 1 entry" in capsys.readouterr().out
+    assert sorted(os.listdir(shards.cache_root())) == []

@@ -45,6 +45,7 @@ import tempfile
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -521,6 +522,7 @@ def open_cached(cfg: Config, tokenizers: tuple[Tokenizer, Tokenizer] | None) -> 
                 except UserError as e:
                     why = f"damaged ({e})"
                 if not why:
+                    os.utime(entry / HEADER)  # last used: what `s2s cache clear --older-than` goes by
                     log.info("training data: %s pairs read from the cache %s (tokenization skipped)",
                              f"{len(corpus):,}", entry)
                     return (src_tok, tgt_tok, corpus) if tokenizers is None else (*tokenizers, corpus)
@@ -534,6 +536,63 @@ def open_cached(cfg: Config, tokenizers: tuple[Tokenizer, Tokenizer] | None) -> 
     log.info("training data: %s pairs cached in %s (%.1f MB); later runs with the same data and tokenizer "
              "settings read them", f"{len(corpus):,}", entry, size / 1e6)
     return (src_tok, tgt_tok, corpus) if tokenizers is None else (*tokenizers, corpus)
+
+
+# ------------------------------------------------------------------------ the cache's upkeep
+@dataclass
+class CacheEntry:
+    """One cached tokenized training split (``s2s cache list``)."""
+
+    path: Path
+    size: int  # bytes
+    pairs: int | None  # None: damaged header
+    sources: list[str]  # the training files it was made from
+    last_used: float  # when a run last wrote or read it (its header's modification time)
+    stale: str | None  # why it no longer matches its sources (a run would tokenize again), or None
+
+
+def cache_entries() -> list[CacheEntry]:
+    """The entries of the shards cache, least recently used first."""
+    root, entries = cache_root(), []
+    if not root.is_dir():
+        return entries
+    for d in root.iterdir():
+        if not d.is_dir() or not is_shards_dir(d):
+            continue
+        size = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+        try:
+            train = json.loads((d / HEADER).read_text(encoding="utf-8"))["splits"]["train"]
+            pairs, recorded = int(train["pairs"]), list(train["sources"])
+            stale = next(filter(None, map(source_change, recorded)), None)
+            sources = [str(r["path"]) for r in recorded]
+        except (OSError, ValueError, KeyError, TypeError):
+            pairs, sources, stale = None, [], "damaged header"
+        entries.append(CacheEntry(d, size, pairs, sources, (d / HEADER).stat().st_mtime, stale))
+    return sorted(entries, key=lambda e: e.last_used)
+
+
+def remove_cache_entry(entry: Path) -> bool:
+    """Delete one cache entry and its lock file; False (nothing deleted) while a run holds its
+    lock, i.e. is writing or opening it. A run already training on it keeps its open files
+    (memory-mapped: the kernel keeps them until the run ends). An entry holding files this
+    module does not write is refused."""
+    if not is_shards_dir(entry):
+        raise UserError(f"{entry}: not a shards directory written by seq2seq-kit; will not delete it")
+    if not _only_ours(entry):
+        raise UserError(f"{entry}: holds files seq2seq-kit did not write; will not delete it")
+    lock = entry.parent / f"{entry.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        _remove_stale_builds(entry)  # a build of it that a killed run left behind
+        shutil.rmtree(entry)
+        lock.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def training_data(cfg: Config, tokenizers: tuple[Tokenizer, Tokenizer] | None = None
