@@ -3,6 +3,7 @@ probe and the one warning training gives on a busy machine."""
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import logging
 import os
@@ -190,3 +191,35 @@ def test_training_warns_once_on_a_busy_machine(tmp_path, monkeypatch, caplog):
         trainer.train()
     busy = [r for r in caplog.records if "other programs are using the CPU" in r.getMessage()]
     assert len(busy) == 1 and "for 2 threads" in busy[0].getMessage()
+
+
+
+JEMALLOC = ctypes.util.find_library("jemalloc")  # Debian: apt-get install libjemalloc2 (.ci/run installs it)
+UNDER_JEMALLOC = """
+import os
+from seq2seqkit import runtime
+expect = int(os.environ["EXPECT_DECAY"])
+assert runtime.jemalloc() is not None
+assert runtime.keep_freed_memory()
+assert [runtime.jemalloc_get(f"arena.0.{k}_decay_ms") for k in ("dirty", "muzzy")][0] == expect
+assert runtime.jemalloc_get("arenas.dirty_decay_ms") == expect  # arenas made later too
+import torch
+x = torch.ones(64 << 20, dtype=torch.uint8)
+del x
+kept = runtime.resident_bytes()
+assert runtime.release_freed_memory()
+if expect == -1:  # kept until purged (with decay on, jemalloc may have returned it already)
+    assert kept - runtime.resident_bytes() > 48 << 20, (kept, runtime.resident_bytes())
+"""
+
+
+@pytest.mark.skipif(not JEMALLOC or not sys.platform.startswith("linux"), reason="libjemalloc not installed")
+@pytest.mark.parametrize("malloc_conf, decay", [(None, -1), ("dirty_decay_ms:5000", 5000)])
+def test_under_a_preloaded_jemalloc_freed_pages_are_kept_and_released_on_request(malloc_conf, decay):
+    """keep_freed_memory turns jemalloc's decay off (its default: 10 s), unless the user's
+    MALLOC_CONF says how jemalloc should run; release_freed_memory purges: resident memory falls
+    by a freed 64 MiB tensor's pages."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_CONF"}
+    env.update(LD_PRELOAD=JEMALLOC, EXPECT_DECAY=str(decay), **({"MALLOC_CONF": malloc_conf} if malloc_conf else {}))
+    run = subprocess.run([sys.executable, "-c", UNDER_JEMALLOC], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
