@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import math
 import os
@@ -49,6 +50,7 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+@functools.cache
 def jemalloc() -> ctypes.CDLL | None:
     """The process's malloc if it is jemalloc (preloaded: ``LD_PRELOAD=.../libjemalloc.so.2``),
     found by its ``mallctl`` among the process's symbols; None under glibc's."""
