@@ -19,12 +19,12 @@ from common import REPO  # noqa: F401  (puts the repository on the path)
 
 import torch  # noqa: E402
 
-from seq2seqkit.models.transformer import MultiHeadAttention  # noqa: E402
+from seq2seqkit.models import transformer as T  # noqa: E402
 
 
 def run(shapes: list[tuple[int, int]], dim: int, heads: int) -> tuple[float, float]:
     torch.manual_seed(0)
-    m = MultiHeadAttention(dim, heads, 0.1).cuda().train()
+    m = T.MultiHeadAttention(dim, heads, 0.1).cuda().train()
     first = again = 0.0
     for batch, length in shapes:
         x = torch.randn(batch, length, dim, device="cuda")
@@ -54,8 +54,6 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench/sdpa_shapes.py: no CUDA GPU visible to PyTorch")
     rng = random.Random(0)
-    import seq2seqkit.models.transformer as T
-
     for label, backends in (("PyTorch's default backends", None), ("cuDNN left out (seq2seq-kit)", T.GPU_SDPA)):
         shapes = [(rng.randint(16, 220), rng.randint(5, 45)) for _ in range(args.shapes)]
         saved = T.GPU_SDPA

@@ -91,7 +91,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     (``data.cache``) in ``$S2S_CACHE_DIR/shards`` (default ``~/.cache/seq2seqkit/shards``)."""
     from .data.shards import cache_entries, cache_root, remove_cache_entry
 
-    entries = cache_entries()
+    entries = cache_entries(check_sources=args.action == "list" or args.stale)
     if args.action == "list":
         print(f"{cache_root()}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
               f"{sum(e.size for e in entries) / 1e6:.1f} MB")

@@ -101,6 +101,11 @@ def _is_ours(directory: Path, kind: str, entry: Path, known: set[str]) -> bool:
     return name in known or (kind == EXPORT and re.fullmatch(r"\w+_vocabulary\.(json|txt)", name) is not None)
 
 
+def few(names: list[str]) -> str:
+    """The first three of ``names`` and how many more, for a one-line message."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def foreign_entries(directory: Path, kind: str) -> list[str]:
     """Entries of ``directory`` (relative paths) that the toolkit does not write into a
     directory of ``kind``: a user's files, which make the directory not ours to delete."""
@@ -139,7 +144,7 @@ def open_plot_dir(directory: str | Path) -> Path:
         foreign = [e.name for e in sorted(d.iterdir())
                    if not (e.name == MARKER or ours and e.is_file() and PLOT_NAME.fullmatch(e.name))]
         if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            shown = few(foreign)
             raise UserError(f"--plot-attention {d}: holds files seq2seq-kit did not write there ({shown}); give a new "
                             f"or empty directory")
         for e in d.iterdir():
@@ -160,7 +165,7 @@ def check_ours(directory: Path, kind: str, action: str) -> None:
         raise UserError(f"{directory}: not a {what} written by seq2seq-kit; will not {action}")
     foreign = foreign_entries(directory, kind)
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        shown = few(foreign)
         raise UserError(f"{directory}: holds files seq2seq-kit did not write ({shown}); will not {action}")
 
 

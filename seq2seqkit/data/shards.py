@@ -551,8 +551,10 @@ class CacheEntry:
     stale: str | None  # why it no longer matches its sources (a run would tokenize again), or None
 
 
-def cache_entries() -> list[CacheEntry]:
-    """The entries of the shards cache, least recently used first."""
+def cache_entries(check_sources: bool = True) -> list[CacheEntry]:
+    """The entries of the shards cache, least recently used first; ``check_sources`` False
+    leaves ``stale`` None instead of comparing every entry's training files (which may hash
+    them: only ``list`` and ``clear --stale`` need it)."""
     root, entries = cache_root(), []
     if not root.is_dir():
         return entries
@@ -563,7 +565,7 @@ def cache_entries() -> list[CacheEntry]:
         try:
             train = json.loads((d / HEADER).read_text(encoding="utf-8"))["splits"]["train"]
             pairs, recorded = int(train["pairs"]), list(train["sources"])
-            stale = next(filter(None, map(source_change, recorded)), None)
+            stale = next(filter(None, map(source_change, recorded)), None) if check_sources else None
             sources = [str(r["path"]) for r in recorded]
         except (OSError, ValueError, KeyError, TypeError):
             pairs, sources, stale = None, [], "damaged header"
