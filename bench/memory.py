@@ -2,7 +2,7 @@
 
     python bench/memory.py translate            # s2s translate on one 1k / 10k / 100k-character line
     python bench/memory.py train --epochs 3     # a Multi30k Transformer run: training steps vs validation
-    python bench/memory.py ab --epochs 2 --above 1.5 1.2   # training speed: never releasing freed heap vs limits
+    python bench/memory.py ab --epochs 2 --above 1.5 1.2   # training speed per allocator: never releasing vs limits
     python bench/memory.py ... --record         # ... and append the table to BENCHMARKS.md
 
 * ``translate``: trains (once) a small attention GRU on the G2P task (``configs/g2p-attention.yaml``,
@@ -19,9 +19,11 @@
   ``VmRSS`` every few seconds into ``OUT/rss.csv``. The table compares the training phases'
   peak with the whole run's (the highest phase peak: after a reset, the child's ``ru_maxrss``
   no longer covers the earlier phases).
-* ``ab``: the same training child with ``training.release_memory`` false and with each
-  ``training.release_memory_above`` of ``--above`` (default 1.5), alternating (``--repeats``
-  rounds), validation without the exposure-bias passes; the logged losses must be identical. Speed is the CPU time the
+* ``ab``: the same training child on each allocator of ``--allocators`` (glibc's malloc and
+  jemalloc, preloaded as ``s2s train`` does where the system has it), each with
+  ``training.release_memory`` false and with each ``training.release_memory_above`` of ``--above``
+  (default 1.5), alternating (``--repeats`` rounds), validation without the exposure-bias
+  passes; the logged losses must be identical. Speed is the CPU time the
   training phases took per 1,000 target tokens (one thread, so it does not depend on how busy
   the other cores are, unlike wall-clock tokens/s, which is shown too), beside each run's peak RSS.
 """
@@ -225,10 +227,26 @@ def train_child(args: argparse.Namespace) -> None:
                       "threads": torch.get_num_threads()}))
 
 
+def child_env(allocator: str) -> dict[str, str]:
+    """The environment of a training child on ``allocator``: ``jemalloc`` preloaded (what ``s2s
+    train`` restarts itself with where the system has it), or ``system`` (glibc's malloc)."""
+    from seq2seqkit.runtime import find_jemalloc
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if allocator == "auto":
+        allocator = "jemalloc" if find_jemalloc() else "system"
+    if allocator == "jemalloc":
+        lib = find_jemalloc()
+        if lib is None:
+            raise SystemExit("no jemalloc library on this system (Debian: apt-get install libjemalloc2)")
+        env["LD_PRELOAD"] = lib
+    return env
+
+
 def run_train_child(out: Path, epochs: int, sample_every: float, overrides: list[str],
-                    preload: str | None = None) -> tuple[dict, int, float]:
-    """One measured training child: (its result line, its peak RSS, wall seconds); ``preload``:
-    a malloc library the child runs with (``LD_PRELOAD``) instead of glibc's."""
+                    allocator: str = "auto") -> tuple[dict, int, float]:
+    """One measured training child: (its result line, its peak RSS, wall seconds); ``allocator``:
+    ``auto`` (as ``s2s train``: jemalloc where the system has it), ``jemalloc`` or ``system``."""
     out = out.resolve()
     if out.exists():
         raise SystemExit(f"{out} exists: remove it or give another --out")
@@ -236,9 +254,8 @@ def run_train_child(out: Path, epochs: int, sample_every: float, overrides: list
     cmd = [sys.executable, str(Path(__file__).resolve()), "train-child", "--out", str(out), "--epochs", str(epochs),
            "--sample-every", str(sample_every), "--", *overrides]
     result = out.parent / f"{out.name}-result.json"
-    env = {**os.environ, "LD_PRELOAD": preload} if preload else None
     with result.open("w") as f:
-        rc, peak, wall = run_measured(cmd, cwd=REPO, stdout=f, env=env)
+        rc, peak, wall = run_measured(cmd, cwd=REPO, stdout=f, env=child_env(allocator))
     if rc:
         raise SystemExit(f"training child failed with status {rc}")
     res = json.loads(result.read_text().strip().splitlines()[-1])
@@ -248,45 +265,42 @@ def run_train_child(out: Path, epochs: int, sample_every: float, overrides: list
 
 
 def bench_train(args: argparse.Namespace) -> str:
-    return train_table(*run_train_child(Path(args.out), args.epochs, args.sample_every, args.overrides))
+    return train_table(*run_train_child(Path(args.out), args.epochs, args.sample_every, args.overrides, args.allocator))
 
 
 def bench_ab(args: argparse.Namespace) -> str:
-    """Training speed and peak RSS without releasing the freed heap and with each limit, alternating."""
-    rows = ["| freed heap released above | run | updates | training CPU s | CPU ms per 1k target tokens "
+    """Training speed and peak RSS per allocator, never releasing the freed heap and with each
+    limit, alternating."""
+    rows = ["| allocator | freed heap released above | run | updates | training CPU s | CPU ms per 1k target tokens "
             "| logged tokens/s (median, wall) | first 10 updates' peak RSS | whole run's peak RSS | heap releases |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    arms: list = [*args.above, None]  # None: training.release_memory=false
-    if args.jemalloc:
-        arms.append("jemalloc")  # glibc's malloc replaced (LD_PRELOAD), nothing released by the toolkit
-    per_1k: dict[float | str | None, list[float]] = {arm: [] for arm in arms}
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    # (allocator, limit): limit None is training.release_memory=false
+    arms = [(a, x) for a in args.allocators for x in [*args.above, None]]
+    per_1k: dict[tuple, list[float]] = {arm: [] for arm in arms}
     same = []  # per round: are the logged losses (training windows, validation) bit-identical in every arm?
     for run in range(1, args.repeats + 1):
         losses = []
-        for arm in arms:
-            name = {None: "keep", "jemalloc": "jemalloc"}.get(arm, f"above-{arm}")  # type: ignore[arg-type]
-            out = Path(args.out) / f"{name}-{run}"
-            releases = isinstance(arm, float)
-            setting = [f"training.release_memory_above={arm}"] if releases else ["training.release_memory=false"]
+        for allocator, above in arms:
+            out = Path(args.out) / f"{allocator}-{'keep' if above is None else f'above-{above}'}-{run}"
+            setting = ["training.release_memory=false"] if above is None else [f"training.release_memory_above={above}"]
             res, peak, _ = run_train_child(out, args.epochs, args.sample_every,
-                                           [*setting, "training.exposure_bias=false", *args.overrides],
-                                           args.jemalloc if arm == "jemalloc" else None)
+                                           [*setting, "training.exposure_bias=false", *args.overrides], allocator)
             cpu = sum(p["cpu_seconds"] for p in res["phases"] if p["name"] == "train")
             ms = 1000 * cpu / max(res["train_tokens"] / 1000, 1e-9)
-            per_1k[arm].append(ms)
+            per_1k[(allocator, above)].append(ms)
             losses.append(res["losses"])
             tok = sorted(res["tokens_per_s"])
             median = f"{tok[len(tok) // 2]:,.0f}" if tok else ""
             ref = res["peak10"] or peak
-            label = f"{arm}x" if releases else "never (jemalloc)" if arm else "never"
-            rows.append(f"| {label} | {run} | {res['steps']} | {cpu:,.0f} | {ms:.2f} | {median} "
-                        f"| {ref / MIB:,.0f} MiB | {peak / MIB:,.0f} MiB = {peak / ref:.2f}x "
-                        f"| {res['heap_releases'] if releases else 'off'} |")
+            rows.append(f"| {allocator} | {'never' if above is None else f'{above}x'} | {run} | {res['steps']} | {cpu:,.0f} "
+                        f"| {ms:.2f} | {median} | {ref / MIB:,.0f} MiB | {peak / MIB:,.0f} MiB = {peak / ref:.2f}x "
+                        f"| {'off' if above is None else res['heap_releases']} |")
         same.append(bool(losses[0]) and all(x == losses[0] for x in losses))
     mean = {arm: sum(v) / len(v) for arm, v in per_1k.items()}
-    costs = ", ".join(f"{f'above {arm}x' if isinstance(arm, float) else arm} {mean[arm]:.2f} "
-                      f"({100 * (mean[arm] / mean[None] - 1):+.1f}%)" for arm in arms if arm is not None)
-    rows += ["", f"mean CPU ms per 1k target tokens: never {mean[None]:.2f}, {costs}",
+    base = arms[len(args.above)]  # the first allocator, never releasing
+    costs = ", ".join(f"{a} {'never' if x is None else f'above {x}x'} {mean[(a, x)]:.2f} "
+                      f"({100 * (mean[(a, x)] / mean[base] - 1):+.1f}%)" for a, x in arms)
+    rows += ["", f"mean CPU ms per 1k target tokens (against {base[0]} never releasing): {costs}",
              f"logged losses bit-identical across the arms: {', '.join('yes' if x else 'NO' for x in same)} "
              f"(per round; {len(losses[0])} logged values each)"]
     return "\n".join(rows)
@@ -332,6 +346,8 @@ def main() -> None:
     tr.add_argument("--out", default="runs/mem-multi30k")
     tr.add_argument("--epochs", type=int, default=3)
     tr.add_argument("--sample-every", type=float, default=5.0)
+    tr.add_argument("--allocator", choices=["auto", "system", "jemalloc"], default="auto",
+                    help="the child's malloc: auto (as s2s train: jemalloc where the system has it), system or jemalloc")
     tr.add_argument("--record", action="store_true")
     tr.add_argument("overrides", nargs="*")
     ab = sub.add_parser("ab")
@@ -341,8 +357,9 @@ def main() -> None:
     ab.add_argument("--sample-every", type=float, default=5.0)
     ab.add_argument("--above", type=float, nargs="+", default=[1.5],
                     help="training.release_memory_above of the releasing arms (beside one that never releases)")
-    ab.add_argument("--jemalloc", metavar="LIB", help="add an arm with this malloc library preloaded (LD_PRELOAD), "
-                    "e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (Debian: apt-get install libjemalloc2)")
+    ab.add_argument("--allocators", nargs="+", choices=["system", "jemalloc"], default=["system", "jemalloc"],
+                    help="the mallocs to compare: glibc's (system) and jemalloc, preloaded as s2s train does "
+                         "(Debian: apt-get install libjemalloc2)")
     ab.add_argument("--record", action="store_true")
     ab.add_argument("overrides", nargs="*")
     c = sub.add_parser("train-child")

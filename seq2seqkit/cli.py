@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError, DataError, UserError
-from .runtime import configure_process
+from .runtime import configure_process, run_under_jemalloc
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command needs them
     from .config import Config
@@ -801,6 +801,12 @@ def describe_os_error(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and args.fn in (cmd_train, cmd_demo):  # the program itself, about to train
+        try:
+            run_under_jemalloc()  # returns only if it does not restart the program
+        except ValueError as e:
+            print(f"s2s: error: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     configure_process()  # before any command imports torch: OpenMP reads its wait policy once, at load

@@ -46,7 +46,7 @@ from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
 from .tasks import resolve_dataset
 from .rundir import open_run
-from .runtime import CoreWatch, HeapBound
+from .runtime import CoreWatch, HeapBound, allocator, peak_resident_mib
 from .teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio, token_loss
 from .validation import early_stopping, load_dev, lower_is_better, validate
 
@@ -410,9 +410,9 @@ class Trainer:
         self._total_steps = self.planned_steps()
         self._session = (time.perf_counter(), p.step)  # for the ETA: this session's pace
         if not p.done:
-            log.info("training: %d steps planned (%d epoch%s%s)%s", self._total_steps, tc.epochs,
+            log.info("training: %d steps planned (%d epoch%s%s)%s; memory allocator: %s", self._total_steps, tc.epochs,
                      "s" if tc.epochs != 1 else "", f", max_steps {tc.max_steps}" if tc.max_steps else "",
-                     f", from {self.where()}" if p.step else "")
+                     f", from {self.where()}" if p.step else "", allocator())
         # Log lines go through tqdm.write so they do not tear the bar: the root logger's console
         # handler (the CLI's), or ours where the Python API set one up (seq2seqkit.train in a script).
         consoles = [lg for lg in (logging.getLogger(), log) if lg.handlers] or [logging.getLogger()]
@@ -580,6 +580,8 @@ class Trainer:
             "teacher_forcing": teacher_forcing_ratio(self.cfg.training.teacher_forcing, p.step - 1),
             "tokens_per_s": tokens_per_s,
             **({"loss_scale": self.scaler.get_scale()} if self.scaler.is_enabled() else {}),
+            # the process's peak resident memory so far (all phases: set-up, training, validation), MiB
+            **({"rss_peak_mib": rss} if (rss := peak_resident_mib()) is not None else {}),
             # on a GPU: the most memory PyTorch's allocator has held for tensors so far, MiB
             **({"gpu_peak_mib": torch.cuda.max_memory_allocated(self.device) / 2**20} if self.device.type == "cuda" else {}),
             # auxiliary losses per output token, unweighted (loss and ppl are the token cross-entropy alone)

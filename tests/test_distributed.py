@@ -87,9 +87,9 @@ def _config(root: Path, dropout: float = 0.0, **training) -> Path:
 
 
 def _log(model_dir: Path) -> list[dict]:
-    """The training log without its clock readings (complete lines only)."""
+    """The training log without its clock and memory readings (complete lines only)."""
     lines = (model_dir / "train_log.jsonl").read_text().split("\n")[:-1]
-    return [{k: v for k, v in json.loads(x).items() if k not in ("time_s", "tokens_per_s")} for x in lines]
+    return [{k: v for k, v in json.loads(x).items() if k not in ("time_s", "tokens_per_s", "rss_peak_mib")} for x in lines]
 
 
 def _last_step(model_dir: Path) -> int:

@@ -147,7 +147,7 @@ def test_training_log_counts_steps_up_to_max_steps(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="seq2seqkit"):
         trainer.train()
     text = caplog.text
-    assert "training: 6 steps planned (2 epochs, max_steps 6)\n" in text
+    assert "training: 6 steps planned (2 epochs, max_steps 6); memory allocator: " in text
     assert re.search(r"step 3/6 \(epoch 1/2\) \| loss .* \| ETA \d\d:\d\d", text)
     assert re.search(r"step 6/6 \(epoch 1/2\) .* \| ETA 00:00", text)
     # Without max_steps the plan is every epoch's batches.

@@ -223,3 +223,30 @@ def test_under_a_preloaded_jemalloc_freed_pages_are_kept_and_released_on_request
     env.update(LD_PRELOAD=JEMALLOC, EXPECT_DECAY=str(decay), **({"MALLOC_CONF": malloc_conf} if malloc_conf else {}))
     run = subprocess.run([sys.executable, "-c", UNDER_JEMALLOC], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def run_s2s_train(tiny_yaml: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", runtime.ALLOCATOR_ENV, "MALLOC_CONF")}
+    return subprocess.run([sys.executable, "-m", "seq2seqkit", "train", str(tiny_yaml), f"output_dir={out}",
+                           "training.log_every=1"], env={**clean, **env}, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not JEMALLOC or not sys.platform.startswith("linux"), reason="libjemalloc not installed")
+def test_s2s_train_runs_under_jemalloc_where_the_system_has_it(tiny_yaml, tmp_path):
+    """The program restarts itself with jemalloc preloaded before it trains (the log says which
+    allocator ran), and S2S_ALLOCATOR=system keeps glibc's; the train log records peak memory."""
+    run = run_s2s_train(tiny_yaml, tmp_path / "je")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "memory allocator: jemalloc" in run.stderr
+    train = [json.loads(x) for x in (tmp_path / "je" / "train_log.jsonl").read_text().splitlines()]
+    assert all(e["rss_peak_mib"] > 50 for e in train if e["kind"] == "train")
+    run = run_s2s_train(tiny_yaml, tmp_path / "sys", S2S_ALLOCATOR="system")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "memory allocator: system" in run.stderr
+
+
+def test_an_unknown_allocator_is_one_line(tiny_yaml, tmp_path):
+    run = run_s2s_train(tiny_yaml, tmp_path / "x", S2S_ALLOCATOR="tcmalloc")
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        "s2s: error: S2S_ALLOCATOR='tcmalloc': expected auto, jemalloc or system"]
+    assert not (tmp_path / "x").exists()
