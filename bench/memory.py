@@ -129,7 +129,7 @@ def bench_translate(args: argparse.Namespace) -> str:
             out = tmp / f"out-{chars}-{label}.txt"
             err = tmp / f"err-{chars}-{label}.txt"
             with err.open("w") as ferr:
-                rc, peak, wall = run_measured([*S2S, "translate", "-m", str(model), "-i", str(src), "-o", str(out),
+                rc, peak, wall = run_measured([*S2S, "translate", "-m", str(model), "-i", str(src), "-o", str(out), "--force",
                                                *flags], cwd=REPO, env=env, stderr=ferr)
             if rc:
                 raise SystemExit(f"translate failed ({rc}): {err.read_text()[-2000:]}")

@@ -155,15 +155,15 @@ def _input_texts(path: str | None, fmt: str) -> Iterable[str]:
     ``src`` of each JSONL line (a multi-line dialogue fits in one; other keys are ignored,
     blank lines skipped). A JSONL input is read whole before any output is written, so a bad
     line stops the command with nothing written."""
-    from .data.corpus import detect_format, json_fields
+    from .data.corpus import check_text, detect_format, json_fields
 
     if fmt == "auto":
         fmt = "jsonl" if path and path != "-" and detect_format(path) == "jsonl" else "text"
     lines = _input_lines(path)
-    if fmt == "text":
-        return (line for _, line in lines)
     name = path if path and path != "-" else "<stdin>"
-    return [json_fields(line, name, n, ("src",))[0] for n, line in lines if line.strip()]
+    if fmt == "text":  # what training refuses (NUL and other control characters) is refused here too
+        return (check_text(line, name, n, "input") for n, line in lines)
+    return [check_text(json_fields(line, name, n, ("src",))[0], name, n, "input") for n, line in lines if line.strip()]
 
 
 
@@ -240,8 +240,9 @@ def load_translator(args: argparse.Namespace) -> Translator:
     return Translator.ensemble(args.model, checkpoint=args.checkpoint, device=args.device)
 
 
-def check_output_file(output: Path, input: str | None) -> None:
-    """``-o`` replaces a file: refuse the input itself and the files of a model directory."""
+def check_output_file(output: Path, input: str | None, force: bool) -> None:
+    """``-o`` writes a file: never the input itself or a file of a model directory, and an existing
+    non-empty file (nobody can tell a user's file from an earlier output) only with ``--force``."""
     from .rundir import owner_of
 
     if input and input != "-" and output.exists() and Path(input).exists() and output.samefile(input):
@@ -249,6 +250,8 @@ def check_output_file(output: Path, input: str | None) -> None:
     owner = owner_of(output)
     if owner is not None:
         raise UserError(f"-o {output}: is one of the files of the model directory {owner}; write the output elsewhere")
+    if not force and output.is_file() and output.stat().st_size > 0:
+        raise UserError(f"-o {output}: exists and is not empty; will not replace it (--force replaces it)")
 
 
 def one_line(text: str) -> str:
@@ -264,7 +267,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .translate import chunked, ranking_score
 
     if args.output:
-        check_output_file(Path(args.output), args.input)
+        check_output_file(Path(args.output), args.input, args.force)
     tr = load_translator(args)
     apply_search_flags(tr, args)
     layer = attention_to_plot(tr, args)
@@ -651,7 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl"],
                     help="text: one input a line; jsonl: the \"src\" of each line's object (multi-line inputs); "
                          "auto (default): jsonl for a .jsonl/.json file, else text")
-    tr.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
+    tr.add_argument("-o", "--output", help="output file (default: stdout); written atomically; an existing "
+                                           "non-empty file is replaced only with --force")
+    tr.add_argument("--force", action="store_true", help="replace the -o file if it exists")
     tr.add_argument("--batch-size", type=int, help="sentences per batch")
     search_args(tr)
     tr.add_argument("--nbest", type=int, metavar="N", help="print the N best outputs per input as OUTPUT<TAB>SCORE")

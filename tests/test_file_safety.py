@@ -137,6 +137,19 @@ def test_translate_output_is_neither_the_input_nor_a_file_of_a_model(trained, tm
     assert len((trained / "out.txt").read_text().splitlines()) == 1
 
 
+def test_translate_replaces_an_existing_output_only_with_force(trained, tmp_path, capsys):
+    words, out, empty = tmp_path / "words.txt", tmp_path / "notes.txt", tmp_path / "empty.txt"
+    words.write_text("a b\n")
+    out.write_text("my notes\n")
+    empty.touch()
+    assert main(["translate", "-m", str(trained), "-i", str(words), "-o", str(out)]) == 2
+    assert one_line_error(capsys).strip() == f"s2s: error: -o {out}: exists and is not empty; will not replace it (--force replaces it)"
+    assert out.read_text() == "my notes\n"
+    assert main(["-q", "translate", "-m", str(trained), "-i", str(words), "-o", str(out), "--force"]) == 0
+    assert main(["-q", "translate", "-m", str(trained), "-i", str(words), "-o", str(empty)]) == 0
+    assert len(out.read_text().splitlines()) == len(empty.read_text().splitlines()) == 1
+
+
 def test_prepare_never_replaces_files_it_did_not_write(tmp_path, capsys):
     (tmp_path / "train.tsv").write_text("my own data\n")
     assert main(["prepare", "cmudict", str(tmp_path)]) == 2
@@ -302,3 +315,15 @@ def test_a_second_run_and_a_resume_are_refused_while_a_run_trains_and_a_killed_r
     step = load_checkpoint(out / "checkpoints" / "last.pt")["progress"]["step"]
     assert main(["-q", "train", "--resume", str(out), f"training.max_steps={step + 2}"]) == 0  # ... but no lock
     assert load_checkpoint(out / "checkpoints" / "last.pt")["progress"]["step"] == step + 2
+
+
+def test_generate_refuses_what_training_refuses(trained, tmp_path, capsys):
+    """A control character where text is expected is one FILE:LINE error in generate, as in training."""
+    text, jsonl = tmp_path / "in.txt", tmp_path / "in.jsonl"
+    text.write_bytes(b"a b\nc\x00d\n")
+    jsonl.write_text('{"src": "a b"}\n{"src": "c\\u001bd"}\n')
+    assert main(["translate", "-m", str(trained), "-i", str(text), "-o", str(tmp_path / "a.txt")]) == 2
+    assert one_line_error(capsys).startswith(f"s2s: error: {text}:2: control character U+0000 (NUL), where text is expected")
+    assert main(["generate", "-m", str(trained), "-i", str(jsonl), "-o", str(tmp_path / "b.txt")]) == 2
+    assert one_line_error(capsys).startswith(f"s2s: error: {jsonl}:2: control character U+001B (escape)")
+    assert not (tmp_path / "a.txt").exists() and not (tmp_path / "b.txt").exists()

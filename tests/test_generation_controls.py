@@ -280,7 +280,7 @@ def test_cli_and_api_decode_with_the_controls(tmp_path):
     assert main(argv) == 0
     free = [line.split() for line in out.read_text().splitlines()]
     assert repeats([free]) > 0  # a barely trained model repeats itself
-    assert main([*argv, "--no-repeat-ngram-size", "1", "--min-len", "3"]) == 0
+    assert main([*argv, "--no-repeat-ngram-size", "1", "--min-len", "3", "--force"]) == 0
     cli = out.read_text().splitlines()
     assert repeats([[line.split() for line in cli]]) == 0 and min(len(line.split()) for line in cli) >= 3
     tr = seq2seqkit.load(cfg.output_dir)

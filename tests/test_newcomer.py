@@ -188,7 +188,7 @@ def test_translate_to_file_ends_with_a_summary(model_dir, tmp_path, capsys):
     code, stdout, err = run(capsys, "translate", "-m", str(model_dir), "-i", str(src), "-o", str(out))
     assert code == 0 and stdout == ""
     assert re.fullmatch(rf"s2s: generated 7 lines in \d+\.\d s \(\d+\.\d lines/s\) -> {re.escape(str(out))}\n", err)
-    assert run(capsys, "-q", "translate", "-m", str(model_dir), "-i", str(src), "-o", str(out))[2] == ""
+    assert run(capsys, "-q", "translate", "-m", str(model_dir), "-i", str(src), "-o", str(out), "--force")[2] == ""
 
 
 def test_python_api_logs_what_the_cli_logs_once(tmp_path):

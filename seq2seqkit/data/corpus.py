@@ -42,7 +42,7 @@ class Example:
     tgt: str
 
 
-def _text(text: str, path: str | Path, lineno: int, side: str) -> str:
+def check_text(text: str, path: str | Path, lineno: int, side: str) -> str:
     """``text`` if it is text; a DataError at ``path:lineno`` naming the first character that is not."""
     bad = _NOT_TEXT.search(text)
     if bad is None:
@@ -58,7 +58,7 @@ def _text(text: str, path: str | Path, lineno: int, side: str) -> str:
 
 def _example(lineno: int, src: str, tgt: str, src_path: str | Path, tgt_path: str | Path | None = None) -> Example:
     """An Example whose sides are checked to be text (see ``_NOT_TEXT``)."""
-    return Example(lineno, _text(src, src_path, lineno, "source"), _text(tgt, tgt_path or src_path, lineno, "target"))
+    return Example(lineno, check_text(src, src_path, lineno, "source"), check_text(tgt, tgt_path or src_path, lineno, "target"))
 
 
 def has_text(ex: Example) -> bool:
