@@ -3,6 +3,7 @@
     python bench/memory.py translate            # s2s translate on one 1k / 10k / 100k-character line
     python bench/memory.py train --epochs 3     # a Multi30k Transformer run: training steps vs validation
     python bench/memory.py ab --epochs 2 --above 1.5 1.2   # training speed per allocator: never releasing vs limits
+    python bench/memory.py step-peak            # the training step's own peak: its largest batches, each alone
     python bench/memory.py ... --record         # ... and append the table to BENCHMARKS.md
 
 * ``translate``: trains (once) a small attention GRU on the G2P task (``configs/g2p-attention.yaml``,
@@ -19,6 +20,11 @@
   ``VmRSS`` every few seconds into ``OUT/rss.csv``. The table compares the training phases'
   peak with the whole run's (the highest phase peak: after a reset, the child's ``ru_maxrss``
   no longer covers the earlier phases).
+* ``step-peak``: the reference a whole run is compared with. Each of the ``--top`` largest
+  batches of the first epoch (by padded target tokens, whose logits are the largest tensors,
+  and by padded source tokens) trains two updates alone in a fresh process on each allocator;
+  the largest peak RSS among them is what the training step itself needs, without the heap's
+  history (the first 10 updates of a run need not meet the largest batch).
 * ``ab``: the same training child on each allocator of ``--allocators`` (glibc's malloc and
   jemalloc, preloaded as ``s2s train`` does where the system has it), each with
   ``training.release_memory`` false and with each ``training.release_memory_above`` of ``--above``
@@ -227,6 +233,67 @@ def train_child(args: argparse.Namespace) -> None:
                       "threads": torch.get_num_threads()}))
 
 
+def step_child(args: argparse.Namespace) -> None:
+    """In the child: the training step alone on one batch of the first epoch, in a fresh process
+    (no heap history): two updates on it (the first allocates Adam's states), then this
+    process's peak RSS. The batch is the ``--rank``-th largest by ``--by``: ``tgt`` (padded target
+    tokens: the logits, the largest tensors) or ``src`` (padded source tokens)."""
+    from seq2seqkit.runtime import configure_process
+
+    configure_process()
+    import numpy as np
+
+    from seq2seqkit.config import load_config
+    from seq2seqkit.data.dataset import collate, token_batches
+    from seq2seqkit.training import Trainer
+
+    data = MULTI30K
+    overrides = [f"output_dir={args.out}", "training.precision=bf16", "training.num_threads=1",
+                 f"data.train.src={data}/train.de.gz", f"data.train.tgt={data}/train.en.gz",
+                 "data.dev.src=null", "data.dev.tgt=null", "data.test.src=null", "data.test.tgt=null", *args.overrides]
+    cfg = load_config(REPO / "configs" / "multi30k-transformer.yaml", overrides)
+    trainer = Trainer(cfg)
+    d, tc = trainer.train_data, cfg.training
+    batches = token_batches(d.src_lens, d.tgt_lens, tc.batch_tokens, tc.seed, 0)
+    lens = d.tgt_lens if args.by == "tgt" else d.src_lens
+    size = [len(b) * (int(lens[b].max()) + 1) for b in batches]
+    chosen = batches[int(np.argsort(size)[::-1][args.rank])]
+    batch = collate(d, chosen).to(trainer.device)
+    tokens = int(d.tgt_lens[chosen].sum()) + len(chosen)
+    for _ in range(2):
+        trainer.train_step(batch, tokens)
+    print(json.dumps({"peak": proc_status()["VmHWM"], "sentences": len(chosen),
+                      "src_len": int(d.src_lens[chosen].max()) + 1, "tgt_len": int(d.tgt_lens[chosen].max()) + 1}))
+
+
+def bench_step_peak(args: argparse.Namespace) -> str:
+    """The training step's own peak: the largest batches of an epoch, each alone in a fresh process."""
+    rows = ["| allocator | batch | sentences | longest source / target (tokens) | padded source / target tokens "
+            "| peak RSS (2 updates, fresh process) |", "|---|---|---|---|---|---|"]
+    peaks = []
+    for allocator in args.allocators:
+        for by in ("tgt", "src"):
+            for rank in range(args.top):
+                out = Path(args.out) / f"{allocator}-{by}-{rank}"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "step-child", "--out", str(out), "--by", by,
+                       "--rank", str(rank), "--", *args.overrides]
+                proc = subprocess.run(cmd, cwd=REPO, env=child_env(allocator), capture_output=True, text=True)
+                if proc.returncode:
+                    raise SystemExit(f"step child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                peaks.append((allocator, r["peak"]))
+                rows.append(f"| {allocator} | #{rank + 1} by padded {'target' if by == 'tgt' else 'source'} tokens "
+                            f"| {r['sentences']} | {r['src_len']} / {r['tgt_len']} "
+                            f"| {r['sentences'] * r['src_len']:,} / {r['sentences'] * r['tgt_len']:,} "
+                            f"| {r['peak'] / MIB:,.0f} MiB |")
+                print(rows[-1], flush=True)
+    rows.append("")
+    for allocator in args.allocators:
+        rows.append(f"{allocator}: the step's own peak (largest of these) "
+                    f"{max(p for a, p in peaks if a == allocator) / MIB:,.0f} MiB")
+    return "\n".join(rows)
+
+
 def child_env(allocator: str) -> dict[str, str]:
     """The environment of a training child on ``allocator``: ``jemalloc`` preloaded (what ``s2s
     train`` restarts itself with where the system has it), or ``system`` (glibc's malloc)."""
@@ -367,12 +434,26 @@ def main() -> None:
     c.add_argument("--epochs", type=int, required=True)
     c.add_argument("--sample-every", type=float, default=5.0)
     c.add_argument("overrides", nargs="*")
+    sp = sub.add_parser("step-peak", help="the training step's own peak: the largest batches, each in a fresh process")
+    sp.add_argument("--out", default="runs/mem-step")
+    sp.add_argument("--top", type=int, default=3, help="the N largest batches by padded target and by source tokens")
+    sp.add_argument("--allocators", nargs="+", choices=["system", "jemalloc"], default=["system", "jemalloc"])
+    sp.add_argument("--record", action="store_true")
+    sp.add_argument("overrides", nargs="*")
+    sc = sub.add_parser("step-child")
+    sc.add_argument("--out", required=True)
+    sc.add_argument("--by", choices=["tgt", "src"], required=True)
+    sc.add_argument("--rank", type=int, required=True)
+    sc.add_argument("overrides", nargs="*")
     args = p.parse_args()
     if args.what == "train-child":
         train_child(args)
         return
+    if args.what == "step-child":
+        step_child(args)
+        return
     sys.path.insert(0, str(REPO))
-    table = {"translate": bench_translate, "train": bench_train, "ab": bench_ab}[args.what](args)
+    table = {"translate": bench_translate, "train": bench_train, "ab": bench_ab, "step-peak": bench_step_peak}[args.what](args)
     print(table)
     if args.record:
         cmd = "python bench/memory.py " + " ".join(sys.argv[1:]).replace(" --record", "")
