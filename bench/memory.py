@@ -349,7 +349,8 @@ def bench_ab(args: argparse.Namespace) -> str:
         losses = []
         for allocator, above in arms:
             out = Path(args.out) / f"{allocator}-{'keep' if above is None else f'above-{above}'}-{run}"
-            setting = ["training.release_memory=false"] if above is None else [f"training.release_memory_above={above}"]
+            setting = (["training.release_memory=false"] if above is None
+                       else ["training.release_memory=true", f"training.release_memory_above={above}"])
             res, peak, _ = run_train_child(out, args.epochs, args.sample_every,
                                            [*setting, "training.exposure_bias=false", *args.overrides], allocator)
             cpu = sum(p["cpu_seconds"] for p in res["phases"] if p["name"] == "train")

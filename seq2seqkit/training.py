@@ -267,7 +267,8 @@ class Trainer:
         self._clock = time.perf_counter()  # train_seconds counts from here (and from each train())
         self.stopped: str | None = None  # "SIGINT"/"SIGTERM" if train() stopped early on it (checkpoint saved)
         # resident memory near release_memory_above x the first updates' peak (runtime.py)
-        self.heap = HeapBound(ceiling=tc.release_memory_above, enabled=tc.release_memory)
+        release = tc.release_memory if tc.release_memory is not None else allocator() == "system"
+        self.heap = HeapBound(ceiling=tc.release_memory_above, enabled=release)
 
     # -- setup helpers -------------------------------------------------------------------------
     def _training_data(self, resume: bool) -> tuple[Tokenizer, Tokenizer, EncodedCorpus | ShardCorpus]:

@@ -338,3 +338,15 @@ def test_perplexity_refuses_references_beyond_learned_positions(transformer_dir,
     rc, out, err = run(capsys, "evaluate", "-m", str(transformer_dir), "--src", str(src), "--ref", str(ref),
                        "--metrics", "ppl", "--no-group-by-source")
     assert rc == 0 and out.startswith("ppl ")
+
+
+@pytest.mark.parametrize("allocator, setting, enabled", [("system", None, True), ("jemalloc", None, False),
+                                                         ("jemalloc", True, True), ("system", False, False)])
+def test_freed_heap_is_released_by_default_on_glibc_only(tmp_path, monkeypatch, allocator, setting, enabled):
+    """training.release_memory null (the default) releases on the system's malloc, not under
+    jemalloc, whose resident memory levels off by itself; true or false decide on either."""
+    import seq2seqkit.training as training
+
+    monkeypatch.setattr(training, "allocator", lambda: allocator)
+    trainer = Trainer(tiny_config(tmp_path, **({} if setting is None else {"release_memory": setting})))
+    assert trainer.heap.enabled is enabled
