@@ -50,7 +50,7 @@ bench-serve: $(STAMP)
 	$(PY) bench/serve.py
 
 # Time to quality: our Multi30k Transformer for 32 minutes against JoeyNMT 2.3.0 (8 epochs, ~95
-# minutes), dev BLEU against wall-clock minutes in one plot (runs/ttq-curves.png); a quiet machine.
+# minutes), dev BLEU against wall-clock minutes in one plot (bench/ttq-curves.png); a quiet machine.
 bench-ttq: $(STAMP)
 	$(PY) bench/time_to_quality.py
 
