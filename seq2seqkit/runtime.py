@@ -440,8 +440,8 @@ class HeapBound:
         if not self.enabled:
             return
         if self.limit is None:
-            if self.updates >= self.warmup:  # ru_maxrss is in KiB on Linux
-                self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            if self.updates >= self.warmup and (peak := peak_resident_mib()) is not None:
+                self.peak = int(peak * 2**20)
                 self.limit = int(self.ceiling * self.peak)
                 log.info("memory: peak %d MiB after %d updates; freed heap is released above %d MiB",
                          self.peak >> 20, self.updates, self.limit >> 20)
