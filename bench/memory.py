@@ -147,6 +147,18 @@ def bench_translate(args: argparse.Namespace) -> str:
 
 
 # -------------------------------------------------------------------------------- train
+def child_overrides(out: Path, dev: bool) -> list[str]:
+    """What every training child changes in configs/multi30k-transformer.yaml: its output
+    directory, bf16 on one thread, the corpus from MULTI30K, no test split (and no dev split,
+    so no early stopping, unless ``dev``)."""
+    data = MULTI30K
+    splits = [f"data.dev.src={data}/val.de.gz", f"data.dev.tgt={data}/val.en.gz"] if dev else \
+        ["data.dev.src=null", "data.dev.tgt=null", "training.early_stopping.patience=null"]
+    return [f"output_dir={out}", "training.precision=bf16", "training.num_threads=1",
+            f"data.train.src={data}/train.de.gz", f"data.train.tgt={data}/train.en.gz", *splits,
+            "data.test.src=null", "data.test.tgt=null"]
+
+
 def train_child(args: argparse.Namespace) -> None:
     """In the child: train with per-phase peaks, then print one JSON line of results. The
     process settings are those ``s2s train`` runs with (``configure_process``: glibc malloc keeps
@@ -160,13 +172,9 @@ def train_child(args: argparse.Namespace) -> None:
     from seq2seqkit.training import Trainer
 
     out = Path(args.out)
-    data = MULTI30K
-    overrides = [f"output_dir={out}", "training.precision=bf16", "training.num_threads=1",
-                 f"training.epochs={args.epochs}", "training.keep_epoch_checkpoints=0",
-                 f"data.train.src={data}/train.de.gz", f"data.train.tgt={data}/train.en.gz",
-                 f"data.dev.src={data}/val.de.gz", f"data.dev.tgt={data}/val.en.gz",
-                 "data.test.src=null", "data.test.tgt=null", *args.overrides]
-    cfg = load_config(REPO / "configs" / "multi30k-transformer.yaml", overrides)
+    cfg = load_config(REPO / "configs" / "multi30k-transformer.yaml",
+                      [*child_overrides(out, dev=True), f"training.epochs={args.epochs}",
+                       "training.keep_epoch_checkpoints=0", *args.overrides])
     phases: list[dict] = []
     phase = {"name": "setup", "t0": time.time(), "c0": time.process_time()}
     can_reset = reset_peak()
@@ -247,11 +255,8 @@ def step_child(args: argparse.Namespace) -> None:
     from seq2seqkit.data.dataset import collate, token_batches
     from seq2seqkit.training import Trainer
 
-    data = MULTI30K
-    overrides = [f"output_dir={args.out}", "training.precision=bf16", "training.num_threads=1",
-                 f"data.train.src={data}/train.de.gz", f"data.train.tgt={data}/train.en.gz",
-                 "data.dev.src=null", "data.dev.tgt=null", "data.test.src=null", "data.test.tgt=null", *args.overrides]
-    cfg = load_config(REPO / "configs" / "multi30k-transformer.yaml", overrides)
+    cfg = load_config(REPO / "configs" / "multi30k-transformer.yaml",
+                      [*child_overrides(Path(args.out), dev=False), *args.overrides])
     trainer = Trainer(cfg)
     d, tc = trainer.train_data, cfg.training
     batches = token_batches(d.src_lens, d.tgt_lens, tc.batch_tokens, tc.seed, 0)
