@@ -16,7 +16,8 @@ runs with the same budget (updates, or minutes of training wall-clock):
   ``--decay-steps / 2``.
 
 Scheduled sampling uses ``--mode`` (parallel by default: two passes through ``model.forward``).
-Everything else is the config's, except: no early stopping and no epoch limit (the budget ends
+Everything else is the config's (``--config`` names another recipe for a task and family), except:
+the exposure-bias passes on at every validation, no early stopping and no epoch limit (the budget ends
 every run), validation every ``--validate-every`` updates, no epoch checkpoints. Runs live in
 ``runs/exposure/TASK-FAMILY-VARIANT/`` and resume where they stopped (kill the script at any
 time and run it again; a raised budget continues the runs). A run keeps the config it started
@@ -82,14 +83,15 @@ def run_config(task: str, family: str, variant: str, args: argparse.Namespace) -
         teacher += ["training.teacher_forcing.ratio=1.0", f"training.teacher_forcing.min_ratio={args.min_ratio}",
                     f"training.teacher_forcing.mode={args.mode}"]
     overrides = [
-        f"name={task}-{family}-{variant}", f"output_dir={args.out / f'{task}-{family}-{variant}'}",
+        f"name={task}-{family}-{variant}", "training.exposure_bias=true", f"output_dir={args.out / f'{task}-{family}-{variant}'}",
         "training.epochs=1000000", "training.early_stopping.patience=null", "training.keep_epoch_checkpoints=0",
         f"training.validate_every={args.validate_every}", f"training.num_threads={args.threads}",
         f"training.max_steps={args.max_steps or args.validate_every}", *teacher,
         *(multi30k_overrides(args.data_root) if task == "multi30k" else []),
         *([f"data.dev_max_examples={args.dev_limit}"] if args.dev_limit else []),
     ]
-    return load_config(REPO / "configs" / f"{task}-{family}.yaml", overrides)
+    config = args.config.get(f"{task}-{family}", REPO / "configs" / f"{task}-{family}.yaml")
+    return load_config(config, overrides)
 
 
 def train(cfg: Config, args: argparse.Namespace) -> dict:
@@ -247,6 +249,9 @@ def main() -> None:
     ap.add_argument("--mode", choices=["parallel", "sequential"], default="parallel", help="scheduled sampling mode")
     ap.add_argument("--validate-every", type=int, help="updates between validations (default: a tenth of --max-steps)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--config", action="append", default=[], metavar="TASK-FAMILY=PATH",
+                    help="another recipe for one task and family, e.g. multi30k-transformer="
+                         "configs/multi30k-transformer-32min.yaml for short budgets (default: configs/TASK-FAMILY.yaml)")
     ap.add_argument("--no-train", action="store_true", help="only evaluate and report the runs that exist")
     ap.add_argument("--test-limit", type=int, help="score only the first N test items (smoke runs)")
     ap.add_argument("--dev-limit", type=int, help="validate on the first N dev items (data.dev_max_examples; smoke runs)")
@@ -259,6 +264,13 @@ def main() -> None:
         ap.error("give a budget: --max-steps N or --minutes M (or --no-train)")
     if args.minutes and not (args.decay_steps and args.validate_every):
         ap.error("with --minutes, give --decay-steps and --validate-every (the schedules count updates)")
+    configs = {}
+    for item in args.config:
+        key, sep, path = item.partition("=")
+        if not sep or key not in {f"{t}-{f}" for t in TASKS for f in FAMILIES} or not Path(path).is_file():
+            ap.error(f"--config {item}: give TASK-FAMILY=PATH with an existing file (TASK-FAMILY: e.g. multi30k-transformer)")
+        configs[key] = Path(path).resolve()
+    args.config = configs
     args.decay_steps = args.decay_steps or args.max_steps or 1
     args.validate_every = args.validate_every or max(1, (args.max_steps or 10) // 10)
     plots = args.plots or args.out

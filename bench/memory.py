@@ -22,7 +22,8 @@
   no longer covers the earlier phases).
 * ``step-peak``: the reference a whole run is compared with. Each of the ``--top`` largest
   batches of the first epoch (by padded target tokens, whose logits are the largest tensors,
-  and by padded source tokens) trains two updates alone in a fresh process on each allocator;
+  by padded source tokens, and by the longest sequence, whose attention weights grow with its
+  square) trains two updates alone in a fresh process on each allocator;
   the largest peak RSS among them is what the training step itself needs, without the heap's
   history (the first 10 updates of a run need not meet the largest batch).
 * ``ab``: the same training child on each allocator of ``--allocators`` (glibc's malloc and
@@ -245,7 +246,8 @@ def step_child(args: argparse.Namespace) -> None:
     """In the child: the training step alone on one batch of the first epoch, in a fresh process
     (no heap history): two updates on it (the first allocates Adam's states), then this
     process's peak RSS. The batch is the ``--rank``-th largest by ``--by``: ``tgt`` (padded target
-    tokens: the logits, the largest tensors) or ``src`` (padded source tokens)."""
+    tokens: the logits, the largest tensors), ``src`` (padded source tokens) or ``long`` (the longest
+    sequence: attention's weights grow with its square)."""
     from seq2seqkit.runtime import configure_process
 
     configure_process()
@@ -260,8 +262,11 @@ def step_child(args: argparse.Namespace) -> None:
     trainer = Trainer(cfg)
     d, tc = trainer.train_data, cfg.training
     batches = token_batches(d.src_lens, d.tgt_lens, tc.batch_tokens, tc.seed, 0)
-    lens = d.tgt_lens if args.by == "tgt" else d.src_lens
-    size = [len(b) * (int(lens[b].max()) + 1) for b in batches]
+    if args.by == "long":  # the longest sequences: attention's weights grow with length squared
+        size = [max(int(d.src_lens[b].max()), int(d.tgt_lens[b].max())) for b in batches]
+    else:
+        lens = d.tgt_lens if args.by == "tgt" else d.src_lens
+        size = [len(b) * (int(lens[b].max()) + 1) for b in batches]
     chosen = batches[int(np.argsort(size)[::-1][args.rank])]
     batch = collate(d, chosen).to(trainer.device)
     tokens = int(d.tgt_lens[chosen].sum()) + len(chosen)
@@ -271,13 +276,16 @@ def step_child(args: argparse.Namespace) -> None:
                       "src_len": int(d.src_lens[chosen].max()) + 1, "tgt_len": int(d.tgt_lens[chosen].max()) + 1}))
 
 
+BY = {"tgt": "padded target tokens", "src": "padded source tokens", "long": "longest sequence"}
+
+
 def bench_step_peak(args: argparse.Namespace) -> str:
     """The training step's own peak: the largest batches of an epoch, each alone in a fresh process."""
     rows = ["| allocator | batch | sentences | longest source / target (tokens) | padded source / target tokens "
             "| peak RSS (2 updates, fresh process) |", "|---|---|---|---|---|---|"]
     peaks = []
     for allocator in args.allocators:
-        for by in ("tgt", "src"):
+        for by in ("tgt", "src", "long"):
             for rank in range(args.top):
                 out = Path(args.out) / f"{allocator}-{by}-{rank}"
                 cmd = [sys.executable, str(Path(__file__).resolve()), "step-child", "--out", str(out), "--by", by,
@@ -287,7 +295,7 @@ def bench_step_peak(args: argparse.Namespace) -> str:
                     raise SystemExit(f"step child failed ({proc.returncode}): {proc.stderr[-2000:]}")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 peaks.append((allocator, r["peak"]))
-                rows.append(f"| {allocator} | #{rank + 1} by padded {'target' if by == 'tgt' else 'source'} tokens "
+                rows.append(f"| {allocator} | #{rank + 1} by {BY[by]} "
                             f"| {r['sentences']} | {r['src_len']} / {r['tgt_len']} "
                             f"| {r['sentences'] * r['src_len']:,} / {r['sentences'] * r['tgt_len']:,} "
                             f"| {r['peak'] / MIB:,.0f} MiB |")
@@ -448,7 +456,7 @@ def main() -> None:
     sp.add_argument("overrides", nargs="*")
     sc = sub.add_parser("step-child")
     sc.add_argument("--out", required=True)
-    sc.add_argument("--by", choices=["tgt", "src"], required=True)
+    sc.add_argument("--by", choices=["tgt", "src", "long"], required=True)
     sc.add_argument("--rank", type=int, required=True)
     sc.add_argument("overrides", nargs="*")
     args = p.parse_args()
