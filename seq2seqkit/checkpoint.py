@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,33 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def open_output(path: str | Path) -> Iterator[IO[str]]:
+    """A text output file a user named (``generate -o``). A regular file, or a new one, is
+    written atomically (:func:`atomic_open`), through a symbolic link to the file it points to
+    (the link stays). A device or a pipe that exists (``/dev/null``, ``/dev/stdout``, a FIFO) is
+    written in place, as a shell's ``>`` does: renaming a file over it would replace the device
+    node itself (``/dev/null`` turned into a file breaks every program that uses it)."""
+    path = Path(path)
+    target = path.resolve() if path.is_symlink() else path
+    try:
+        mode = target.stat().st_mode
+    except OSError:
+        mode = None
+    if mode is None or stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # a directory: atomic_open's error names it
+        with atomic_open(target) as f:
+            yield f
+        return
+    try:
+        with open(target, "w", encoding="utf-8", newline="\n") as f:
+            yield f
+            f.flush()
+    except OSError as e:
+        if e.filename is None:  # a failed write (/dev/full: no space): name the output
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -263,7 +263,7 @@ def one_line(text: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_open
+    from .checkpoint import open_output
     from .translate import chunked, ranking_score
 
     if args.output:
@@ -288,7 +288,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
               f"(--max-input-tokens, search.max_input_tokens or the model's max_positions): {action}", file=sys.stderr)
 
     texts = _input_texts(args.input, args.input_format)
-    with atomic_open(args.output) if args.output else contextlib.nullcontext(sys.stdout) as f:
+    with open_output(args.output) if args.output else contextlib.nullcontext(sys.stdout) as f:
         for chunk in chunked(texts, 2000):
             for text, hyps in zip(chunk, tr.nbest_hypotheses(chunk, layer, long_input)):
                 count += 1
@@ -517,6 +517,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """``--host``/``--port`` that the server could not listen on (a port out of range, an
+    unknown host, a port in use or reserved) are one line before any work, not uvicorn's
+    traceback or its exit after the models have loaded."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: not a TCP port (0-65535; 0 picks a free one)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--host {host}: not an address of this machine ({e})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the models of ``-m`` over HTTP until SIGINT/SIGTERM (then finish what is in flight)."""
     from pydantic import ValidationError
@@ -527,6 +547,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .serve import Limits, create_app, load_models
     except ImportError as e:
         raise UserError(f"serve: {e.name} is not installed: pip install 'seq2seq-kit[serve]'") from None
+    check_listen_address(args.host, args.port)  # before the models load: a bad address is found in a second
     if args.no_batching:
         args.batching = "off"
     fields = {k: getattr(args, k) for k in Limits.model_fields if getattr(args, k, None) is not None}
@@ -654,8 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl"],
                     help="text: one input a line; jsonl: the \"src\" of each line's object (multi-line inputs); "
                          "auto (default): jsonl for a .jsonl/.json file, else text")
-    tr.add_argument("-o", "--output", help="output file (default: stdout); written atomically; an existing "
-                                           "non-empty file is replaced only with --force")
+    tr.add_argument("-o", "--output", help="output file (default: stdout); written atomically (a device or pipe such "
+                                           "as /dev/null in place); an existing non-empty file is replaced only with --force")
     tr.add_argument("--force", action="store_true", help="replace the -o file if it exists")
     tr.add_argument("--batch-size", type=int, help="sentences per batch")
     search_args(tr)

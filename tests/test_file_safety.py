@@ -327,3 +327,83 @@ def test_generate_refuses_what_training_refuses(trained, tmp_path, capsys):
     assert main(["generate", "-m", str(trained), "-i", str(jsonl), "-o", str(tmp_path / "b.txt")]) == 2
     assert one_line_error(capsys).startswith(f"s2s: error: {jsonl}:2: control character U+001B (escape)")
     assert not (tmp_path / "a.txt").exists() and not (tmp_path / "b.txt").exists()
+
+
+def _fifo_feeding(path: Path, data: bytes) -> "threading.Thread":
+    """A FIFO at ``path`` and a thread that writes ``data`` into it once, as a shell's
+    ``<(command)`` or ``mkfifo`` pipeline gives its bytes once."""
+    import threading
+
+    os.mkfifo(path)
+
+    def feed() -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_generate_writes_into_a_device_or_pipe_in_place_and_through_a_symlink(trained, tmp_path, capsys):
+    """-o a FIFO (as /dev/null or /dev/stdout) is written into, never renamed over: the node stays.
+    A symlink is written through; the link stays a link."""
+    import stat
+    import threading
+
+    words = tmp_path / "words.txt"
+    words.write_text("a b\nb a\n")
+    fifo, got = tmp_path / "out.fifo", []
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert main(["-q", "generate", "-m", str(trained), "-i", str(words), "-o", str(fifo)]) == 0
+    reader.join(30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and len(got[0].splitlines()) == 2
+    target, link = tmp_path / "real.txt", tmp_path / "link.txt"
+    link.symlink_to(target)
+    assert main(["-q", "generate", "-m", str(trained), "-i", str(words), "-o", str(link)]) == 0
+    assert link.is_symlink() and len(target.read_text().splitlines()) == 2
+    assert main(["-q", "generate", "-m", str(trained), "-i", str(words), "-o", str(link)]) == 2  # now not empty
+    assert "exists and is not empty" in one_line_error(capsys)
+
+
+def test_generate_reads_a_pipe_once(trained, tmp_path):
+    """-i a FIFO: the gzip check peeks instead of opening the file twice (which waited forever
+    for a second writer)."""
+    fifo = tmp_path / "in.fifo"
+    feeder = _fifo_feeding(fifo, b"a b\nb a\na\n")
+    out = tmp_path / "out.txt"
+    proc = subprocess.run([sys.executable, "-m", "seq2seqkit.cli", "-q", "generate", "-m", str(trained), "-i", str(fifo),
+                           "-o", str(out)], capture_output=True, text=True, timeout=120)
+    feeder.join(5)
+    assert proc.returncode == 0, proc.stderr
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_training_refuses_a_pipe_that_it_would_have_to_read_twice_and_a_directory(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, max_steps=1, num_threads=1)
+    fifo = tmp_path / "train.fifo"
+    os.mkfifo(fifo)  # nobody writes: a reader that opened it would wait forever
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    proc = subprocess.run([sys.executable, "-m", "seq2seqkit.cli", "train", str(path), f"data.train.src={fifo}",
+                           "data.cache=false", f"output_dir={tmp_path / 'r'}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"s2s: error: {fifo}: is not a regular file (a pipe or a device); training reads it more")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert main(["train", str(path), f"data.train.src={folder}", "data.cache=false", f"output_dir={tmp_path / 'r2'}"]) == 2
+    assert one_line_error(capsys).strip() == f"s2s: error: {folder}: is a directory, not a file"
+
+
+def test_a_line_without_end_is_refused_at_the_limit_instead_of_filling_memory(tmp_path, monkeypatch, capsys):
+    from seq2seqkit.data import corpus
+
+    monkeypatch.setattr(corpus, "MAX_LINE_BYTES", 1000)
+    ok, long = tmp_path / "ok.txt", tmp_path / "long.txt"
+    ok.write_bytes(b"a\n" + b"x" * 1000 + b"\nb")  # exactly the limit, and a last line without a break
+    long.write_bytes(b"a\nb\n" + b"y" * 1001)
+    assert [len(t) for _, t in corpus.read_lines(ok)] == [1, 1000, 1]
+    assert main(["check-data", str(long), str(long)]) == 2
+    assert one_line_error(capsys).startswith(f"s2s: error: {long}:3: a line of over 1,000 bytes without a line break")

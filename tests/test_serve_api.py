@@ -436,6 +436,25 @@ def test_serve_cli_refuses_bad_arguments_in_one_line(model_dirs, capsys):
     assert "--beam" in one_line_error(capsys)
 
 
+def test_serve_cli_refuses_an_address_it_cannot_listen_on_before_loading_models(tmp_path, capsys):
+    import socket
+
+    from conftest import one_line_error
+
+    missing = str(tmp_path / "no-model")  # the address is checked first: no model error
+    for port in ("70000", "-1"):
+        assert main(["serve", "-m", missing, "--port", port]) == 2
+        assert f"--port {port}: not a TCP port (0-65535" in one_line_error(capsys)
+    assert main(["serve", "-m", missing, "--host", "no-such-host.invalid"]) == 2
+    assert "--host no-such-host.invalid: not an address of this machine" in one_line_error(capsys)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "-m", missing, "--port", str(port)]) == 2
+        assert f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)" in one_line_error(capsys)
+
+
 def test_serve_cli_builds_the_app_it_is_told_to(model_dirs, monkeypatch):
     import uvicorn
 

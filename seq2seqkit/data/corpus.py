@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import stat
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator
@@ -23,6 +25,7 @@ Format = Literal["auto", "text", "tsv", "jsonl"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
+MAX_LINE_BYTES = 16 << 20  # longer is not a line of text (a document per line is far below it)
 # Where text is expected: control characters that are not whitespace to the tokenizers (NUL,
 # escape, DEL, ...: usually a binary file or a broken conversion) and lone surrogates (JSON
 # "\ud800" escapes, which no tokenizer can encode as UTF-8) are refused. Tab, line feed,
@@ -92,31 +95,70 @@ def detect_format(path: str | Path) -> Format:
     return "text"
 
 
+class _GzipOwningFile(gzip.GzipFile):
+    """A ``GzipFile`` over a file object that it closes with itself."""
+
+    def close(self) -> None:
+        raw = self.fileobj
+        try:
+            super().close()
+        finally:
+            if raw is not None:
+                raw.close()
+
+
 def open_binary(path: str | Path) -> BinaryIO:
     """Open ``path`` for reading bytes, gunzipping if it starts with the gzip magic bytes.
 
     The content decides, not the name, so a misnamed ``.gz`` (or an unnamed one) still works.
+    The file is opened once and its first bytes peeked, so a pipe (``-i <(zcat ...)``, a FIFO)
+    is read like a file instead of losing its first bytes to the check.
     """
     try:
-        with open(path, "rb") as f:
-            gzipped = f.read(2) == _GZIP_MAGIC
-        return gzip.open(path, "rb") if gzipped else open(path, "rb")  # type: ignore[return-value]
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError(path, None, "no such file") from None
     except IsADirectoryError:
         raise DataError(path, None, "is a directory, not a file") from None
     except PermissionError:
         raise DataError(path, None, "permission denied") from None
+    try:
+        gzipped = f.peek(2)[:2] == _GZIP_MAGIC
+    except OSError as e:
+        f.close()
+        raise DataError(path, None, f"cannot read file: {e.strerror or e}") from None
+    return _GzipOwningFile(fileobj=f, mode="rb") if gzipped else f  # type: ignore[return-value]
+
+
+def require_rereadable(path: str | Path, what: str) -> None:
+    """Training reads its files more than once (tokenizers, then encoding; every epoch's dev
+    pass): a pipe or a device would give its data once and then block or run dry, so it is
+    refused up front with one line."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the reader says so, naming the file
+    if stat.S_ISDIR(mode):
+        raise DataError(path, None, "is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise DataError(path, None, f"is not a regular file (a pipe or a device); {what} reads it more "
+                                    "than once: write it to a file first")
 
 
 def _raw_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(line_number, bytes)`` with the line ending removed; read errors become DataErrors."""
+    """Yield ``(line_number, bytes)`` with the line ending removed; read errors become DataErrors.
+    A line over ``MAX_LINE_BYTES`` is refused as it is read, so a file with no line breaks
+    (``/dev/zero``, a binary file given by mistake) cannot fill memory."""
     with open_binary(path) as f:
         lineno = 0
         try:
-            for lineno, raw in enumerate(f, 1):
+            while raw := f.readline(MAX_LINE_BYTES + 1):
+                lineno += 1
                 if raw.endswith(b"\n"):
                     raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+                elif len(raw) > MAX_LINE_BYTES:
+                    limit = f"{MAX_LINE_BYTES >> 20} MiB" if MAX_LINE_BYTES >= 1 << 20 else f"{MAX_LINE_BYTES:,} bytes"
+                    raise DataError(path, lineno, f"a line of over {limit} without a line break; is this a text file?")
                 yield lineno, raw
         except (OSError, EOFError, zlib.error) as e:  # corrupt or truncated gzip
             raise DataError(path, lineno + 1, f"cannot read file: {e}") from None

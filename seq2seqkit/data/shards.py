@@ -54,7 +54,7 @@ import numpy as np
 from ..checkpoint import atomic_write_text
 from ..config import Config, CorpusConfig, DataConfig
 from ..errors import DataError, UserError
-from .corpus import iter_examples
+from .corpus import iter_examples, require_rereadable
 from .dataset import EncodeCounts, EncodedCorpus, encode_corpus, encode_pairs, report_encoding
 from .tokenizers import MANIFEST, Tokenizer, load_tokenizers, save_tokenizers, train_tokenizers_on_pairs
 
@@ -90,6 +90,12 @@ def sha256_file(path: Path) -> str:
 def source_files(corpus: CorpusConfig) -> list[Path]:
     """The files a split is read from, as absolute paths (relative ones from the working directory)."""
     return [Path(p).resolve() for p in corpus.files() if p]
+
+
+def _require_rereadable(corpus: CorpusConfig) -> None:
+    for path in corpus.files():
+        if path:
+            require_rereadable(path, "training")
 
 
 def file_identity(path: Path) -> dict[str, Any]:
@@ -305,6 +311,7 @@ def preprocess(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     """``s2s preprocess``: write the shards and tokenizers of ``cfg``'s training data to
     ``out_dir``, which must be missing, empty, or a shards directory this toolkit wrote (then
     replaced) holding nothing else."""
+    _require_rereadable(cfg.data.train)
     out = Path(out_dir)
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
@@ -603,6 +610,7 @@ def training_data(cfg: Config, tokenizers: tuple[Tokenizer, Tokenizer] | None = 
     from the cache (``data.cache``), or encoded into memory. ``tokenizers`` are a resumed run's
     own (never replaced); without them they are read with the shards or trained, in one pass
     over the corpus, and the corpus is encoded in a second (never three reads)."""
+    _require_rereadable(cfg.data.train)
     if cfg.data.preprocessed:
         return open_preprocessed(cfg, tokenizers)
     if cfg.data.cache:
