@@ -194,6 +194,17 @@ def test_export_force_replaces_only_an_earlier_export(tmp_path, capsys):
     assert main(export + ["--force"]) == 0  # our own earlier export: replaced
     assert (dst / "model.bin").read_bytes() != b"old" and kind_of(dst) == "ctranslate2"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ct2")] == []  # no scratch left
+    # an export killed mid-way left its scratch; a running one's is kept; look-alikes of users' are not ours
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [tmp_path / f".ct2.{dead.stdout.strip()}.abcd1234.tmp", tmp_path / f".ct2.{dead.stdout.strip()}.abcd1234.old"]
+    live, other = tmp_path / f".ct2.{os.getpid()}.efgh5678.tmp", tmp_path / f".ct2.{dead.stdout.strip()}.notmine"
+    for d in (*stale, live, other):
+        d.mkdir()
+        (d / "model.bin").write_bytes(b"partial")
+    assert main(export + ["--force"]) == 0
+    assert [d.exists() for d in (*stale, live, other)] == [False, False, True, True]
+    live.joinpath("model.bin").unlink()
+    live.rmdir()
 
     (dst / "results.txt").write_text("mine")
     assert main(export + ["--force"]) == 2
