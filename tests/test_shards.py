@@ -342,3 +342,8 @@ def test_cache_list_and_clear(tmp_path: Path, monkeypatch, capsys):
     assert main(["cache", "clear", "--all"]) == 0 and not a.exists()
     assert "removed 1 entry" in capsys.readouterr().out
     assert sorted(os.listdir(shards.cache_root())) == []
+
+    monkeypatch.setenv("S2S_CACHE_DIR", str(cfgs[0].data.train.src))  # a file: an error, not "0 entries"
+    for command in (["cache", "list"], ["cache", "clear", "--all"]):
+        assert main(command) == 2
+        assert "is a file, where the shards cache should be a directory" in one_line_error(capsys)

@@ -563,6 +563,10 @@ def cache_entries(check_sources: bool = True) -> list[CacheEntry]:
     leaves ``stale`` None instead of comparing every entry's training files (which may hash
     them: only ``list`` and ``clear --stale`` need it)."""
     root, entries = cache_root(), []
+    for d in (root.parent, root):  # a file where the cache should be: say so, not "0 entries"
+        if d.exists() and not d.is_dir():
+            raise UserError(f"{d}: is a file, where the shards cache should be a directory "
+                            "(set S2S_CACHE_DIR to a directory)")
     if not root.is_dir():
         return entries
     for d in root.iterdir():
