@@ -71,19 +71,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc and args.nproc > 1:
         return launch_train(args, read_config)
     cfg = read_config()
-    from .distributed import shutdown
+    from .distributed import leave, shutdown
 
     trainer = Trainer(cfg, resume=bool(args.resume))
     trainer.train()
     shutdown()  # under torchrun: leave the process group
-    if not trainer.dist.is_main:  # under torchrun: rank 0 says how it ended
-        return 143 if trainer.stopped == "SIGTERM" else 130 if trainer.stopped else 0
-    if trainer.stopped:  # SIGINT/SIGTERM: checkpoint of the last finished update saved
-        print(f"s2s: stopped at step {trainer.progress.step}; continue with: s2s train --resume {cfg.output_dir}",
-              file=sys.stderr)
-        return 143 if trainer.stopped == "SIGTERM" else 130
-    print(f"model directory: {cfg.output_dir}")
-    return 0
+    status = 143 if trainer.stopped == "SIGTERM" else 130 if trainer.stopped else 0
+    if trainer.dist.is_main:  # under torchrun: rank 0 says how it ended
+        if trainer.stopped:  # SIGINT/SIGTERM: checkpoint of the last finished update saved
+            print(f"s2s: stopped at step {trainer.progress.step}; continue with: s2s train --resume {cfg.output_dir}",
+                  file=sys.stderr)
+        else:
+            print(f"model directory: {cfg.output_dir}")
+    if trainer.dist.enabled:
+        leave(status)  # everything is written: skip the teardown where gloo's threads could abort
+    return status
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
