@@ -23,8 +23,10 @@ REPORT = ("import json, os, sys\n"
           "from seq2seqkit import runtime\n"
           "s = runtime.process_settings()\n"
           "print(json.dumps({'settings': s and s.__dict__, 'malloc': runtime._configured,\n"
-          "                  'spin': os.environ.get('GOMP_SPINCOUNT')}))\n")
-OPENMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+          "                  'spin': os.environ.get('GOMP_SPINCOUNT'),\n"
+          "                  'onednn': os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY')}))\n")
+OPENMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+              "DNNL_PRIMITIVE_CACHE_CAPACITY")
 
 
 def run_python(code: str, **env: str) -> dict:
@@ -53,7 +55,7 @@ def test_the_python_api_leaves_the_process_alone(tiny_yaml):
     """Training and loading through the API change neither malloc nor the OpenMP environment."""
     code = (f"import seq2seqkit\nseq2seqkit.train({str(tiny_yaml)!r})\n"
             f"seq2seqkit.load({str(tiny_yaml.parent / 'model')!r}).translate(['a b'])\n" + REPORT)
-    assert run_python(code) == {"settings": None, "malloc": False, "spin": None}
+    assert run_python(code) == {"settings": None, "malloc": False, "spin": None, "onednn": None}
 
 
 def test_the_cli_applies_them_before_torch_loads(tiny_yaml):
@@ -62,14 +64,16 @@ def test_the_cli_applies_them_before_torch_loads(tiny_yaml):
             "assert 'torch' not in sys.modules  # check-data needs no torch: the settings cost nothing\n" + REPORT)
     out = run_python(code)
     assert out["settings"] == {"spin_count": runtime.SPIN_COUNT, "spin_applies": True, "follow_free_cores": True,
-                               "malloc_tuned": sys.platform.startswith("linux")}
+                               "malloc_tuned": sys.platform.startswith("linux"), "onednn_cache": runtime.ONEDNN_CACHE_CAPACITY}
     assert out["spin"] == str(runtime.SPIN_COUNT) and out["malloc"] == sys.platform.startswith("linux")
+    assert out["onednn"] == str(runtime.ONEDNN_CACHE_CAPACITY)
 
 
 def test_openmp_settings_the_user_made_are_kept():
     out = run_python("from seq2seqkit.runtime import configure_process\nconfigure_process()\n" + REPORT,
-                     OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="2")
+                     OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="2", ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024")
     assert out["spin"] is None and out["settings"]["spin_count"] is None
+    assert out["onednn"] == "1024" and out["settings"]["onednn_cache"] is None
     assert out["settings"]["follow_free_cores"] is False  # the user chose the thread count
 
 
