@@ -289,9 +289,12 @@ def main() -> None:
                     continue
                 rates = cfg.training.exposure_bias_rates
                 rows.append(summarize(task, family, variant, out, evaluate(task, out, test, buckets), rates))
+                rows[-1]["threads"] = load_config(out / "config.yaml").training.num_threads  # as it trained
         if not rows:
             continue
-        print(f"\n## {TASKS[task]['label']}\n\nMachine: {machine()}\n")
+        threads = ", ".join(str(t) for t in sorted({r["threads"] or "auto" for r in rows}, key=str))
+        print(f"\n## {TASKS[task]['label']}\n\nMachine: {machine()} (this report); the runs trained with {threads} "
+              f"thread(s) each\n")
         print(results_table(rows))
         print(length_table(task, rows, buckets))
         for line in comparisons(rows):
