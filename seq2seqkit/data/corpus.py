@@ -157,8 +157,8 @@ def _raw_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
                 if raw.endswith(b"\n"):
                     raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
                 elif len(raw) > MAX_LINE_BYTES:
-                    limit = f"{MAX_LINE_BYTES >> 20} MiB" if MAX_LINE_BYTES >= 1 << 20 else f"{MAX_LINE_BYTES:,} bytes"
-                    raise DataError(path, lineno, f"a line of over {limit} without a line break; is this a text file?")
+                    raise DataError(path, lineno, f"a line of over {MAX_LINE_BYTES:,} bytes without a line break; "
+                                                  "is this a text file?")
                 yield lineno, raw
         except (OSError, EOFError, zlib.error) as e:  # corrupt or truncated gzip
             raise DataError(path, lineno + 1, f"cannot read file: {e}") from None
