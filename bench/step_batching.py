@@ -1,12 +1,19 @@
 """Step-level batching in-process: how fast `search.PathDecoder` decodes when rows join and leave.
 
-The same test sentences decoded greedily, ``--width`` rows kept running (a finished row's place is
-refilled before the next step, as `s2s serve --batching step` does under that many clients) and
-one at a time; prints sentences/s, decoding steps and milliseconds per step of each, then (with
-``--profile``) the cProfile of the full-width run: where a step's time goes (decoding,
-admitting newcomers: encode + merge, removing finished rows: select).
+The same test sentences decoded greedily, ``--widths`` rows kept running (a finished row's place
+is refilled before the next step, as `s2s serve --batching step` does under that many clients;
+width 1 is one at a time); prints for each width sentences/s, decoding steps, milliseconds per
+step, and how a step's time splits between admitting newcomers (encode + merge) and the step
+itself (decode_step, choosing, removing finished rows), then (with ``--profile``) the cProfile of
+the widest run.
 
-    python bench/step_batching.py --model runs/multi30k-transformer --threads 1 --profile
+It also prints the floor that this decoder puts under a server's latency at N clients that each
+wait for their answer before sending again (the load of ``bench/serve.py``): by Little's law the
+mean latency is N / throughput, so no server built on this decoder, whatever its HTTP and
+queueing cost, can answer N such clients faster on average than N / (this in-process
+throughput at width N).
+
+    python bench/step_batching.py --model runs/multi30k-transformer --threads 1 --widths 1 8 32 --profile
 """
 
 from __future__ import annotations
@@ -29,27 +36,31 @@ from seq2seqkit.search import PathDecoder, most_probable  # noqa: E402
 from seq2seqkit.translate import Translator  # noqa: E402
 
 
-def run(model, ids: list[list[int]], width: int) -> tuple[float, int]:
-    """Seconds and steps to decode ``ids`` with ``width`` rows kept running."""
-    decoder, nxt, done, steps = PathDecoder(model, most_probable), 0, 0, 0
+def run(model, ids: list[list[int]], width: int) -> tuple[float, int, float]:
+    """Seconds and steps to decode ``ids`` with ``width`` rows kept running, and the seconds of
+    those spent admitting newcomers."""
+    decoder, nxt, done, steps, admitting = PathDecoder(model, most_probable), 0, 0, 0, 0.0
     start = time.perf_counter()
     while done < len(ids):
         free = width - len(decoder)
         if free > 0 and nxt < len(ids):
+            t = time.perf_counter()
             chunk = ids[nxt : nxt + free]
             src, lens = pad_sources(chunk)
             decoder.admit(src, lens, list(range(nxt, nxt + len(chunk))))
             nxt += len(chunk)
+            admitting += time.perf_counter() - t
         done += len(decoder.step())
         steps += 1
-    return time.perf_counter() - start, steps
+    return time.perf_counter() - start, steps, admitting
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, metavar="DIR")
     ap.add_argument("--sentences", type=int, default=640)
-    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--widths", type=int, nargs="+", default=[1, 32], metavar="N",
+                    help="rows kept running (1: one at a time)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
@@ -58,12 +69,20 @@ def main() -> None:
     test = t.cfg.data.test if t.cfg.data.test.is_set else t.cfg.data.dev
     sources = [s for s in load_eval_set(*test.files(), fmt=test.format).sources if s.strip()][: args.sentences]
     ids = [t.src_tok.encode(s) for s in sources]
-    for width in (1, args.width):
-        seconds, steps = run(t.model, ids, width)
-        print(f"width {width}: {len(ids) / seconds:.1f} sentences/s, {steps} steps, {1000 * seconds / steps:.2f} ms/step")
+    print(f"{len(ids)} sentences, greedy, {args.threads} thread(s)\n")
+    print("| rows | sentences/s | steps | ms per step | of which admitting | mean latency floor at N=rows clients |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    lone = None
+    for width in args.widths:
+        seconds, steps, admitting = run(t.model, ids, width)
+        rate = len(ids) / seconds
+        if width == 1:
+            lone = 1000 / rate  # one at a time: the mean time a sentence takes alone
+        floor = f"{1000 * width / rate:.0f} ms" + (f" ({width / rate * 1000 / lone:.1f}x a lone sentence's mean)" if lone else "")
+        print(f"| {width} | {rate:.1f} | {steps} | {1000 * seconds / steps:.2f} | {1000 * admitting / steps:.2f} | {floor} |")
     if args.profile:
         prof = cProfile.Profile()
-        prof.runcall(run, t.model, ids, args.width)
+        prof.runcall(run, t.model, ids, max(args.widths))
         pstats.Stats(prof).sort_stats("cumulative").print_stats("decode_step|encode|merge|_keep|admit")
 
 
