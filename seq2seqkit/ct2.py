@@ -179,7 +179,7 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, checkpoint: s
             raise UserError(f"{out_dir} already exists (pass --force to replace it)")
         check_ours(out_dir, EXPORT, "replace it")  # an earlier export, holding nothing of the user's
     tr = Translator.load(model_dir, checkpoint=checkpoint, device="cpu")
-    if not isinstance(tr.model, TransformerSeq2Seq):
+    if tr.cfg.model.family != "transformer":  # the saved config says what was built, as for every model loaded
         raise UserError(f"{model_dir}: CTranslate2 runs Transformers only; this model's family is "
                         f"{tr.cfg.model.family!r}")
     if tr.cfg.model.copy_attn:
