@@ -557,7 +557,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits = Limits(**fields)
     except ValidationError as e:
         err = e.errors()[0]
-        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}") from None
     models = load_models(args.model, args.name, engine=args.engine, ensemble=args.ensemble,
                          checkpoint=args.checkpoint, device=args.device, compute_type=args.compute_type)
     for tr in models.values():

@@ -1,0 +1,92 @@
+"""Values at the edges of what the settings accept: each is either refused in one line before
+any work, or decodes as asked, never a traceback (a hostile user's fourth pass on issue 16)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from seq2seqkit.cli import main
+from seq2seqkit.config import SearchConfig
+from seq2seqkit.data.dataset import pad_sources
+from seq2seqkit.search import beam_search, gnmt_penalty, greedy_search, output_caps, sample_search, search
+from seq2seqkit.serve.batcher import Batcher
+from seq2seqkit.serve.limits import Limits
+
+from test_models import make
+
+SOURCES = [[5, 6, 7, 8, 9], [10, 11]]
+HUGE = 10**23  # beyond int64
+
+
+def test_output_caps_of_any_size_are_exact():
+    """A limit beyond int64 (--max-output-tokens, --min-len, max_len_b) was an OverflowError from
+    torch; a huge max_len_a wrapped round to a negative cap (empty outputs)."""
+    model = make(cell="gru")
+    _, lens = pad_sources(SOURCES)
+    assert output_caps(model, lens, 1.0, 4, HUGE) == [9, 6]  # 5 and 2 tokens + EOS
+    assert output_caps(model, lens, 1.0, 4, HUGE, min_len=HUGE - 1) == [HUGE - 1] * 2
+    assert output_caps(model, lens, 1.0, HUGE, None) == [HUGE + 5, HUGE + 2]
+    assert output_caps(model, lens, 1e300, 1, None)[1] > 10**299
+
+
+def test_search_with_a_limit_beyond_int64_decodes_as_with_the_default():
+    model = make(cell="gru")
+    src, lens = pad_sources(SOURCES)
+    usual = search(model, src, lens, SearchConfig())
+    assert search(model, src, lens, SearchConfig(max_output_tokens=HUGE)) == usual
+    assert search(model, src, lens, SearchConfig(max_output_tokens=HUGE, beam_size=3)) \
+        == search(model, src, lens, SearchConfig(beam_size=3))
+
+
+def test_a_tiny_temperature_samples_the_most_probable_token():
+    """--temperature 1e-300 is 0 in float32: every probability was NaN (RuntimeError in multinomial)."""
+    model = make(cell="gru")
+    src, lens = pad_sources(SOURCES)
+    greedy = [h.tokens for h in greedy_search(model, src, lens, 1.0, 4)]
+    for temperature in (1e-300, 1e-40, 1e-3):
+        gen = torch.Generator().manual_seed(0)
+        sampled = sample_search(model, src, lens, 1.0, 4, temperature=temperature, top_k=3, top_p=0.5, generator=gen)
+        assert [h.tokens for h in sampled] == greedy
+
+
+def test_a_huge_length_penalty_ranks_without_overflow():
+    """--length-penalty 1e308: ((5 + length) / 6) ** alpha raised OverflowError in Python floats."""
+    assert gnmt_penalty(3, 1e308) == float("inf")
+    assert gnmt_penalty(1, 1e308) == 1.0
+    model = make(cell="gru")
+    src, lens = pad_sources(SOURCES)
+    out = beam_search(model, src, lens, 3, 1.0, 4, length_penalty=1e308, nbest=3)
+    assert [len(hyps) for hyps in out] == [3, 3]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-wait-ms", "inf"], "--max-wait-ms: Input should be a finite number"),
+    (["--timeout-s", "inf"], "--timeout-s: Input should be a finite number"),
+    (["--max-wait-ms", "30000"], "--max-wait-ms: 30000 ms is not shorter than --timeout-s 30 s"),
+    (["--timeout-s", "2", "--max-wait-ms", "2000"], "--max-wait-ms: 2000 ms is not shorter than --timeout-s 2 s"),
+])
+def test_serve_refuses_an_endless_or_pointless_wait(tmp_path, capsys, flags, message):
+    """--max-wait-ms 1e308 (or inf) killed the request-level batcher's thread (OverflowError in
+    Condition.wait): every request then got 504. Refused before the models load."""
+    assert main(["serve", "-m", str(tmp_path / "no-model"), "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"s2s: error: {message}") and err.count("\n") == 1, err
+    assert Limits(timeout_s=2, max_wait_ms=1999).max_wait_ms == 1999
+
+
+def test_a_wait_beyond_the_threads_limit_does_not_kill_the_batcher():
+    """A request-level wait longer than threading.TIMEOUT_MAX is waited in pieces; closing ends it."""
+    b = Batcher(lambda key, sources: [list(s) for s in sources], max_wait_ms=1e300)
+
+    async def scenario():
+        b.start()
+        job = b.submit("k", [[1, 2]])
+        await asyncio.sleep(0.2)
+        assert b.running  # the worker thread is waiting, not dead
+        await b.close()  # closing stops the wait: the queued job is decoded
+        return await job.future
+
+    assert asyncio.run(scenario()) == [[1, 2]]
