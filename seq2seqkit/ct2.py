@@ -45,7 +45,7 @@ from .errors import UserError
 from .models import build_model
 from .models.transformer import TransformerSeq2Seq
 from .rundir import EXPORT, check_ours, write_marker
-from .search import Hypothesis
+from .search import Hypothesis, output_caps, power
 from .translate import Engine, Translator
 
 log = logging.getLogger(__name__)
@@ -99,13 +99,19 @@ def _feed_forward(spec: Any, ff: torch.nn.Sequential, norm: torch.nn.LayerNorm) 
     _norm(spec.layer_norm, norm)
 
 
+def position_rows(kind: str, max_positions: int) -> int:
+    """Rows of an export's position table, the most positions CTranslate2 can then encode:
+    a learned table's own, a sinusoid's written out to ``POSITION_ROWS`` (or further)."""
+    return max_positions if kind == "learned" else max(POSITION_ROWS, max_positions)
+
+
 def _inputs(spec: Any, embed: Any) -> None:
     """Embedding table, position table, sqrt(d) scaling."""
     table = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings
     table.weight = embed.table.weight.detach().float()
     spec.scale_embeddings = True
     positions = embed.positions
-    rows = positions.max_positions if positions.kind == "learned" else max(POSITION_ROWS, positions.max_positions)
+    rows = position_rows(positions.kind, positions.max_positions)
     with torch.no_grad():
         spec.position_encodings.encodings = positions(torch.arange(rows)).float()
 
@@ -299,8 +305,10 @@ class CTranslate2Engine(Engine):
 
     @property
     def max_positions(self) -> int | None:
-        m = self.model_cfg
-        return m.max_positions if m.positions == "learned" else None
+        """The rows of the exported position table (:func:`position_rows`): a sinusoidal model's
+        positions stop there too in CTranslate2, where ours go on (a longer input or output
+        was a RuntimeError that lost the whole output)."""
+        return position_rows(self.model_cfg.positions, self.model_cfg.max_positions)
 
     @property
     def attention_layers(self) -> int:
@@ -320,7 +328,7 @@ class CTranslate2Engine(Engine):
         ids = [self._tgt_index[t] for t in tokens]
         if not alpha:
             return Hypothesis(tokens=ids, score=score)
-        return Hypothesis(tokens=ids, score=score * (len(ids) + 1) ** alpha, norm_score=score)
+        return Hypothesis(tokens=ids, score=score * power(len(ids) + 1, alpha), norm_score=score)
 
     def decode(self, sources: Sequence[Sequence[int]], cfg: SearchConfig,
                attention_layer: int | None = None) -> list[list[Hypothesis]]:
@@ -329,23 +337,29 @@ class CTranslate2Engine(Engine):
         s = cfg
         options: dict[str, Any] = dict(
             beam_size=1 if s.sample else s.beam_size, num_hypotheses=s.nbest, length_penalty=s.length_penalty,
-            return_scores=True, max_input_length=0, patience=1,
-            no_repeat_ngram_size=s.no_repeat_ngram_size, min_decoding_length=s.min_len,
-            repetition_penalty=s.repetition_penalty,
+            return_scores=True, max_input_length=0, patience=1, repetition_penalty=s.repetition_penalty,
         )
-        if s.sample:
-            options.update(sampling_topk=s.top_k or 0, sampling_topp=s.top_p, sampling_temperature=s.temperature)
+        if s.sample:  # top-k beyond the vocabulary keeps every token, as ours does (CTranslate2 refuses it)
+            options.update(sampling_topk=min(s.top_k, self._vocab_sizes[1]), sampling_topp=s.top_p,
+                           sampling_temperature=s.temperature)
         alpha = options["length_penalty"] if options["beam_size"] > 1 else 0.0
-        # CTranslate2 takes one length cap per call; ours is each input's own, so inputs are
-        # decoded in groups of one cap (in a length-sorted batch: a few runs of neighbours).
+        # CTranslate2 takes one length cap per call; ours is each input's own (the PyTorch engine's
+        # caps: within a learned-position model's max_positions), so inputs are decoded in groups of
+        # one cap (in a length-sorted batch: a few runs of neighbours).
+        caps = output_caps(self, torch.tensor([len(ids) + 1 for ids in sources]), s.max_len_a, s.max_len_b,
+                           s.max_output_tokens, s.min_len)
         groups: dict[int, list[int]] = {}
-        for i, ids in enumerate(sources):
-            groups.setdefault(min(max(int(len(ids) * s.max_len_a) + s.max_len_b, s.min_len), s.max_output_tokens),
-                              []).append(i)
+        for i, cap in enumerate(caps):
+            groups.setdefault(cap, []).append(i)
         out: list[list[Hypothesis]] = [[] for _ in sources]
         for cap, idx in groups.items():
             batch = [[self._src_vocab[t] for t in sources[i]] for i in idx]
-            for i, res in zip(idx, self.translator.translate_batch(batch, max_decoding_length=cap, **options)):
+            # C++ sizes (a setting beyond int64 was a TypeError): a floor above the cap (the position
+            # table's rows at most) is the cap, an n-gram longer than any output bans nothing (off)
+            controls = dict(min_decoding_length=min(s.min_len, cap),
+                            no_repeat_ngram_size=s.no_repeat_ngram_size if s.no_repeat_ngram_size <= cap else 0)
+            for i, res in zip(idx, self.translator.translate_batch(batch, max_decoding_length=cap, **options,
+                                                                   **controls)):
                 out[i] = [self._hypothesis(hyp, score, alpha) for hyp, score in zip(res.hypotheses, res.scores)]
         return out
 

@@ -68,9 +68,15 @@ def _check_attention(model: Seq2SeqModel, attention_layer: int | None) -> None:
 
 def gnmt_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016); alpha 0 ranks by raw score.
-    A penalty beyond the largest float is infinite (Python's ``**`` raises OverflowError there)."""
+    A penalty beyond the largest float is infinite (see :func:`power`)."""
+    return power((5 + length) / 6, alpha)
+
+
+def power(base: float, exponent: float) -> float:
+    """``base ** exponent``, infinite where it is beyond the largest float (Python's ``**``
+    raises OverflowError there: a length penalty of 1e308 would end the command)."""
     try:
-        return ((5 + length) / 6) ** alpha
+        return base**exponent
     except OverflowError:
         return math.inf
 
