@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +41,7 @@ from .data.tokenizers import BOS, EOS, MANIFEST, PAD, UNK, Tokenizer, load_token
 from .errors import UserError
 from .models import build_model
 from .models.transformer import TransformerSeq2Seq
-from .rundir import EXPORT, check_ours, write_marker
+from .rundir import EXPORT, abandoned_scratch, check_ours, scratch_dir, write_marker
 from .search import Hypothesis, output_caps, power
 from .translate import Engine, Translator
 
@@ -199,7 +196,7 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, checkpoint: s
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(out_dir)
-    staging = _scratch_dir(out_dir, ".tmp")
+    staging = scratch_dir(out_dir, ".tmp")
     try:
         _Converter().convert(str(staging), quantization=quantization, force=True)
         for name in model_files(model_dir):
@@ -223,37 +220,14 @@ def _check_apart(model_dir: Path, out_dir: Path) -> None:
                         f"choose an OUT_DIR outside it")
 
 
-def _scratch_dir(beside: Path, suffix: str) -> Path:
-    """A new, uniquely named hidden directory beside ``beside``, with the usual permissions; its
-    name carries this process's id, so a later export can tell an abandoned one from a live one."""
-    path = Path(tempfile.mkdtemp(prefix=f".{beside.name}.{os.getpid()}.", suffix=suffix, dir=beside.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o777 & ~umask)  # mkdtemp makes 0700
-    return path
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def remove_stale_scratch(out_dir: Path) -> int:
     """Delete the scratch directories that an export to ``out_dir`` killed before it finished
     left beside it (``.NAME.PID.XXXXXXXX.tmp`` while converting, ``.old`` while swapping), those
     whose process is gone; a running export's are kept. Returns how many were removed."""
-    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(\d+)\.[A-Za-z0-9_]{{8}}\.(tmp|old)")
     removed = 0
-    for path in out_dir.parent.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match and path.is_dir() and not path.is_symlink() and not _process_alive(int(match[1])):
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
+    for path in abandoned_scratch(out_dir):
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
     if removed:
         log.info("%s: removed %d scratch director%s left by an interrupted export", out_dir.parent, removed,
                  "y" if removed == 1 else "ies")
@@ -266,7 +240,7 @@ def _swap_in(new: Path, target: Path) -> None:
     if not (target.exists() or target.is_symlink()):
         new.rename(target)
         return
-    trash = _scratch_dir(target, ".old")
+    trash = scratch_dir(target, ".old")
     target.rename(trash / target.name)
     try:
         new.rename(target)
