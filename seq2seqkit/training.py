@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed
-from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint,
+                         tokenizer_stamp)
 from .config import Config, TrainingConfig, dump_config, from_dict, read_saved_config
 from .data.dataset import Batch, EncodedCorpus, collate, token_batches
 from .data.shards import ShardCorpus, training_data
@@ -141,10 +142,12 @@ def set_rng_states(rng: dict[str, Any]) -> None:
 
 def run_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
               scaler: torch.amp.GradScaler, progress: Progress, rng: dict[str, Any],
-              rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              rng_ranks: list[dict[str, Any]] | None = None, tokenizers: dict[str, str] | None = None) -> dict[str, Any]:
     """The checkpoint of a run: weights, optimizer, scheduler, loss scaler, progress and RNG
-    states; under torchrun with several processes, also every process's RNG states."""
+    states; under torchrun with several processes, also every process's RNG states; and the
+    fingerprints of the tokenizers its ids belong to (:func:`checkpoint.tokenizer_stamp`)."""
     return {
+        **({"tokenizers": tokenizers} if tokenizers else {}),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -156,10 +159,11 @@ def run_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule
 
 
 def load_run_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: Any, scaler: torch.amp.GradScaler) -> Progress:
+                   scheduler: Any, scaler: torch.amp.GradScaler, tokenizers: dict[str, str] | None = None) -> Progress:
     """Load a checkpoint of :func:`run_state` into the run's objects (refused in one line where
-    it is not one, or does not fit the model); returns its progress. RNG states are the caller's."""
-    load_weights(model, ckpt, path, needs=("optimizer", "scheduler", "progress", "rng"))
+    it is not one, or does not fit the model or ``tokenizers``); returns its progress. RNG states
+    are the caller's."""
+    load_weights(model, ckpt, path, needs=("optimizer", "scheduler", "progress", "rng"), tokenizers=tokenizers)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler.is_enabled() and ckpt.get("scaler"):  # a run saved with fp16 keeps its loss scale
@@ -301,7 +305,8 @@ class Trainer:
         ``done`` again where the limits were raised by overrides."""
         path = self.ckpt_dir / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
-        self.progress = load_run_state(ckpt, path, self.model, self.optimizer, self.scheduler, self.scaler)
+        self.progress = load_run_state(ckpt, path, self.model, self.optimizer, self.scheduler, self.scaler,
+                                       tokenizer_stamp(self.src_tok, self.tgt_tok))
         rng = self.dist.own_rng(ckpt["rng"], ckpt.get("rng_ranks"))
         if rng is None:  # a process the saved run did not have
             self.dist.seed(self.cfg.training.seed, self.progress.step)
@@ -373,7 +378,8 @@ class Trainer:
         rng = rng_states()
         ranks = self.dist.gather(rng, "the checkpoint") if name == "last" else None
         if self.dist.is_main:
-            state = run_state(self.model, self.optimizer, self.scheduler, self.scaler, self.progress, rng, ranks)
+            state = run_state(self.model, self.optimizer, self.scheduler, self.scaler, self.progress, rng, ranks,
+                              tokenizer_stamp(self.src_tok, self.tgt_tok))
             save_checkpoint(state, self.ckpt_dir / f"{name}.pt")
 
     def _save_epoch_weights(self) -> None:
@@ -381,7 +387,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         self._check_weights()
-        save_checkpoint({"model": self.model.state_dict(), "progress": asdict(self.progress)},
+        save_checkpoint({"model": self.model.state_dict(), "progress": asdict(self.progress),
+                         "tokenizers": tokenizer_stamp(self.src_tok, self.tgt_tok)},
                         self.ckpt_dir / f"epoch-{self.progress.epoch}.pt")
         for old in epoch_checkpoints(self.ckpt_dir)[:-self.cfg.training.keep_epoch_checkpoints]:
             old.unlink(missing_ok=True)
