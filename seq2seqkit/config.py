@@ -491,7 +491,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:  # PyYAML's composer recurses per level: `[[[[...` a few thousand deep
+        raise yaml.YAMLError("nested too deeply") from None
 
 
 def _section(loc: tuple[str, ...], family: str = "rnn") -> type[BaseModel] | None:

@@ -90,3 +90,17 @@ def test_a_wait_beyond_the_threads_limit_does_not_kill_the_batcher():
         return await job.future
 
     assert asyncio.run(scenario()) == [[1, 2]]
+
+
+def test_a_config_nested_too_deeply_is_one_line(tmp_path, capsys):
+    """`a: [[[[...]]]]` 100,000 deep (or such an override) was PyYAML's RecursionError: 3,000
+    lines of traceback. Now the file's invalid-YAML line, before any work."""
+    deep = "[" * 100_000 + "]" * 100_000
+    config = tmp_path / "deep.yaml"
+    config.write_text(f"training: {{lr: {deep}}}\n", encoding="utf-8")
+    assert main(["train", str(config)]) == 2
+    assert capsys.readouterr().err == f"s2s: error: {config}: invalid YAML (nested too deeply)\n"
+    config.write_text("name: x\n", encoding="utf-8")
+    assert main(["train", str(config), f"training.lr={deep[49_000:151_000]}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith(": value is not valid YAML (nested too deeply)\n")
