@@ -583,7 +583,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     overrides = [f"output_dir={out}"] + args.overrides
     if args.retrain and (out.exists() or out.is_symlink()):
-        remove_model_dir(out)  # only a model directory this toolkit wrote, holding nothing else, not in use
+        # only a demo model directory this toolkit wrote, holding nothing else, not in use
+        remove_model_dir(out, name=load_config(CONFIG_DIR / "g2p-quick.yaml", overrides).name)
     last = out / "checkpoints" / "last.pt"
     if last.exists():
         cfg = load_for_resume(out, args.overrides)

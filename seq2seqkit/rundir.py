@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 log = logging.getLogger("seq2seqkit")
 
@@ -308,12 +308,25 @@ def abandoned_scratch(beside: Path) -> list[Path]:
             and not process_alive(int(match[1]))]
 
 
-def remove_model_dir(directory: str | Path) -> None:
+def remove_model_dir(directory: str | Path, name: str | None = None) -> None:
     """Delete a model directory this toolkit wrote (``s2s demo --retrain``), refusing anything
-    else: a directory it did not write, one holding a user's files, one a run is using."""
+    else: a directory it did not write, one holding a user's files, one a run is using, and
+    (``name`` given) one whose config is not named ``name``: ``--retrain`` deletes an earlier
+    demo model, not another model the toolkit trained (days of a user's training)."""
     d = Path(directory)
     if d.is_symlink():
         raise UserError(f"{d}: is a symbolic link; will not delete it (give the directory itself)")
     check_ours(d, MODEL, "delete it")
     with RunLock(d):
+        if name is not None:
+            from .config import read_saved_config
+
+            try:
+                found = read_saved_config(d / "config.yaml").get("name")
+            except ConfigError:
+                found = None
+            if found != name:
+                held = f"the model {found!r}" if isinstance(found, str) else "a model whose config.yaml cannot be read"
+                raise UserError(f"{d}: holds {held}, not a {name!r} model; will not delete it (choose another "
+                                f"directory, or delete it yourself)")
         shutil.rmtree(d)
