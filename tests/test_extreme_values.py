@@ -104,3 +104,27 @@ def test_a_config_nested_too_deeply_is_one_line(tmp_path, capsys):
     assert main(["train", str(config), f"training.lr={deep[49_000:151_000]}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith(": value is not valid YAML (nested too deeply)\n")
+
+
+def test_a_model_larger_than_the_machine_is_refused_before_it_is_built(tmp_path, capsys):
+    """model.hidden_size=1000000 built 32 TB of virtual memory and filled the RAM until the
+    kernel's OOM killer ended the run (or, as likely, another process). The meta-device count
+    refuses it in one line naming model.*; a model that fits passes the same check."""
+    from conftest import tiny_config
+
+    from seq2seqkit.config import from_dict
+    from seq2seqkit.errors import ConfigError
+    from seq2seqkit.training import check_model_fits
+
+    cfg = tiny_config(tmp_path)
+    check_model_fits(cfg, 20, 20)
+    huge = from_dict({**cfg.model_dump(mode="json"), "model": {**cfg.model.model_dump(mode="json"), "hidden_size": 10**6}})
+    with pytest.raises(ConfigError, match=r"^model: [\d,]+ parameters need at least [\d,.]+ GiB .* more than this machine's"):
+        check_model_fits(huge, 20, 20)
+    config = tmp_path / "huge.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\ndata: {{train: {{src: {tmp_path / 'train/src.txt'}, "
+                      f"tgt: {tmp_path / 'train/tgt.txt'}}}, cache: false}}\n"
+                      f"tokenizer: {{src: {{kind: word}}, tgt: {{kind: word}}}}\nmodel: {{family: rnn, hidden_size: 1000000}}\n",
+                      encoding="utf-8")
+    assert main(["train", str(config), "training.num_threads=1"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("s2s: error: model: ")
