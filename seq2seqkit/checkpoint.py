@@ -135,11 +135,19 @@ def model_weights(ckpt: dict[str, Any], path: str | Path) -> dict[str, torch.Ten
 
 def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path,
                  needs: tuple[str, ...] = (), tokenizers: dict[str, str] | None = None) -> None:
-    """Load a checkpoint's weights into ``model``. Weights that do not fit it (missing or extra
-    parameters, another shape: the config was changed since training), a checkpoint that
-    lacks the entries in ``needs``, and one trained with other tokenizers than ``tokenizers``
-    (the fingerprints of the model directory's, see :func:`tokenizer_stamp`; checkpoints
-    written before they were recorded are not checked) are one UserError saying which."""
+    """Load a checkpoint's weights into ``model``, once :func:`check_weights` has found that they fit it."""
+    check_weights(model, ckpt, path, needs, tokenizers)
+    model.load_state_dict(model_weights(ckpt, path))
+
+
+def check_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path,
+                  needs: tuple[str, ...] = (), tokenizers: dict[str, str] | None = None) -> None:
+    """Whether a checkpoint's weights fit ``model`` (which may live on the meta device, so that
+    a config edited to a huge size is refused without allocating it). Weights that do not fit
+    (missing or extra parameters, another shape: the config was changed since training), a
+    checkpoint that lacks the entries in ``needs``, and one trained with other tokenizers than
+    ``tokenizers`` (the fingerprints of the model directory's, see :func:`tokenizer_stamp`;
+    checkpoints written before they were recorded are not checked) are one UserError saying which."""
     weights = model_weights(ckpt, path)
     for key in needs:
         if key not in ckpt:
@@ -167,7 +175,6 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path,
             raise UserError(f"{path}: {name} has shape {tuple(weights[name].shape)} in the checkpoint but "
                             f"{tuple(t.shape)} in the model the config describes: was a model setting (e.g. "
                             f"model.hidden_size) changed since training?")
-    model.load_state_dict(weights)
 
 
 def tokenizer_stamp(src_tok: Any, tgt_tok: Any) -> dict[str, str]:

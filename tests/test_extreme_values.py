@@ -128,3 +128,27 @@ def test_a_model_larger_than_the_machine_is_refused_before_it_is_built(tmp_path,
                       encoding="utf-8")
     assert main(["train", str(config), "training.num_threads=1"]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("s2s: error: model: ")
+
+
+def test_a_model_directory_whose_config_was_edited_to_a_huge_size_is_refused_unbuilt(tmp_path, capsys, monkeypatch):
+    """config.yaml edited to model.hidden_size: 1000000 built that model (12 TB of weights) before
+    comparing it with the checkpoint: the OOM killer, or a MemoryError traceback under a limit.
+    The comparison runs on the meta device first; the real model is never built."""
+    from conftest import tiny_config
+
+    from seq2seqkit import translate
+    from seq2seqkit.training import Trainer
+
+    cfg = tiny_config(tmp_path, max_steps=3, num_threads=1)
+    Trainer(cfg).train()
+    config = tmp_path / "model" / "config.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("hidden_size: 96", "hidden_size: 1000000"),
+                      encoding="utf-8")
+    built = []
+    real_build = translate.build_model
+    monkeypatch.setattr(translate, "build_model", lambda mc, *a: built.append(torch.empty(0).device.type) or real_build(mc, *a))
+    (tmp_path / "in.txt").write_text("a b\n", encoding="utf-8")
+    assert main(["generate", "-m", str(tmp_path / "model"), "-i", str(tmp_path / "in.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "in the checkpoint but (3000000, " in err, err  # 3 GRU gates x 1000000
+    assert built == ["meta"]  # only the weightless copy was built
