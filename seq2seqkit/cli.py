@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import logging
+import math
 import os
 import sys
 import time
@@ -93,6 +94,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     (``data.cache``) in ``$S2S_CACHE_DIR/shards`` (default ``~/.cache/seq2seqkit/shards``)."""
     from .data.shards import cache_entries, cache_root, remove_cache_entry
 
+    if args.older_than is not None and not (math.isfinite(args.older_than) and args.older_than >= 0):
+        raise UserError(f"--older-than: a number of days, at least 0, got {args.older_than:g}")  # -5 cleared all, nan none
     entries = cache_entries(check_sources=args.action == "list" or args.stale)
     if args.action == "list":
         print(f"{cache_root()}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
@@ -379,6 +382,8 @@ def evaluate_hypotheses(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_model, format_examples, load_eval_set, perplexity
 
+    if args.examples < 0:
+        raise UserError(f"--examples: must be at least 0, got {args.examples}")
     if args.model is None:
         if not args.hyp:
             raise UserError("evaluate: give -m MODEL_DIR --src FILE, or --hyp FILE with --ref FILE and/or --src FILE")

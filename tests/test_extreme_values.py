@@ -152,3 +152,16 @@ def test_a_model_directory_whose_config_was_edited_to_a_huge_size_is_refused_unb
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "in the checkpoint but (3000000, " in err, err  # 3 GRU gates x 1000000
     assert built == ["meta"]  # only the weightless copy was built
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["cache", "clear", "--older-than", "-5"], "--older-than: a number of days, at least 0, got -5"),  # cleared every entry
+    (["cache", "clear", "--older-than", "nan"], "--older-than: a number of days, at least 0, got nan"),  # cleared none, exit 0
+    (["evaluate", "--hyp", "h.txt", "--ref", "h.txt", "--examples", "-1"], "--examples: must be at least 0, got -1"),
+])
+def test_counts_below_zero_are_refused(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "h.txt").write_text("a b\n", encoding="utf-8")
+    monkeypatch.setenv("S2S_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"s2s: error: {message}\n"
