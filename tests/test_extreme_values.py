@@ -165,3 +165,17 @@ def test_counts_below_zero_are_refused(tmp_path, capsys, monkeypatch, argv, mess
     monkeypatch.setenv("S2S_CACHE_DIR", str(tmp_path / "cache"))
     assert main(argv) == 2
     assert capsys.readouterr().err == f"s2s: error: {message}\n"
+
+
+def test_a_control_character_in_a_config_is_one_line_with_its_line(tmp_path, capsys):
+    """PyYAML's ReaderError spans two lines ('... special characters are not allowed\\n  in
+    "<unicode string>", position 20'): the error was two lines, with no line number."""
+    config = tmp_path / "ctl.yaml"
+    config.write_text("name: x\ntraining:\n  lr: 1\x07\n", encoding="utf-8")
+    assert main(["train", str(config)]) == 2
+    assert capsys.readouterr().err == (f"s2s: error: {config}:3: invalid YAML (character 0x07 is not allowed in YAML "
+                                       f"(a control character, or a byte that is not UTF-8?))\n")
+    config.write_text("name: x\n", encoding="utf-8")
+    assert main(["train", str(config), "name=a\x01"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "value is not valid YAML (character 0x01 is not allowed" in err
