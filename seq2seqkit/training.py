@@ -197,16 +197,21 @@ def load_run_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Module, opt
 def truncate_log(path: Path, step: int) -> None:
     """Drop the lines of the log at ``path`` written after ``step`` (the checkpoint a run
     (re)starts from): they will be redone."""
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):
         return
+    if not path.is_file():  # a device such as /dev/zero would be read without end
+        raise UserError(f"{path}: not a regular file (the run's log); will not read or replace it")
     keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by the crash we resume from
-            continue
-        if entry.get("step", 0) <= step:
-            keep.append(line)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by the crash we resume from
+                continue
+            at = entry.get("step", 0) if isinstance(entry, dict) else None  # another value: not an entry of ours
+            if isinstance(at, (int, float)) and not isinstance(at, bool) and at <= step:
+                keep.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 

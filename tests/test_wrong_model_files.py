@@ -1,6 +1,7 @@
-"""A checkpoint records the tokenizers its ids belong to: loading it beside other vocabulary
-files (replaced, edited, or from another run of the same size) is one line, not wrong outputs
-(a hostile user's fourth pass on issue 16)."""
+"""Files of a model directory that load but are wrong (a hostile user's fourth pass on issue 16):
+a checkpoint records the tokenizers its ids belong to, so loading it beside other vocabulary
+files (replaced, edited, or from another run of the same size) is one line, not wrong outputs;
+a damaged or odd train log is resumed from, or refused in one line."""
 
 from __future__ import annotations
 
@@ -70,3 +71,23 @@ def test_an_average_keeps_the_stamp(trained, tmp_path):
     vocab.write_text(json.dumps(itos[:5] + itos[6:7] + itos[5:6] + itos[7:]), encoding="utf-8")
     with pytest.raises(Exception, match="another tgt tokenizer"):
         Translator.load(model, checkpoint="averaged")
+
+
+def test_resume_reads_a_damaged_or_odd_train_log_in_one_line_or_not_at_all(trained, tmp_path, capsys):
+    """Resuming keeps the log's entries up to the checkpoint: a line that is JSON but no entry
+    ('5', a list, a non-numeric step) was an AttributeError traceback; a log that is a link to
+    /dev/zero was read without end (the OOM killer)."""
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    log = model / "train_log.jsonl"
+    entries = log.read_text(encoding="utf-8")
+    log.write_text(entries + '5\n[1]\n{"step": "x"}\n{"step": 1, "note": "kept"}\n{"step": 10**9}\n', encoding="utf-8")
+    assert main(["train", "--resume", str(model), "training.max_steps=31"]) == 0
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert '{"step": 1, "note": "kept"}' in lines and "5" not in lines and '{"step": "x"}' not in lines
+    capsys.readouterr()
+    log.unlink()
+    log.symlink_to("/dev/zero")
+    assert main(["train", "--resume", str(model), "training.max_steps=32"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"s2s: error: {log}: not a regular file (the run's log); "
+                                                        f"will not read or replace it")
