@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,25 @@ def test_only_builds_of_dead_processes_count_as_abandoned(tmp_path: Path):
     other = tmp_path / f".outside.{dead.stdout.strip()}.abcd1234.tmp"
     other.mkdir()
     assert abandoned_scratch(out) == [gone]
+
+
+def test_a_second_prepare_into_a_directory_being_written_is_refused(tmp_path: Path):
+    """Two `s2s prepare` into one directory (say babi --size 1k and --size 10k) both wrote and
+    both reported success; interleaved, the manifest of one could describe the files of the
+    other. The writer holds the directory's lock; the other is refused, naming it."""
+    from seq2seqkit.errors import UserError
+    from seq2seqkit.rundir import RunLock
+    from seq2seqkit.tasks.prepared import write_splits
+
+    out = tmp_path / "data"
+    paths = {"train": out / "train.tsv", "test": out / "test.tsv"}
+    assert write_splits(paths, {"size": "1k"}, lambda: {"train": ["a\tb\n"], "test": ["c\td\n"]}) == {"train": 1, "test": 1}
+    with RunLock(out):  # another prepare writing now
+        try:
+            write_splits(paths, {"size": "10k"}, lambda: {"train": ["x\ty\n"] * 2, "test": ["z\tw\n"]})
+        except UserError as e:
+            assert f"in use by another run (process {os.getpid()})" in str(e)
+        else:
+            raise AssertionError("written while another prepare held the directory")
+    assert paths["train"].read_text() == "a\tb\n"
+    assert write_splits(paths, {"size": "10k"}, lambda: {"train": ["x\ty\n"] * 2, "test": ["z\tw\n"]}) == {"train": 2, "test": 1}
