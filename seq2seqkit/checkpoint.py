@@ -9,6 +9,7 @@ never runs code from it.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import stat
@@ -133,15 +134,32 @@ def model_weights(ckpt: dict[str, Any], path: str | Path) -> dict[str, torch.Ten
 
 
 def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path,
-                 needs: tuple[str, ...] = ()) -> None:
-    """Load a checkpoint's weights into ``model``. Weights that do not fit it (missing or extra
-    parameters, another shape: the config was changed since training) and a checkpoint that
-    lacks the entries in ``needs`` are one UserError saying which."""
+                 needs: tuple[str, ...] = (), tokenizers: dict[str, str] | None = None) -> None:
+    """Load a checkpoint's weights into ``model``, once :func:`check_weights` has found that they fit it."""
+    check_weights(model, ckpt, path, needs, tokenizers)
+    model.load_state_dict(model_weights(ckpt, path))
+
+
+def check_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path,
+                  needs: tuple[str, ...] = (), tokenizers: dict[str, str] | None = None) -> None:
+    """Whether a checkpoint's weights fit ``model`` (which may live on the meta device, so that
+    a config edited to a huge size is refused without allocating it). Weights that do not fit
+    (missing or extra parameters, another shape: the config was changed since training), a
+    checkpoint that lacks the entries in ``needs``, and one trained with other tokenizers than
+    ``tokenizers`` (the fingerprints of the model directory's, see :func:`tokenizer_stamp`;
+    checkpoints written before they were recorded are not checked) are one UserError saying which."""
     weights = model_weights(ckpt, path)
     for key in needs:
         if key not in ckpt:
             raise UserError(f"{path}: not a training checkpoint: no {key!r} state (weights only, e.g. an "
                             f"epoch or averaged checkpoint?)")
+    trained_with = ckpt.get("tokenizers")
+    if tokenizers is not None and isinstance(trained_with, dict):
+        for side in ("src", "tgt"):
+            if side in trained_with and trained_with[side] != tokenizers[side]:
+                raise UserError(f"{path}: was trained with another {side} tokenizer than the model directory's "
+                                f"(were its {side}.* vocabulary or tokenizer files replaced or edited?); its "
+                                f"outputs would be wrong ids")
     own = model.state_dict()
 
     def listed(names: list[str]) -> str:
@@ -157,7 +175,12 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path,
             raise UserError(f"{path}: {name} has shape {tuple(weights[name].shape)} in the checkpoint but "
                             f"{tuple(t.shape)} in the model the config describes: was a model setting (e.g. "
                             f"model.hidden_size) changed since training?")
-    model.load_state_dict(weights)
+
+
+def tokenizer_stamp(src_tok: Any, tgt_tok: Any) -> dict[str, str]:
+    """What a checkpoint records of the tokenizers its ids belong to (their fingerprints), so
+    that loading it with other vocabulary files is refused instead of decoding wrong tokens."""
+    return {"src": src_tok.fingerprint(), "tgt": tgt_tok.fingerprint()}
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -236,5 +259,8 @@ def _write_average(ckpt_dir: Path, last: int, name: str) -> tuple[Path, list[Pat
         raise UserError(f"{ckpt_dir}: --last {last} asked, but only {len(found)} epoch checkpoints are kept "
                         f"({', '.join(p.name for p in found)})")
     chosen = found[-last:]
-    save_checkpoint({"model": average_checkpoints(chosen), "averaged": [p.name for p in chosen]}, out)
+    stamps = {json.dumps(load_checkpoint(p).get("tokenizers"), sort_keys=True) for p in chosen}
+    stamp = json.loads(stamps.pop()) if len(stamps) == 1 else None  # kept where all agree
+    save_checkpoint({"model": average_checkpoints(chosen), "averaged": [p.name for p in chosen],
+                     **({"tokenizers": stamp} if stamp else {})}, out)
     return out, chosen

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import logging
+import math
 import os
 import sys
 import time
@@ -93,6 +94,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     (``data.cache``) in ``$S2S_CACHE_DIR/shards`` (default ``~/.cache/seq2seqkit/shards``)."""
     from .data.shards import cache_entries, cache_root, remove_cache_entry
 
+    if args.older_than is not None and not (math.isfinite(args.older_than) and args.older_than >= 0):
+        raise UserError(f"--older-than: a number of days, at least 0, got {args.older_than:g}")  # -5 cleared all, nan none
     entries = cache_entries(check_sources=args.action == "list" or args.stale)
     if args.action == "list":
         print(f"{cache_root()}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
@@ -379,6 +382,8 @@ def evaluate_hypotheses(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_model, format_examples, load_eval_set, perplexity
 
+    if args.examples < 0:
+        raise UserError(f"--examples: must be at least 0, got {args.examples}")
     if args.model is None:
         if not args.hyp:
             raise UserError("evaluate: give -m MODEL_DIR --src FILE, or --hyp FILE with --ref FILE and/or --src FILE")
@@ -557,7 +562,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits = Limits(**fields)
     except ValidationError as e:
         err = e.errors()[0]
-        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}") from None
     models = load_models(args.model, args.name, engine=args.engine, ensemble=args.ensemble,
                          checkpoint=args.checkpoint, device=args.device, compute_type=args.compute_type)
     for tr in models.values():
@@ -583,7 +588,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     overrides = [f"output_dir={out}"] + args.overrides
     if args.retrain and (out.exists() or out.is_symlink()):
-        remove_model_dir(out)  # only a model directory this toolkit wrote, holding nothing else, not in use
+        # only a demo model directory this toolkit wrote, holding nothing else, not in use
+        remove_model_dir(out, name=load_config(CONFIG_DIR / "g2p-quick.yaml", overrides).name)
     last = out / "checkpoints" / "last.pt"
     if last.exists():
         cfg = load_for_resume(out, args.overrides)

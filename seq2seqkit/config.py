@@ -491,7 +491,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:  # PyYAML's composer recurses per level: `[[[[...` a few thousand deep
+        raise yaml.YAMLError("nested too deeply") from None
+    except yaml.reader.ReaderError as e:  # its message spans two lines; the callers want a problem and a line
+        line = text.count("\n", 0, e.position)
+        shown = f"#x{ord(e.character):04x}" if isinstance(e.character, str) else f"0x{e.character:02x}"
+        mark = yaml.Mark("<config>", e.position, line, 0, None, None)
+        raise yaml.MarkedYAMLError(problem=f"character {shown} is not allowed in YAML (a control character, or a byte that is not UTF-8?)",
+                                   problem_mark=mark) from None
 
 
 def _section(loc: tuple[str, ...], family: str = "rnn") -> type[BaseModel] | None:

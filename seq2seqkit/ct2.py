@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,8 +41,8 @@ from .data.tokenizers import BOS, EOS, MANIFEST, PAD, UNK, Tokenizer, load_token
 from .errors import UserError
 from .models import build_model
 from .models.transformer import TransformerSeq2Seq
-from .rundir import EXPORT, check_ours, write_marker
-from .search import Hypothesis
+from .rundir import EXPORT, abandoned_scratch, check_ours, scratch_dir, write_marker
+from .search import Hypothesis, output_caps, power
 from .translate import Engine, Translator
 
 log = logging.getLogger(__name__)
@@ -99,13 +96,19 @@ def _feed_forward(spec: Any, ff: torch.nn.Sequential, norm: torch.nn.LayerNorm) 
     _norm(spec.layer_norm, norm)
 
 
+def position_rows(kind: str, max_positions: int) -> int:
+    """Rows of an export's position table, the most positions CTranslate2 can then encode:
+    a learned table's own, a sinusoid's written out to ``POSITION_ROWS`` (or further)."""
+    return max_positions if kind == "learned" else max(POSITION_ROWS, max_positions)
+
+
 def _inputs(spec: Any, embed: Any) -> None:
     """Embedding table, position table, sqrt(d) scaling."""
     table = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings
     table.weight = embed.table.weight.detach().float()
     spec.scale_embeddings = True
     positions = embed.positions
-    rows = positions.max_positions if positions.kind == "learned" else max(POSITION_ROWS, positions.max_positions)
+    rows = position_rows(positions.kind, positions.max_positions)
     with torch.no_grad():
         spec.position_encodings.encodings = positions(torch.arange(rows)).float()
 
@@ -193,7 +196,7 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, checkpoint: s
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(out_dir)
-    staging = _scratch_dir(out_dir, ".tmp")
+    staging = scratch_dir(out_dir, ".tmp")
     try:
         _Converter().convert(str(staging), quantization=quantization, force=True)
         for name in model_files(model_dir):
@@ -217,37 +220,14 @@ def _check_apart(model_dir: Path, out_dir: Path) -> None:
                         f"choose an OUT_DIR outside it")
 
 
-def _scratch_dir(beside: Path, suffix: str) -> Path:
-    """A new, uniquely named hidden directory beside ``beside``, with the usual permissions; its
-    name carries this process's id, so a later export can tell an abandoned one from a live one."""
-    path = Path(tempfile.mkdtemp(prefix=f".{beside.name}.{os.getpid()}.", suffix=suffix, dir=beside.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o777 & ~umask)  # mkdtemp makes 0700
-    return path
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def remove_stale_scratch(out_dir: Path) -> int:
     """Delete the scratch directories that an export to ``out_dir`` killed before it finished
     left beside it (``.NAME.PID.XXXXXXXX.tmp`` while converting, ``.old`` while swapping), those
     whose process is gone; a running export's are kept. Returns how many were removed."""
-    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(\d+)\.[A-Za-z0-9_]{{8}}\.(tmp|old)")
     removed = 0
-    for path in out_dir.parent.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match and path.is_dir() and not path.is_symlink() and not _process_alive(int(match[1])):
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
+    for path in abandoned_scratch(out_dir):
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
     if removed:
         log.info("%s: removed %d scratch director%s left by an interrupted export", out_dir.parent, removed,
                  "y" if removed == 1 else "ies")
@@ -260,7 +240,7 @@ def _swap_in(new: Path, target: Path) -> None:
     if not (target.exists() or target.is_symlink()):
         new.rename(target)
         return
-    trash = _scratch_dir(target, ".old")
+    trash = scratch_dir(target, ".old")
     target.rename(trash / target.name)
     try:
         new.rename(target)
@@ -299,8 +279,10 @@ class CTranslate2Engine(Engine):
 
     @property
     def max_positions(self) -> int | None:
-        m = self.model_cfg
-        return m.max_positions if m.positions == "learned" else None
+        """The rows of the exported position table (:func:`position_rows`): a sinusoidal model's
+        positions stop there too in CTranslate2, where ours go on (a longer input or output
+        was a RuntimeError that lost the whole output)."""
+        return position_rows(self.model_cfg.positions, self.model_cfg.max_positions)
 
     @property
     def attention_layers(self) -> int:
@@ -320,7 +302,7 @@ class CTranslate2Engine(Engine):
         ids = [self._tgt_index[t] for t in tokens]
         if not alpha:
             return Hypothesis(tokens=ids, score=score)
-        return Hypothesis(tokens=ids, score=score * (len(ids) + 1) ** alpha, norm_score=score)
+        return Hypothesis(tokens=ids, score=score * power(len(ids) + 1, alpha), norm_score=score)
 
     def decode(self, sources: Sequence[Sequence[int]], cfg: SearchConfig,
                attention_layer: int | None = None) -> list[list[Hypothesis]]:
@@ -329,23 +311,29 @@ class CTranslate2Engine(Engine):
         s = cfg
         options: dict[str, Any] = dict(
             beam_size=1 if s.sample else s.beam_size, num_hypotheses=s.nbest, length_penalty=s.length_penalty,
-            return_scores=True, max_input_length=0, patience=1,
-            no_repeat_ngram_size=s.no_repeat_ngram_size, min_decoding_length=s.min_len,
-            repetition_penalty=s.repetition_penalty,
+            return_scores=True, max_input_length=0, patience=1, repetition_penalty=s.repetition_penalty,
         )
-        if s.sample:
-            options.update(sampling_topk=s.top_k or 0, sampling_topp=s.top_p, sampling_temperature=s.temperature)
+        if s.sample:  # top-k beyond the vocabulary keeps every token, as ours does (CTranslate2 refuses it)
+            options.update(sampling_topk=min(s.top_k, self._vocab_sizes[1]), sampling_topp=s.top_p,
+                           sampling_temperature=s.temperature)
         alpha = options["length_penalty"] if options["beam_size"] > 1 else 0.0
-        # CTranslate2 takes one length cap per call; ours is each input's own, so inputs are
-        # decoded in groups of one cap (in a length-sorted batch: a few runs of neighbours).
+        # CTranslate2 takes one length cap per call; ours is each input's own (the PyTorch engine's
+        # caps: within a learned-position model's max_positions), so inputs are decoded in groups of
+        # one cap (in a length-sorted batch: a few runs of neighbours).
+        caps = output_caps(self, torch.tensor([len(ids) + 1 for ids in sources]), s.max_len_a, s.max_len_b,
+                           s.max_output_tokens, s.min_len)
         groups: dict[int, list[int]] = {}
-        for i, ids in enumerate(sources):
-            groups.setdefault(min(max(int(len(ids) * s.max_len_a) + s.max_len_b, s.min_len), s.max_output_tokens),
-                              []).append(i)
+        for i, cap in enumerate(caps):
+            groups.setdefault(cap, []).append(i)
         out: list[list[Hypothesis]] = [[] for _ in sources]
         for cap, idx in groups.items():
             batch = [[self._src_vocab[t] for t in sources[i]] for i in idx]
-            for i, res in zip(idx, self.translator.translate_batch(batch, max_decoding_length=cap, **options)):
+            # C++ sizes (a setting beyond int64 was a TypeError): a floor above the cap (the position
+            # table's rows at most) is the cap, an n-gram longer than any output bans nothing (off)
+            controls = dict(min_decoding_length=min(s.min_len, cap),
+                            no_repeat_ngram_size=s.no_repeat_ngram_size if s.no_repeat_ngram_size <= cap else 0)
+            for i, res in zip(idx, self.translator.translate_batch(batch, max_decoding_length=cap, **options,
+                                                                   **controls)):
                 out[i] = [self._hypothesis(hyp, score, alpha) for hyp, score in zip(res.hypotheses, res.scores)]
         return out
 

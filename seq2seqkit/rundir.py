@@ -28,10 +28,11 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 log = logging.getLogger("seq2seqkit")
 
@@ -273,12 +274,59 @@ def open_run(directory: str | Path, resume: bool) -> RunLock:
     return lock
 
 
-def remove_model_dir(directory: str | Path) -> None:
+def scratch_dir(beside: Path, suffix: str) -> Path:
+    """A new, uniquely named hidden directory beside ``beside`` (``.NAME.PID.XXXXXXXX`` + ``suffix``,
+    ``.tmp`` while building, ``.old`` while swapping), with the usual permissions. Its name
+    carries this process's id, so a later run can tell an abandoned one from one that a live
+    process is still building (:func:`abandoned_scratch`): two runs writing the same target
+    never delete each other's work."""
+    path = Path(tempfile.mkdtemp(prefix=f".{beside.name}.{os.getpid()}.", suffix=suffix, dir=beside.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)  # mkdtemp makes 0700
+    return path
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def abandoned_scratch(beside: Path) -> list[Path]:
+    """The :func:`scratch_dir` directories of ``beside`` whose process is gone (killed before it
+    could clean up); a running process's are not listed."""
+    pattern = re.compile(rf"\.{re.escape(beside.name)}\.(\d+)\.[A-Za-z0-9_]{{8}}\.(tmp|old)")
+    if not beside.parent.is_dir():
+        return []
+    return [path for path in sorted(beside.parent.iterdir())
+            if (match := pattern.fullmatch(path.name)) and path.is_dir() and not path.is_symlink()
+            and not process_alive(int(match[1]))]
+
+
+def remove_model_dir(directory: str | Path, name: str | None = None) -> None:
     """Delete a model directory this toolkit wrote (``s2s demo --retrain``), refusing anything
-    else: a directory it did not write, one holding a user's files, one a run is using."""
+    else: a directory it did not write, one holding a user's files, one a run is using, and
+    (``name`` given) one whose config is not named ``name``: ``--retrain`` deletes an earlier
+    demo model, not another model the toolkit trained (days of a user's training)."""
     d = Path(directory)
     if d.is_symlink():
         raise UserError(f"{d}: is a symbolic link; will not delete it (give the directory itself)")
     check_ours(d, MODEL, "delete it")
     with RunLock(d):
+        if name is not None:
+            from .config import read_saved_config
+
+            try:
+                found = read_saved_config(d / "config.yaml").get("name")
+            except ConfigError:
+                found = None
+            if found != name:
+                held = f"the model {found!r}" if isinstance(found, str) else "a model whose config.yaml cannot be read"
+                raise UserError(f"{d}: holds {held}, not a {name!r} model; will not delete it (choose another "
+                                f"directory, or delete it yourself)")
         shutil.rmtree(d)

@@ -40,18 +40,25 @@ class Hypothesis:
     norm_score: float | None = None  # beam search: score / GNMT length penalty, what n-best lists are ranked by
 
 
+def max_length(src_len: int, a: float, b: int) -> int:
+    """Output length cap ``a * source_length + b`` (source length without its EOS), in Python
+    integers: a setting of any size is exact (int64 tensors would overflow, or wrap round to a
+    negative cap), and the arithmetic is CTranslate2's (ct2.py)."""
+    return int((src_len - 1) * a) + b
+
+
 def max_lengths(src_lens: torch.Tensor, a: float, b: int) -> torch.Tensor:
-    """Output length cap ``a * source_length + b`` (source length without its EOS)."""
-    return ((src_lens - 1).float() * a).long() + b
+    """:func:`max_length` of each source length."""
+    return torch.tensor([max_length(n, a, b) for n in src_lens.tolist()], dtype=torch.long)
 
 
 def output_caps(model: Seq2SeqModel, src_lens: torch.Tensor, a: float, b: int, limit: int | None,
                 min_len: int = 0) -> list[int]:
-    """Each sentence's most decoding steps: :func:`max_lengths`, at least ``min_len`` (a floor on
+    """Each sentence's most decoding steps: :func:`max_length`, at least ``min_len`` (a floor on
     the output length lifts a lower cap), within ``limit`` and what the model can take."""
     cap = min((n for n in (limit, model.max_positions) if n is not None), default=None)
-    caps = max_lengths(src_lens, a, b).clamp(min=min_len)
-    return (caps if cap is None else caps.clamp(max=cap)).tolist()
+    caps = [max(max_length(n, a, b), min_len) for n in src_lens.tolist()]
+    return caps if cap is None else [min(c, cap) for c in caps]
 
 
 def _check_attention(model: Seq2SeqModel, attention_layer: int | None) -> None:
@@ -60,8 +67,18 @@ def _check_attention(model: Seq2SeqModel, attention_layer: int | None) -> None:
 
 
 def gnmt_penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016); alpha 0 ranks by raw score."""
-    return ((5 + length) / 6) ** alpha
+    """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016); alpha 0 ranks by raw score.
+    A penalty beyond the largest float is infinite (see :func:`power`)."""
+    return power((5 + length) / 6, alpha)
+
+
+def power(base: float, exponent: float) -> float:
+    """``base ** exponent``, infinite where it is beyond the largest float (Python's ``**``
+    raises OverflowError there: a length penalty of 1e308 would end the command)."""
+    try:
+        return base**exponent
+    except OverflowError:
+        return math.inf
 
 
 # ------------------------------------------------------------------- one path per sentence
@@ -253,6 +270,11 @@ def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
     """Sampling's choice: temperature, then top-k, then top-p, then a draw per row."""
 
     def choose(logp: torch.Tensor) -> torch.Tensor:
+        # In double precision (any positive temperature is a nonzero double; in float32 a tiny one
+        # is 0) and with each row's best token at 0 (softmax is the same): a tiny temperature
+        # leaves that token at 0 and the others at -inf, not every entry at -inf (NaN probabilities).
+        logp = logp.double()
+        logp = logp - logp.max(dim=-1, keepdim=True).values
         probs = filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 

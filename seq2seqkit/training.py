@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -37,7 +38,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed
-from .checkpoint import atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (atomic_write_text, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint,
+                         tokenizer_stamp)
 from .config import Config, TrainingConfig, dump_config, from_dict, read_saved_config
 from .data.dataset import Batch, EncodedCorpus, collate, token_batches
 from .data.shards import ShardCorpus, training_data
@@ -141,10 +143,12 @@ def set_rng_states(rng: dict[str, Any]) -> None:
 
 def run_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
               scaler: torch.amp.GradScaler, progress: Progress, rng: dict[str, Any],
-              rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              rng_ranks: list[dict[str, Any]] | None = None, tokenizers: dict[str, str] | None = None) -> dict[str, Any]:
     """The checkpoint of a run: weights, optimizer, scheduler, loss scaler, progress and RNG
-    states; under torchrun with several processes, also every process's RNG states."""
+    states; under torchrun with several processes, also every process's RNG states; and the
+    fingerprints of the tokenizers its ids belong to (:func:`checkpoint.tokenizer_stamp`)."""
     return {
+        **({"tokenizers": tokenizers} if tokenizers else {}),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -155,11 +159,34 @@ def run_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule
     }
 
 
+BYTES_PER_PARAMETER = 16  # float32 weights, their gradients and Adam's two moments
+
+
+def check_model_fits(cfg: Config, src_vocab: int, tgt_vocab: int) -> None:
+    """Refuse, before the model is built, one whose weights, gradients and optimizer state alone
+    exceed this machine's memory (``model.hidden_size=1000000`` built 32 TB of virtual memory
+    and filled the RAM until the kernel's OOM killer ended it, or another process). The count
+    comes from the model built on PyTorch's meta device, which allocates nothing."""
+    with torch.device("meta"):
+        parameters = build_model(cfg.model, src_vocab, tgt_vocab).num_parameters()
+    need = parameters * BYTES_PER_PARAMETER
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # not known on this system: no check
+        return
+    if need > have:
+        raise ConfigError(f"model: {parameters:,} parameters need at least {need / 2**30:,.1f} GiB for weights, "
+                          f"gradients and {cfg.training.optimizer} state, more than this machine's "
+                          f"{have / 2**30:,.1f} GiB of memory: a smaller model.* size (e.g. hidden_size, embed_dim, "
+                          f"layers)?")
+
+
 def load_run_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: Any, scaler: torch.amp.GradScaler) -> Progress:
+                   scheduler: Any, scaler: torch.amp.GradScaler, tokenizers: dict[str, str] | None = None) -> Progress:
     """Load a checkpoint of :func:`run_state` into the run's objects (refused in one line where
-    it is not one, or does not fit the model); returns its progress. RNG states are the caller's."""
-    load_weights(model, ckpt, path, needs=("optimizer", "scheduler", "progress", "rng"))
+    it is not one, or does not fit the model or ``tokenizers``); returns its progress. RNG states
+    are the caller's."""
+    load_weights(model, ckpt, path, needs=("optimizer", "scheduler", "progress", "rng"), tokenizers=tokenizers)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler.is_enabled() and ckpt.get("scaler"):  # a run saved with fp16 keeps its loss scale
@@ -170,16 +197,21 @@ def load_run_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Module, opt
 def truncate_log(path: Path, step: int) -> None:
     """Drop the lines of the log at ``path`` written after ``step`` (the checkpoint a run
     (re)starts from): they will be redone."""
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):
         return
+    if not path.is_file():  # a device such as /dev/zero would be read without end
+        raise UserError(f"{path}: not a regular file (the run's log); will not read or replace it")
     keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by the crash we resume from
-            continue
-        if entry.get("step", 0) <= step:
-            keep.append(line)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by the crash we resume from
+                continue
+            at = entry.get("step", 0) if isinstance(entry, dict) else None  # another value: not an entry of ours
+            if isinstance(at, (int, float)) and not isinstance(at, bool) and at <= step:
+                keep.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
@@ -248,6 +280,7 @@ class Trainer:
         log.info("vocabulary: %d source, %d target", self.src_tok.vocab_size, self.tgt_tok.vocab_size)
         self.dev = load_dev(cfg, self.src_tok, self.tgt_tok)
         log.info("data: %d training pairs, %d dev pairs", len(self.train_data), len(self.dev.pairs) if self.dev else 0)
+        check_model_fits(cfg, self.src_tok.vocab_size, self.tgt_tok.vocab_size)
         self.model: Seq2SeqModel = build_model(cfg.model, self.src_tok.vocab_size, self.tgt_tok.vocab_size).to(self.device)
         log.info("model: %s, %s parameters", cfg.model.family, f"{self.model.num_parameters():,}")
         self.optimizer = build_optimizer(self.model, tc)
@@ -301,7 +334,8 @@ class Trainer:
         ``done`` again where the limits were raised by overrides."""
         path = self.ckpt_dir / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
-        self.progress = load_run_state(ckpt, path, self.model, self.optimizer, self.scheduler, self.scaler)
+        self.progress = load_run_state(ckpt, path, self.model, self.optimizer, self.scheduler, self.scaler,
+                                       tokenizer_stamp(self.src_tok, self.tgt_tok))
         rng = self.dist.own_rng(ckpt["rng"], ckpt.get("rng_ranks"))
         if rng is None:  # a process the saved run did not have
             self.dist.seed(self.cfg.training.seed, self.progress.step)
@@ -373,7 +407,8 @@ class Trainer:
         rng = rng_states()
         ranks = self.dist.gather(rng, "the checkpoint") if name == "last" else None
         if self.dist.is_main:
-            state = run_state(self.model, self.optimizer, self.scheduler, self.scaler, self.progress, rng, ranks)
+            state = run_state(self.model, self.optimizer, self.scheduler, self.scaler, self.progress, rng, ranks,
+                              tokenizer_stamp(self.src_tok, self.tgt_tok))
             save_checkpoint(state, self.ckpt_dir / f"{name}.pt")
 
     def _save_epoch_weights(self) -> None:
@@ -381,7 +416,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         self._check_weights()
-        save_checkpoint({"model": self.model.state_dict(), "progress": asdict(self.progress)},
+        save_checkpoint({"model": self.model.state_dict(), "progress": asdict(self.progress),
+                         "tokenizers": tokenizer_stamp(self.src_tok, self.tgt_tok)},
                         self.ckpt_dir / f"epoch-{self.progress.epoch}.pt")
         for old in epoch_checkpoints(self.ckpt_dir)[:-self.cfg.training.keep_epoch_checkpoints]:
             old.unlink(missing_ok=True)

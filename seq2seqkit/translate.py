@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import check_weights, load_checkpoint, load_weights, tokenizer_stamp
 from .config import Config, SearchConfig, load_saved_config
 from .data.dataset import pad_sources
 from .data.tokenizers import EOS, SPECIALS, Tokenizer, load_tokenizers
@@ -259,8 +259,11 @@ class Translator:
         if checkpoint == "best" and not path.exists():
             path = model_dir / "checkpoints" / "last.pt"  # a run stopped before its first validation
         state = load_checkpoint(path)
+        stamp = tokenizer_stamp(src_tok, tgt_tok)
+        with torch.device("meta"):  # a config.yaml edited to a huge model is refused before it is allocated
+            check_weights(build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size), state, path, tokenizers=stamp)
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-        load_weights(model, state, path)
+        load_weights(model, state, path, tokenizers=stamp)
         return cls(TorchEngine(model, resolve_device(device)), src_tok, tgt_tok, cfg)
 
     @classmethod

@@ -85,8 +85,8 @@ def test_prepare_writes_three_tsvs_that_round_trip(
 ) -> None:
     assert sorted(prepared) == ["dev", "test", "train"]
     assert sorted(p.name for p in prepared["train"].parent.iterdir()) == [
-        "MANIFEST.json", "dev.tsv", "test.tsv", "train.tsv"
-    ]  # no temp files left behind
+        ".seq2seqkit.lock", "MANIFEST.json", "dev.tsv", "test.tsv", "train.tsv"
+    ]  # no temp files left behind (the lock file of the writing prepare, empty once it ended)
     read = {split: _read(path) for split, path in prepared.items()}
     for split in task.SPLITS:
         assert read[split] == [e for e in entries if task.split_of(e[0]) == split]

@@ -86,6 +86,26 @@ def test_length_penalty_scores_convert_back_to_log_probabilities(trained, lines,
         assert y.norm_score == pytest.approx(x.score / (len(x.tokens) + 1), abs=2e-3)
 
 
+def test_ctranslate2_takes_what_our_search_takes(trained, lines, tmp_path):
+    """Inputs and settings the PyTorch engine takes were CTranslate2 tracebacks that lost the
+    whole output: an input beyond the exported position table (1,024 rows for a sinusoid:
+    RuntimeError), top-k beyond the vocabulary (ValueError), and a floor, cap or n-gram size
+    beyond int64 (TypeError). The first is cut to the table; the others mean what they do in
+    our search (all tokens; the cap; off)."""
+    out = export_ctranslate2(trained, tmp_path / "ct2")
+    ct = CTranslate2Translator.load(out)
+    long = " ".join(["a"] * 1100)
+    warned = []
+    (hyps,) = ct.nbest_hypotheses([long], on_long_input=lambda i, n, limit: warned.append((n, limit)))
+    assert warned == [(1100, 1023)] and hyps[0].tokens  # the table's 1,024 rows, EOS included
+    huge = 10**20
+    for search in (dict(sample=True, top_k=50), dict(no_repeat_ngram_size=huge), dict(beam_size=2, length_penalty=1e308),
+                   dict(min_len=huge, max_output_tokens=huge)):
+        ct.cfg.search = ct.cfg.search.model_copy(update=search)
+        assert len(ct.hypotheses(lines[:3])) == 3, search
+    assert [len(h.tokens) for h in ct.hypotheses(lines[:2])] == [1024, 1024]  # the floor stops at the table
+
+
 def test_cli_export_and_translate_with_the_ctranslate2_engine(trained, lines, tmp_path, capsys):
     out = tmp_path / "exported"
     assert main(["-q", "export", "--format", "ctranslate2", str(trained), str(out)]) == 0

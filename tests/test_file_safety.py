@@ -96,6 +96,17 @@ def test_demo_retrain_refuses_a_directory_in_use_and_a_symlink(trained, tmp_path
     assert (trained / "checkpoints" / "last.pt").is_file()
 
 
+def test_demo_retrain_deletes_only_a_demo_model(trained, capsys):
+    """A model directory the toolkit wrote for another config (days of a user's training) is not
+    an earlier demo model: --retrain deleted it all the same."""
+    before = snapshot(trained)
+    assert main(["demo", "--retrain", "--output-dir", str(trained)]) == 2
+    assert "holds the model 'model', not a 'g2p-quick' model; will not delete it" in one_line_error(capsys)
+    assert snapshot(trained) == before
+    remove_model_dir(trained, name="model")  # what --retrain does to a demo model
+    assert not trained.exists()
+
+
 def test_a_new_run_refuses_a_non_empty_folder_and_a_file(tmp_path):
     cfg = tiny_config(tmp_path, max_steps=1)
     out = Path(cfg.output_dir)

@@ -67,7 +67,8 @@ def test_prepare_writes_the_splits_and_skips_the_empty_dialogue(tmp_path, caplog
     with caplog.at_level(logging.INFO, logger="seq2seqkit"):
         assert main(["prepare", "samsum", str(archive), str(out)]) == 0
     assert "train: " + str(out / "train.jsonl") in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.json", "test.jsonl", "train.jsonl", "val.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".seq2seqkit.lock", "MANIFEST.json", "test.jsonl", "train.jsonl",
+                                                     "val.jsonl"]  # the lock: empty once prepare ended
     rows = {s: read_jsonl(out / f"{s}.jsonl") for s in samsum.SPLITS}
     assert {s: len(r) for s, r in rows.items()} == {"train": 11, "val": 3, "test": 4}
     assert json.loads((out / "MANIFEST.json").read_text())["rows"] == {"train": 11, "val": 3, "test": 4}

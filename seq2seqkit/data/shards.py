@@ -39,9 +39,7 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import tempfile
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +52,7 @@ import numpy as np
 from ..checkpoint import atomic_write_text
 from ..config import Config, CorpusConfig, DataConfig
 from ..errors import DataError, UserError
+from ..rundir import abandoned_scratch, scratch_dir
 from .corpus import iter_examples, require_rereadable
 from .dataset import EncodeCounts, EncodedCorpus, encode_corpus, encode_pairs, report_encoding
 from .tokenizers import MANIFEST, Tokenizer, load_tokenizers, save_tokenizers, train_tokenizers_on_pairs
@@ -66,8 +65,6 @@ KIND = "shards"
 SIDES = ("src", "tgt")
 FILTERS = ("max_src_len", "max_tgt_len", "truncate_src", "on_invalid")  # data settings the shards were filtered by
 CHUNK = 1 << 20  # ids (or offsets) buffered before a write, and read per validation step
-# mkdtemp's names for a build in progress: ".NAME." + 8 characters + ".tmp"
-TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -194,17 +191,18 @@ def _only_ours(directory: Path) -> bool:
 
 
 def _remove_stale_builds(out: Path) -> None:
-    """Builds of ``out`` that an earlier process left half done (killed before it could clean up)."""
-    for p in out.parent.glob(f".{out.name}.*.tmp"):
-        m = TEMPORARY.fullmatch(p.name)
-        if m and m.group("name") == out.name and p.is_dir() and not p.is_symlink() and _only_ours(p):
+    """Builds of ``out`` that an earlier process left half done (killed before it could clean up);
+    a build that a live process is still writing is not touched (two ``s2s preprocess`` into one
+    OUT_DIR: the first's build was deleted under it)."""
+    for p in abandoned_scratch(out):
+        if _only_ours(p):
             shutil.rmtree(p, ignore_errors=True)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Put the finished build ``tmp`` at ``out`` (an earlier shards directory there is replaced)."""
     if out.is_dir() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        old = scratch_dir(out, ".old")
         os.replace(out, old)  # renames over the empty directory mkdtemp made
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
@@ -275,10 +273,7 @@ def write_shards(cfg: Config, out: Path, tokenizers: tuple[Tokenizer, Tokenizer]
     corpus = cfg.data.train
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the finished directory gets the usual permissions
+    tmp = scratch_dir(out, ".tmp")  # the finished directory gets the usual permissions
     try:
         sources = [file_identity(p) for p in source_files(corpus)]
         if tokenizers is None:

@@ -199,7 +199,7 @@ class Batcher:
             remaining = first.arrived + self.max_wait - time.perf_counter()
             if remaining <= 0:
                 return
-            self._cond.wait(remaining)
+            self._cond.wait(min(remaining, threading.TIMEOUT_MAX))  # longer: OverflowError, the worker would die
 
     def _tokens_of(self, key: Hashable) -> int:
         return sum(job.tokens for job in self.pending if job.key == key)

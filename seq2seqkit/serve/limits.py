@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Limits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no endless wait: inf is refused
 
     max_inputs: int = Field(32, ge=1)  # inputs in one request
     max_chars: int = Field(1000, ge=1)  # characters in one input
@@ -25,6 +25,15 @@ class Limits(BaseModel):
     batching: Literal["step", "request", "off"] = "step"
     max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a request-level batch waits for others
     max_batch_tokens: int = Field(4096, ge=1)  # source tokens (EOS included) that close a batch / fill the running one
+
+    @field_validator("max_wait_ms")
+    @classmethod
+    def _wait_within_timeout(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("timeout_s")  # absent if it was refused itself
+        if timeout is not None and value >= 1000 * timeout:
+            raise ValueError(f"{value:g} ms is not shorter than --timeout-s {timeout:g} s: the first request of a "
+                             f"request-level batch would get 504 before its batch starts")
+        return value
 
     @field_validator("batching", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..checkpoint import atomic_write_text
 from ..errors import UserError
+from ..rundir import RunLock
 
 MANIFEST = "MANIFEST.json"
 
@@ -43,9 +44,12 @@ def write_splits(paths: dict[str, Path], wanted: dict[str, Any], make_rows: Call
                             f"own beside it); choose another directory")
     rows = make_rows()
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(manifest_path, json.dumps({**wanted, "rows": None}, indent=2) + "\n")
-    for split, lines in rows.items():
-        atomic_write_text(paths[split], "".join(lines))
-    counts = {s: len(lines) for s, lines in rows.items()}
-    atomic_write_text(manifest_path, json.dumps({**wanted, "rows": counts}, indent=2) + "\n")
+    # Two prepares into one directory write one at a time: the other is refused naming the writer
+    # (interleaved, the files of one and the manifest of the other could be left together).
+    with RunLock(out):
+        atomic_write_text(manifest_path, json.dumps({**wanted, "rows": None}, indent=2) + "\n")
+        for split, lines in rows.items():
+            atomic_write_text(paths[split], "".join(lines))
+        counts = {s: len(lines) for s, lines in rows.items()}
+        atomic_write_text(manifest_path, json.dumps({**wanted, "rows": counts}, indent=2) + "\n")
     return counts
