@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import itertools
 import logging
 import math
 import os
@@ -419,16 +420,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chat_lines(prompt: str) -> Iterator[str]:
-    """What the user types: with a prompt (and line editing) on a terminal, else the lines of stdin."""
+def _chat_lines(prompt: str) -> Iterator[tuple[int, str]]:
+    """What the user types, numbered from 1: with a prompt (and line editing) on a terminal, else
+    the lines of stdin."""
     if not sys.stdin.isatty():
-        yield from (line for _, line in _input_lines(None))
+        yield from _input_lines(None)
         return
     import readline  # noqa: F401  (line editing and history for input())
 
-    while True:
+    for lineno in itertools.count(1):
         try:
-            yield input(prompt)
+            yield lineno, input(prompt)
         except EOFError:
             print(file=sys.stderr)
             return
@@ -437,6 +439,7 @@ def _chat_lines(prompt: str) -> Iterator[str]:
 def cmd_chat(args: argparse.Namespace) -> int:
     """Talk to a dialogue model: each reply is generated from the last N turns (the user's and
     the model's), one a line as in training; ``/reset`` forgets them, end of input quits."""
+    from .data.corpus import check_text
     from .data.tokenizers import split_lines
     from .tasks.dailydialog import DEFAULT_TURNS
 
@@ -450,7 +453,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"s2s chat: {args.model[0]}, {turns} turn{'s' if turns != 1 else ''} of history; "
               f"/reset clears it, Ctrl-D quits", file=sys.stderr)
     history: list[str] = []
-    for line in _chat_lines("you> "):
+    for lineno, line in _chat_lines("you> "):
+        try:  # what generate refuses (NUL, escape, lone surrogates, ...) is no turn either
+            check_text(line, "<stdin>", lineno, "input")
+        except DataError as e:
+            if not tty:
+                raise  # piped input: one line and exit 2, as generate
+            print(f"s2s chat: {e}; line ignored", file=sys.stderr)  # typed: say so, and go on
+            continue
         text = " ".join(split_lines(line))  # one turn: one line
         if not text.strip():
             print("s2s chat: empty line ignored (/reset clears the history, end of input quits)", file=sys.stderr)

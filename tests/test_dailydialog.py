@@ -234,6 +234,34 @@ def test_chat_with_piped_input_in_a_subprocess(tiny_model):
     assert bad.returncode == 2 and bad.stderr.strip().startswith("s2s: error: --top-p")
 
 
+def test_chat_refuses_what_generate_refuses(tiny_model, monkeypatch, capsys):
+    """A NUL (or another control character) is no turn: piped, one line naming <stdin> and the
+    line, exit 2, as generate; typed at a terminal, that line is ignored and the chat goes on."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a b\nc\x00d\ne f\n")))
+    assert main(["chat", "-m", str(tiny_model)]) == 2
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 1  # the first turn was answered before the bad line
+    errors = [line for line in out.err.splitlines() if line.startswith("s2s: error: ")]
+    assert len(errors) == 1 and errors[0].startswith("s2s: error: <stdin>:2: control character U+0000 (NUL)")
+    assert "Traceback" not in out.err
+
+    typed = iter(["a b", "c\x00d", "e f"])
+
+    def fake_input(prompt):
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert main(["chat", "-m", str(tiny_model)]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2  # "a b" and "e f" answered
+    assert "<stdin>:2: control character U+0000 (NUL)" in out.err and "line ignored" in out.err
+
+
 def test_prepared_pairs_train_with_sep_in_the_source(tmp_path):
     """The prepared JSONL is a training corpus as is: turns become the <sep> piece."""
     from seq2seqkit.config import TokenizerConfig
