@@ -277,6 +277,7 @@ class Trainer:
         seed_all(tc.seed)
         self.out.mkdir(parents=True, exist_ok=True)
         self.src_tok, self.tgt_tok, self.train_data = self._training_data(resume)
+        self.stamp = tokenizer_stamp(self.src_tok, self.tgt_tok)  # recorded in every checkpoint, checked on resume
         log.info("vocabulary: %d source, %d target", self.src_tok.vocab_size, self.tgt_tok.vocab_size)
         self.dev = load_dev(cfg, self.src_tok, self.tgt_tok)
         log.info("data: %d training pairs, %d dev pairs", len(self.train_data), len(self.dev.pairs) if self.dev else 0)
@@ -335,7 +336,7 @@ class Trainer:
         path = self.ckpt_dir / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
         self.progress = load_run_state(ckpt, path, self.model, self.optimizer, self.scheduler, self.scaler,
-                                       tokenizer_stamp(self.src_tok, self.tgt_tok))
+                                       self.stamp)
         rng = self.dist.own_rng(ckpt["rng"], ckpt.get("rng_ranks"))
         if rng is None:  # a process the saved run did not have
             self.dist.seed(self.cfg.training.seed, self.progress.step)
@@ -408,7 +409,7 @@ class Trainer:
         ranks = self.dist.gather(rng, "the checkpoint") if name == "last" else None
         if self.dist.is_main:
             state = run_state(self.model, self.optimizer, self.scheduler, self.scaler, self.progress, rng, ranks,
-                              tokenizer_stamp(self.src_tok, self.tgt_tok))
+                              self.stamp)
             save_checkpoint(state, self.ckpt_dir / f"{name}.pt")
 
     def _save_epoch_weights(self) -> None:
@@ -417,7 +418,7 @@ class Trainer:
             return
         self._check_weights()
         save_checkpoint({"model": self.model.state_dict(), "progress": asdict(self.progress),
-                         "tokenizers": tokenizer_stamp(self.src_tok, self.tgt_tok)},
+                         "tokenizers": self.stamp},
                         self.ckpt_dir / f"epoch-{self.progress.epoch}.pt")
         for old in epoch_checkpoints(self.ckpt_dir)[:-self.cfg.training.keep_epoch_checkpoints]:
             old.unlink(missing_ok=True)
