@@ -63,18 +63,21 @@ def main() -> None:
                     help="rows kept running (1: one at a time)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--autocast-bf16", action="store_true",
+                    help="decode under torch.autocast('cpu', dtype=torch.bfloat16) (tried for serving: no gain)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t = Translator.load(args.model)
     test = t.cfg.data.test if t.cfg.data.test.is_set else t.cfg.data.dev
     sources = [s for s in load_eval_set(*test.files(), fmt=test.format).sources if s.strip()][: args.sentences]
     ids = [t.src_tok.encode(s) for s in sources]
-    print(f"{len(ids)} sentences, greedy, {args.threads} thread(s)\n")
+    print(f"{len(ids)} sentences, greedy, {args.threads} thread(s){', bf16 autocast' if args.autocast_bf16 else ''}\n")
     print("| rows | sentences/s | steps | ms per step | of which admitting | mean latency floor at N=rows clients |")
     print("|---:|---:|---:|---:|---:|---:|")
     lone = None
     for width in args.widths:
-        seconds, steps, admitting = run(t.model, ids, width)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast_bf16):
+            seconds, steps, admitting = run(t.model, ids, width)
         rate = len(ids) / seconds
         if width == 1:
             lone = 1000 / rate  # one at a time: the mean time a sentence takes alone
