@@ -2,7 +2,9 @@
 
 Trains the Multi30k Transformer (bf16, one thread, no dev set) for ``--steps`` updates and, after
 each, records the resident memory, the high-water mark so far (VmHWM),
-glibc's heap (``mallinfo2``: arena and free bytes), the CPU seconds and the heap releases so far.
+glibc's heap (``mallinfo2``: arena and free bytes) or, under jemalloc, its live (``allocated``) and
+resident bytes, the CPU seconds and the heap releases so far. ``--resume`` continues the run in OUT
+instead (a resumed process: its overrides as given, e.g. ``training.epochs=19``; ``--steps`` unused).
 Prints the first 10 updates' peak, the run's peak and their ratio, the releases, and CPU ms per
 1k target tokens over updates 2..N. The rows go to ``OUT-probe.jsonl``.
 
@@ -10,6 +12,7 @@ Prints the first 10 updates' peak, the run's peak and their ratio, the releases,
     python bench/heap_probe.py /tmp/p-12 --steps 100 training.release_memory_above=1.2
     python bench/heap_probe.py /tmp/p-mid --steps 100 --mid-check      # also check after the forward pass
     python bench/heap_probe.py /tmp/p-mmap --steps 33 --mmap-threshold 33554432   # with THP_MEM_ALLOC_ENABLE=1
+    python bench/heap_probe.py /work/mem/long-cap3 --resume training.epochs=18 training.num_threads=2
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ import ctypes
 import json
 import time
 
-from seq2seqkit.runtime import configure_process, release_freed_memory, resident_bytes
+from seq2seqkit.runtime import configure_process, jemalloc, jemalloc_get, release_freed_memory, resident_bytes
 
 configure_process()
 
 from common import REPO  # noqa: E402
 
 from seq2seqkit.config import load_config  # noqa: E402
-from seq2seqkit.training import Trainer  # noqa: E402
+from seq2seqkit.training import Trainer, load_for_resume  # noqa: E402
 
 D = REPO.parent / "shared" / "data" / "multi30k"
 
@@ -42,25 +45,38 @@ def high_water_mib() -> int:
         return next(int(line.split()[1]) >> 10 for line in f if line.startswith("VmHWM"))
 
 
+def jemalloc_mib() -> dict[str, int]:
+    """Under jemalloc: its live allocations and the pages it holds resident (freed ones included), MiB."""
+    je = jemalloc()
+    if je is None:
+        return {}
+    epoch = ctypes.c_uint64(1)  # refreshes the statistics
+    je.mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch))
+    return {k: (jemalloc_get(f"stats.{k}", ctypes.c_size_t) or 0) >> 20 for k in ("allocated", "resident")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", help="the run's output_dir; the rows go to OUT-probe.jsonl")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--mid-check", action="store_true", help="check the heap limit after each forward pass too")
     ap.add_argument("--mmap-threshold", type=int, help="glibc M_MMAP_THRESHOLD in bytes (blocks above it are mmapped)")
+    ap.add_argument("--resume", action="store_true", help="continue the run in OUT (a resumed process)")
     ap.add_argument("overrides", nargs="*", help="config overrides, k=v")
     args = ap.parse_intermixed_args()
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = _MallInfo2
     if args.mmap_threshold:
         assert libc.mallopt(-3, args.mmap_threshold) == 1  # M_MMAP_THRESHOLD
-    cfg = load_config(REPO / "configs" / "multi30k-transformer.yaml", [
-        f"output_dir={args.out}", "training.precision=bf16", "training.num_threads=1",
-        f"training.max_steps={args.steps}", "training.keep_epoch_checkpoints=0",
-        f"data.train.src={D}/train.de.gz", f"data.train.tgt={D}/train.en.gz", "data.dev.src=null",
-        "data.dev.tgt=null", "data.test.src=null", "data.test.tgt=null", "training.early_stopping.patience=null",
-        *args.overrides])
-    tr = Trainer(cfg)
+    if args.resume:
+        tr = Trainer(load_for_resume(args.out, args.overrides), resume=True)
+    else:
+        tr = Trainer(load_config(REPO / "configs" / "multi30k-transformer.yaml", [
+            f"output_dir={args.out}", "training.precision=bf16", "training.num_threads=1",
+            f"training.max_steps={args.steps}", "training.keep_epoch_checkpoints=0",
+            f"data.train.src={D}/train.de.gz", f"data.train.tgt={D}/train.en.gz", "data.dev.src=null",
+            "data.dev.tgt=null", "data.test.src=null", "data.test.tgt=null", "training.early_stopping.patience=null",
+            *args.overrides]))
     if args.mid_check:
         forward = tr.forward
 
@@ -80,7 +96,8 @@ def main() -> None:
         heap = libc.mallinfo2()
         rows.append({"step": tr.progress.step, "tokens": sum(b.n_tokens for b in batch), "rss0": rss0,
                      "rss1": resident_bytes() >> 20, "peak": high_water_mib(), "cpu": time.process_time() - cpu0,
-                     "arena": heap.arena >> 20, "free": heap.fordblks >> 20, "releases": tr.heap.releases})
+                     "arena": heap.arena >> 20, "free": heap.fordblks >> 20, "releases": tr.heap.releases,
+                     **jemalloc_mib()})
         log.write(json.dumps(rows[-1]) + "\n")
         log.flush()
         return loss

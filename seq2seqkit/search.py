@@ -270,10 +270,12 @@ def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
     """Sampling's choice: temperature, then top-k, then top-p, then a draw per row."""
 
     def choose(logp: torch.Tensor) -> torch.Tensor:
-        # In double precision (any positive temperature is a nonzero double; in float32 a tiny one
-        # is 0) and with each row's best token at 0 (softmax is the same): a tiny temperature
-        # leaves that token at 0 and the others at -inf, not every entry at -inf (NaN probabilities).
-        logp = logp.double()
+        # Each row's best token at 0 (softmax is the same), so that a tiny temperature leaves it at
+        # 0 and the others at -inf, not every entry at -inf (NaN probabilities); below float32's
+        # smallest normal number the temperature itself would round to 0 there, so such a one is
+        # applied in double precision (not every step of every sampling run: this is the decoding loop).
+        if temperature < torch.finfo(logp.dtype).tiny:
+            logp = logp.double()
         logp = logp - logp.max(dim=-1, keepdim=True).values
         probs = filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
