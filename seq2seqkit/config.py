@@ -575,22 +575,30 @@ def _format_error(err: ValidationError, source: str, overrides: list[str] | None
         path = tuple(item.partition("=")[0].strip().split("."))
         if any(k[:len(path)] == path or path[:len(k)] == k for k in involved if k):
             where = "" if path == loc else f"{key}: "
-            return f"override {item!r}: {where}{msg}{more}"
+            return f"override {_shown(item)}: {where}{msg}{more}"
     return f"{source}: {key}: {msg}{more}"
+
+
+def _shown(item: str, limit: int = 120) -> str:
+    """An override as an error quotes it: a long one cut to its start and its length (a 100 kB
+    value pasted by mistake would otherwise be the whole error)."""
+    if len(item) <= limit:
+        return repr(item)
+    return f"{item[:limit]!r}... ({len(item):,} characters)"
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a","b","c"], value parsed as a YAML scalar/list)."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key=value, e.g. training.epochs=2")
+        raise ConfigError(f"override {_shown(item)}: expected key=value, e.g. training.epochs=2")
     key, _, raw = item.partition("=")
     path = key.strip().split(".")
     if not all(path):
-        raise ConfigError(f"override {item!r}: empty key segment")
+        raise ConfigError(f"override {_shown(item)}: empty key segment")
     try:
         value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"override {_shown(item)}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
     return path, value
 
 
@@ -604,7 +612,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+                raise ConfigError(f"override {_shown(item)}: {part!r} is not a section")
             node = child
         node[path[-1]] = value
     return raw

@@ -255,7 +255,10 @@ class Translator:
             raise UserError(f"{model_dir}: not a model directory (no config.yaml){hint}")
         cfg = load_saved_config(model_dir / "config.yaml")
         src_tok, tgt_tok = load_tokenizers(model_dir)
-        path = Path(checkpoint) if checkpoint.endswith(".pt") else model_dir / "checkpoints" / f"{checkpoint}.pt"
+        # A name (best, last, averaged: checkpoints/NAME.pt) or a path to a file (it has a .pt
+        # suffix or a directory part: "/etc/passwd" is that file, not checkpoints/etc/passwd.pt).
+        named = not checkpoint.endswith(".pt") and Path(checkpoint).name == checkpoint
+        path = model_dir / "checkpoints" / f"{checkpoint}.pt" if named else Path(checkpoint)
         if checkpoint == "best" and not path.exists():
             path = model_dir / "checkpoints" / "last.pt"  # a run stopped before its first validation
         state = load_checkpoint(path)

@@ -216,3 +216,10 @@ def test_search_flag_errors_name_the_flag():
         apply_search_flags(tr, flags(temperature=float("nan")))
     apply_search_flags(tr, flags(beam=5, nbest=5))
     assert (tr.cfg.search.beam_size, tr.cfg.search.nbest) == (5, 5)
+
+
+@pytest.mark.parametrize("override", ["model.hidden_size=" + "x" * 100_000, "model.no_such" + "x" * 100_000 + "=3",
+                                      "training.epochs=[" + "1," * 50_000, "x" * 100_000])
+def test_a_huge_override_is_quoted_by_its_start_and_length(override):
+    message = error(None, override)
+    assert len(message) < 400 and f"({len(override):,} characters)" in message and override[:40] in message

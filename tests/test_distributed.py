@@ -242,13 +242,14 @@ def test_a_process_that_dies_or_hangs_stops_the_others_with_a_clear_message(how,
     expected = "s2s: error: process 0 of 2: lost the other processes of the run during "
     deadline = time.time() + 120
     while expected not in (tmp_path / "run.log").read_text():
-        assert time.time() < deadline, "rank 0 did not give up"
+        assert time.time() < deadline, "rank 0 did not give up:\n" + (tmp_path / "run.log").read_text()
         time.sleep(0.1)
     if how == signal.SIGSTOP:
         os.kill(victim, signal.SIGCONT)  # torchrun's SIGTERM to it is pending; let it take it
     assert proc.wait(timeout=120) != 0
     output = (tmp_path / "run.log").read_text()
-    assert "(each waits at most training.distributed_timeout_s=3 s)" in output
+    assert expected in output, output
+    assert "(each waits at most training.distributed_timeout_s=3 s)" in output, output
     assert f"continue with 's2s train --resume {tmp_path / 'model'}'" in output
     if how == signal.SIGSTOP:
         assert "Timed out" in output

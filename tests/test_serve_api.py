@@ -428,6 +428,8 @@ def test_serve_cli_refuses_bad_arguments_in_one_line(model_dirs, capsys):
     assert "--name: 2 names for 1 served model" in one_line_error(capsys)
     assert main(["serve", "-m", d, d]) == 2
     assert "--name NAME" in one_line_error(capsys)
+    assert main(["serve", "-m", d, "--name", ""]) == 2
+    assert "--name: a model's name cannot be empty" in one_line_error(capsys)
     assert main(["serve", "-m", d, "--max-inputs", "0"]) == 2
     assert "--max-inputs" in one_line_error(capsys)
     assert main(["serve", "-m", str(model_dirs["rnn"] / "nope")]) == 2

@@ -91,3 +91,17 @@ def test_resume_reads_a_damaged_or_odd_train_log_in_one_line_or_not_at_all(train
     assert main(["train", "--resume", str(model), "training.max_steps=32"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (f"s2s: error: {log}: not a regular file (the run's log); "
                                                         f"will not read or replace it")
+
+
+def test_a_checkpoint_path_without_the_pt_suffix_is_that_file(trained, tmp_path, capsys):
+    """``--checkpoint NAME`` is checkpoints/NAME.pt; anything with a directory part is a path, as
+    given (``/etc/passwd`` was reported as ``/etc/passwd.pt``, a file nobody named)."""
+    own = tmp_path / "weights"
+    shutil.copy(trained / "checkpoints" / "last.pt", own)
+    assert Translator.load(trained, checkpoint=str(own)).translate(["a b c"])
+    junk = tmp_path / "notes"
+    junk.write_text("not a checkpoint\n", encoding="utf-8")
+    (tmp_path / "in.txt").write_text("a b c\n", encoding="utf-8")
+    assert main(["generate", "-m", str(trained), "--checkpoint", str(junk), "-i", str(tmp_path / "in.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{junk}:" in err and "notes.pt" not in err

@@ -23,6 +23,8 @@ def load_models(model_dirs: Sequence[str | Path], names: Sequence[str] | None = 
     if names and len(names) != served:
         raise UserError(f"--name: {len(names)} name{'s' * (len(names) != 1)} for {served} served "
                         f"model{'s' * (served != 1)} (an ensemble is one)")
+    if "" in names:
+        raise UserError("--name: a model's name cannot be empty")
     if not names:
         names = ["+".join(d.resolve().name for d in dirs)] if ensemble else [d.resolve().name for d in dirs]
     repeated = sorted({n for n in names if names.count(n) > 1})
