@@ -291,6 +291,8 @@ class Trainer:
         self.dist.seed(tc.seed, 0)  # processes other than rank 0 draw their own dropout masks
         if resume:
             self._resume()
+            if self.dist.is_main:  # the overrides given at --resume belong to the run from now on
+                self._record_config()
         # The training computation, through DistributedDataParallel under torchrun.
         self.forward = self.dist.wrap(self.model, decode_with_teacher_forcing, self.device)
         self.log_file = self.out / "train_log.jsonl"
@@ -329,6 +331,19 @@ class Trainer:
         save_tokenizers(self.out, src_tok, tgt_tok)
         atomic_write_text(self.out / "config.yaml", dump_config(cfg))
         return src_tok, tgt_tok, train_data
+
+    def _record_config(self) -> None:
+        """config.yaml as this resumed run trains: with ``--resume DIR training.max_steps=N`` it
+        said the old limit, so a later ``--resume`` (after a crash) stopped there, and the model
+        directory described a run it no longer was."""
+        path, text = self.out / "config.yaml", dump_config(self.cfg)
+        try:  # the saved config as this version writes it: a change of layout alone is no change
+            saved = dump_config(load_for_resume(self.out, []))
+        except UserError:
+            saved = None
+        if saved != text:
+            atomic_write_text(path, text)
+            log.info("%s: updated with the settings this resumed run trains with", path)
 
     def _resume(self) -> None:
         """Continue from checkpoints/last.pt: the run's state, this process's RNG states, and
@@ -506,6 +521,9 @@ class Trainer:
             self.save("last")
             self.dist.barrier("the final checkpoint")  # the others return once rank 0 has written it
         self.stopped = None if p.done else stopping
+        if self.heap.releases:
+            log.info("memory: freed heap given back %d times in this process (resident memory above %d MiB)",
+                     self.heap.releases, (self.heap.limit or 0) >> 20)
         if self.stopped:
             log.info("stopped by %s at step %d; checkpoint saved: continue with 's2s train --resume %s'",
                      self.stopped, p.step, self.out)

@@ -71,12 +71,19 @@ def test_evaluate_model_and_hypothesis_file(model_dir, tmp_path, capsys):
 
 
 def test_resume_cli_with_override(model_dir, tmp_path, capsys):
-    assert main(["-q", "train", "--resume", str(model_dir), "training.max_steps=70"]) == 0
-    assert "max_steps: 70" not in (model_dir / "config.yaml").read_text()  # the saved config is the original
+    """The overrides given at --resume are the run's from then on: config.yaml records them, so a
+    later plain --resume (after a crash, say) trains to the same limit, not the first one."""
     import json
 
+    before = (model_dir / "config.yaml").read_bytes()
+    assert main(["-q", "train", "--resume", str(model_dir)]) == 0  # done, no overrides: the file is untouched
+    assert (model_dir / "config.yaml").read_bytes() == before and b"max_steps: 70" not in before
+    assert main(["-q", "train", "--resume", str(model_dir), "training.max_steps=70"]) == 0
+    assert "max_steps: 70" in (model_dir / "config.yaml").read_text()
     steps = [json.loads(x)["step"] for x in (model_dir / "train_log.jsonl").read_text().splitlines()]
     assert max(steps) == 70
+    assert main(["-q", "train", "--resume", str(model_dir)]) == 0  # done at 70: nothing more
+    assert max(json.loads(x)["step"] for x in (model_dir / "train_log.jsonl").read_text().splitlines()) == 70
 
 
 def test_check_data_clean_corpus(tmp_path, capsys):
