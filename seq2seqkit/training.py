@@ -162,23 +162,30 @@ def run_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule
 BYTES_PER_PARAMETER = 16  # float32 weights, their gradients and Adam's two moments
 
 
-def check_model_fits(cfg: Config, src_vocab: int, tgt_vocab: int) -> None:
+def check_model_fits(cfg: Config, src_vocab: int, tgt_vocab: int, device: torch.device | None = None) -> None:
     """Refuse, before the model is built, one whose weights, gradients and optimizer state alone
-    exceed this machine's memory (``model.hidden_size=1000000`` built 32 TB of virtual memory
-    and filled the RAM until the kernel's OOM killer ended it, or another process). The count
-    comes from the model built on PyTorch's meta device, which allocates nothing."""
+    exceed the memory they will live in (``model.hidden_size=1000000`` built 32 TB of virtual
+    memory and filled the RAM until the kernel's OOM killer ended it, or another process): this
+    machine's RAM, or on a GPU that GPU's memory (the model is built in RAM first, so RAM must
+    hold its weights then). The count comes from the model built on PyTorch's meta device, which
+    allocates nothing."""
     with torch.device("meta"):
         parameters = build_model(cfg.model, src_vocab, tgt_vocab).num_parameters()
-    need = parameters * BYTES_PER_PARAMETER
     try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):  # not known on this system: no check
-        return
-    if need > have:
-        raise ConfigError(f"model: {parameters:,} parameters need at least {need / 2**30:,.1f} GiB for weights, "
-                          f"gradients and {cfg.training.optimizer} state, more than this machine's "
-                          f"{have / 2**30:,.1f} GiB of memory: a smaller model.* size (e.g. hidden_size, embed_dim, "
-                          f"layers)?")
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # not known on this system: no RAM check
+        ram = None
+    places = [(parameters * BYTES_PER_PARAMETER, ram, "this machine's", "weights, gradients and "
+               f"{cfg.training.optimizer} state")]
+    if device is not None and device.type == "cuda":
+        gpu = torch.cuda.get_device_properties(device).total_memory
+        places = [(parameters * BYTES_PER_PARAMETER, gpu, f"{device}'s", places[0][3]),
+                  (parameters * 4, ram, "this machine's", "the weights, built in RAM before they move to the GPU")]
+    for need, have, whose, what in places:
+        if have is not None and need > have:
+            raise ConfigError(f"model: {parameters:,} parameters need at least {need / 2**30:,.1f} GiB for {what}, "
+                              f"more than {whose} {have / 2**30:,.1f} GiB of memory: a smaller model.* size (e.g. "
+                              f"hidden_size, embed_dim, layers)?")
 
 
 def load_run_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -281,7 +288,7 @@ class Trainer:
         log.info("vocabulary: %d source, %d target", self.src_tok.vocab_size, self.tgt_tok.vocab_size)
         self.dev = load_dev(cfg, self.src_tok, self.tgt_tok)
         log.info("data: %d training pairs, %d dev pairs", len(self.train_data), len(self.dev.pairs) if self.dev else 0)
-        check_model_fits(cfg, self.src_tok.vocab_size, self.tgt_tok.vocab_size)
+        check_model_fits(cfg, self.src_tok.vocab_size, self.tgt_tok.vocab_size, self.device)
         self.model: Seq2SeqModel = build_model(cfg.model, self.src_tok.vocab_size, self.tgt_tok.vocab_size).to(self.device)
         log.info("model: %s, %s parameters", cfg.model.family, f"{self.model.num_parameters():,}")
         self.optimizer = build_optimizer(self.model, tc)

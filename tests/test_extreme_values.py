@@ -130,6 +130,35 @@ def test_a_model_larger_than_the_machine_is_refused_before_it_is_built(tmp_path,
     assert capsys.readouterr().err.splitlines()[-1].startswith("s2s: error: model: ")
 
 
+def test_on_a_gpu_the_model_is_checked_against_the_gpus_memory(tmp_path, monkeypatch):
+    """Training on a GPU, weights, gradients and optimizer state live in its memory, not in RAM:
+    a model that fits the GPU trains on a machine with less RAM than that, and one that does not
+    is refused naming the GPU (the devices' sizes are scripted: no GPU is needed)."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_config
+
+    import seq2seqkit.training as training
+    from seq2seqkit.errors import ConfigError
+
+    cfg = tiny_config(tmp_path)
+    with torch.device("meta"):
+        parameters = training.build_model(cfg.model, 20, 20).num_parameters()
+    gib = {"gpu": parameters * 16 + 1, "ram": parameters * 16 - 1}  # fits the GPU, not RAM
+    monkeypatch.setattr(training.torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=gib["gpu"]))
+    monkeypatch.setattr(training.os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else gib["ram"])
+    cuda = torch.device("cuda", 0)
+    training.check_model_fits(cfg, 20, 20, cuda)
+    with pytest.raises(ConfigError, match=r"more than this machine's"):
+        training.check_model_fits(cfg, 20, 20)  # the same model on the CPU
+    gib["gpu"] = parameters * 16 - 1
+    with pytest.raises(ConfigError, match=r"more than cuda:0's"):
+        training.check_model_fits(cfg, 20, 20, cuda)
+    gib.update(gpu=parameters * 16 + 1, ram=parameters * 4 - 1)  # RAM cannot even build it
+    with pytest.raises(ConfigError, match=r"for the weights, built in RAM .* more than this machine's"):
+        training.check_model_fits(cfg, 20, 20, cuda)
+
+
 def test_a_model_directory_whose_config_was_edited_to_a_huge_size_is_refused_unbuilt(tmp_path, capsys, monkeypatch):
     """config.yaml edited to model.hidden_size: 1000000 built that model (12 TB of weights) before
     comparing it with the checkpoint: the OOM killer, or a MemoryError traceback under a limit.
