@@ -251,6 +251,9 @@ class Translator:
             return load_ctranslate2(model_dir, device=device, compute_type=compute_type)
         model_dir = Path(model_dir)
         if not (model_dir / "config.yaml").is_file():
+            if (model_dir / "config.yaml").exists():
+                raise UserError(f"{model_dir / 'config.yaml'}: not a regular file; a model directory's config is a file "
+                                f"this toolkit wrote")
             hint = " (a file: an input file goes after -i, or on stdin)" if model_dir.is_file() else ""
             raise UserError(f"{model_dir}: not a model directory (no config.yaml){hint}")
         cfg = load_saved_config(model_dir / "config.yaml")

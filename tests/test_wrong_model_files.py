@@ -105,3 +105,28 @@ def test_a_checkpoint_path_without_the_pt_suffix_is_that_file(trained, tmp_path,
     assert main(["generate", "-m", str(trained), "--checkpoint", str(junk), "-i", str(tmp_path / "in.txt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{junk}:" in err and "notes.pt" not in err
+
+
+@pytest.mark.parametrize("name", ["tokenizers.json", "src.vocab.json", "tgt.vocab.json", "config.yaml"])
+def test_a_model_file_linked_to_a_device_is_one_line_not_a_memory_error(trained, tmp_path, capsys, name):
+    """A model directory's config or tokenizer file linked to /dev/zero was read until memory ran
+    out (a MemoryError traceback, or the OOM killer); a huge one likewise. Now: one line naming it."""
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    (model / name).unlink()
+    (model / name).symlink_to("/dev/zero")
+    (tmp_path / "in.txt").write_text("a b c\n", encoding="utf-8")
+    assert main(["generate", "-m", str(model), "-i", str(tmp_path / "in.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{model / name}: not a regular file" in err
+
+
+def test_a_huge_vocabulary_file_is_refused_by_its_size(trained, tmp_path, capsys, monkeypatch):
+    import seq2seqkit.data.tokenizers as tokenizers
+
+    monkeypatch.setattr(tokenizers, "MAX_TOKENIZER_BYTES", 20)
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    assert (model / "src.vocab.json").stat().st_size > 20
+    with pytest.raises(tokenizers.UserError, match=r"src\.vocab\.json: over \d+ MiB: not a tokenizer file"):
+        Translator.load(model)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -305,17 +307,33 @@ def save_tokenizers(directory: str | Path, src: Tokenizer, tgt: Tokenizer) -> No
     (directory / MANIFEST).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
+MAX_TOKENIZER_BYTES = 256 * 2**20  # a million-entry vocabulary is about 20 MB
+
+
+def _read(path: Path, limit: int | None = None) -> bytes:
+    """A tokenizer file of a model directory, read to a limit: one linked to ``/dev/zero`` or
+    replaced by a huge file filled memory until a MemoryError traceback (or the OOM killer)."""
+    limit = MAX_TOKENIZER_BYTES if limit is None else limit
+    with open(path, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise UserError(f"{path}: not a regular file; a model directory's tokenizer files are files this toolkit wrote")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{path}: over {limit // 2**20} MiB: not a tokenizer file this toolkit wrote")
+    return data
+
+
 def _load_one(directory: Path, meta: dict) -> Tokenizer:
     if meta["kind"] == "sentencepiece":
-        return SentencePieceTokenizer((directory / meta["model"]).read_bytes(), meta.get("lowercase", False))
-    itos = json.loads((directory / meta["vocab"]).read_text(encoding="utf-8"))
+        return SentencePieceTokenizer(_read(directory / meta["model"]), meta.get("lowercase", False))
+    itos = json.loads(_read(directory / meta["vocab"]).decode("utf-8"))
     return VocabTokenizer(meta["kind"], itos, meta.get("lowercase", False))
 
 
 def load_tokenizers(directory: str | Path) -> tuple[Tokenizer, Tokenizer]:
     directory = Path(directory)
     try:
-        meta = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        meta = json.loads(_read(directory / MANIFEST, 2**20).decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{directory}: no {MANIFEST}; is this a model directory?") from None
     except ValueError as e:  # not UTF-8, not JSON
