@@ -174,7 +174,7 @@ def _input_texts(path: str | None, fmt: str) -> Iterable[str]:
 
 
 # Search flags -> SearchConfig fields; the flag names are what errors about them show.
-SEARCH_FLAGS = {"batch_size": "--batch-size", "beam": "--beam", "length_penalty": "--length-penalty",
+SEARCH_FLAGS = {"batch_size": "--batch-size", "max_batch_tokens": "--max-batch-tokens", "beam": "--beam", "length_penalty": "--length-penalty",
                 "nbest": "--nbest", "sample": "--sample", "temperature": "--temperature", "top_k": "--top-k",
                 "top_p": "--top-p", "max_input_tokens": "--max-input-tokens", "on_long_input": "--on-long-input",
                 "max_output_tokens": "--max-output-tokens", "no_repeat_ngram_size": "--no-repeat-ngram-size",
@@ -697,6 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "as /dev/null in place); an existing non-empty file is replaced only with --force")
     tr.add_argument("--force", action="store_true", help="replace the -o file if it exists")
     tr.add_argument("--batch-size", type=int, help="sentences per batch")
+    tr.add_argument("--max-batch-tokens", type=int, metavar="N", help="at most N source tokens x beam per batch, "
+                    "padding counted (default: the model's search.max_batch_tokens, 262144)")
     search_args(tr)
     tr.add_argument("--nbest", type=int, metavar="N", help="print the N best outputs per input as OUTPUT<TAB>SCORE")
     sampling_args(tr)

@@ -391,6 +391,10 @@ class SearchConfig(_Section):
     max_input_tokens: int = Field(1024, ge=1)  # longer inputs: see on_long_input
     on_long_input: Literal["truncate", "refuse"] = "truncate"
     batch_size: int = Field(64, ge=1)  # sentences per decoding batch
+    # and at most this many source tokens x rows per input (beam_size; nbest when sampling) in
+    # one, padding counted: search holds a copy of each input per row, so a batch of long inputs
+    # at a wide beam is split (one input alone may exceed it: it is decoded alone)
+    max_batch_tokens: int = Field(2**18, ge=1)
     beam_size: int = Field(1, ge=1, le=256)
     length_penalty: float = Field(1.0, ge=0)
     nbest: int = Field(1, ge=1, le=256)

@@ -154,7 +154,7 @@ class TorchEngine(Engine):
 def decode_nbest(engine: Engine, sources: Sequence[Sequence[int]], cfg: SearchConfig, progress: str | None = None,
                  attention_layer: int | None = None, on_long_input: LongInputHook | None = None) -> list[list[Hypothesis]]:
     """Decode id sequences as ``cfg`` says (greedy, beam or sampling) in length-sorted batches
-    of ``cfg.batch_size`` (little padding); returns each input's n-best list, best first, in
+    (little padding; :func:`decoding_batches`); returns each input's n-best list, best first, in
     input order. ``progress``: the label of a progress bar over the batches (on a terminal only).
 
     Inputs over :func:`input_limit` are handled by :func:`limit_inputs`; a refused one gets
@@ -162,13 +162,29 @@ def decode_nbest(engine: Engine, sources: Sequence[Sequence[int]], cfg: SearchCo
     kept = limit_inputs(sources, input_limit(cfg, engine.max_positions), cfg, on_long_input)
     out = [refused() for _ in sources]
     order = sorted(kept, key=lambda i: len(kept[i]))
-    starts = range(0, len(order), cfg.batch_size)
-    for start in tqdm(starts, desc=progress, unit="batch", dynamic_ncols=True, leave=False,
-                      disable=None if progress else True):
-        idx = order[start : start + cfg.batch_size]
+    for idx in tqdm(decoding_batches([len(kept[i]) + 1 for i in order], cfg), desc=progress, unit="batch",
+                    dynamic_ncols=True, leave=False, disable=None if progress else True):
+        idx = [order[k] for k in idx]
         for i, hyps in zip(idx, engine.decode([kept[i] for i in idx], cfg, attention_layer)):
             out[i] = hyps
     return out
+
+
+def decoding_batches(lengths: Sequence[int], cfg: SearchConfig) -> list[range]:
+    """Consecutive batches of ``lengths`` (sorted, shortest first; EOS counted): at most
+    ``cfg.batch_size`` inputs, and at most ``cfg.max_batch_tokens`` padded source tokens times
+    the rows search keeps per input (a batch of 64 inputs of 1,000 tokens at beam 256 held 16M
+    rows of encoder states; an input over the budget alone is decoded alone)."""
+    rows = max(cfg.beam_size, cfg.nbest if cfg.sample else 1)
+    batches, start = [], 0
+    while start < len(lengths):
+        end = start + 1
+        while (end < len(lengths) and end - start < cfg.batch_size
+               and (end + 1 - start) * lengths[end] * rows <= cfg.max_batch_tokens):
+            end += 1
+        batches.append(range(start, end))
+        start = end
+    return batches
 
 
 def translate_ids_nbest(

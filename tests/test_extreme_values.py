@@ -208,3 +208,24 @@ def test_a_control_character_in_a_config_is_one_line_with_its_line(tmp_path, cap
     assert main(["train", str(config), "name=a\x01"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "value is not valid YAML (character 0x01 is not allowed" in err
+
+
+def test_max_batch_tokens_splits_batches_and_keeps_outputs(tmp_path, capsys):
+    """--max-batch-tokens 1 decodes every input alone: the same outputs as the default batches;
+    0 is refused in one line naming the flag."""
+    from conftest import tiny_config
+
+    from seq2seqkit.training import Trainer
+
+    cfg = tiny_config(tmp_path, max_steps=20, num_threads=1)
+    Trainer(cfg).train()
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("a b c\nd e\nf a b c d e f a\nb\n", encoding="utf-8")
+    outputs = []
+    for extra in ([], ["--max-batch-tokens", "1"]):
+        assert main(["-q", "generate", "-m", cfg.output_dir, "-i", str(inputs), "--beam", "3", *extra]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].count("\n") == 4
+    assert main(["generate", "-m", cfg.output_dir, "-i", str(inputs), "--max-batch-tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("s2s: error: --max-batch-tokens: ")

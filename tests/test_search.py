@@ -262,3 +262,19 @@ def test_plot_attention_writes_a_png(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["0001.png"]  # no temporary file left
     with pytest.raises(ValueError):
         plot_attention(weights.numpy(), ["a"], ["x"], path)
+
+
+def test_decoding_batches_keep_source_tokens_times_beam_under_the_budget():
+    """A batch takes inputs (sorted, shortest first) while inputs x longest x rows per input
+    stays within search.max_batch_tokens and batch_size; an input over the budget goes alone."""
+    from seq2seqkit.translate import decoding_batches
+
+    lengths = [2, 3, 3, 5, 8, 8, 40, 100]
+    cfg = SearchConfig(batch_size=64, beam_size=4, max_batch_tokens=96)
+    batches = decoding_batches(lengths, cfg)
+    assert [list(b) for b in batches] == [[0, 1, 2, 3], [4, 5], [6], [7]]
+    for b in batches:
+        assert len(b) == 1 or len(b) * lengths[b[-1]] * 4 <= 96
+    assert [list(b) for b in decoding_batches(lengths, SearchConfig(batch_size=3))] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    sampled = SearchConfig(sample=True, nbest=8, max_batch_tokens=48)  # sampling keeps nbest rows per input
+    assert [list(b) for b in decoding_batches(lengths, sampled)] == [[0, 1], [2], [3], [4], [5], [6], [7]]
