@@ -350,3 +350,20 @@ def test_freed_heap_is_released_by_default_on_glibc_only(tmp_path, monkeypatch, 
     monkeypatch.setattr(training, "allocator", lambda: allocator)
     trainer = Trainer(tiny_config(tmp_path, **({} if setting is None else {"release_memory": setting})))
     assert trainer.heap.enabled is enabled
+
+
+def test_the_log_says_how_often_freed_heap_was_given_back(tmp_path, monkeypatch, caplog):
+    """A run that released freed heap says so once at its end, with the count and the limit;
+    resident memory and the release are scripted, so the test does not depend on the allocator."""
+    import logging
+
+    import seq2seqkit.runtime as runtime
+
+    monkeypatch.setattr(runtime, "resident_bytes", lambda: 3000 << 20)
+    monkeypatch.setattr(runtime, "release_freed_memory", lambda: True)
+    monkeypatch.setattr(runtime.resource, "getrusage", lambda who: type("Usage", (), {"ru_maxrss": 1000 << 10}))
+    trainer = Trainer(tiny_config(tmp_path, max_steps=14, release_memory=True, release_memory_above=1.5, num_threads=1))
+    with caplog.at_level(logging.INFO, logger="seq2seqkit"):
+        trainer.train()
+    said = [r.getMessage() for r in caplog.records if "freed heap given back" in r.getMessage()]
+    assert said == ["memory: freed heap given back 4 times in this process (resident memory above 1500 MiB)"]
