@@ -175,8 +175,9 @@ def _input_texts(path: str | None, fmt: str) -> Iterable[str]:
 
 # Search flags -> SearchConfig fields; the flag names are what errors about them show.
 SEARCH_FLAGS = {"batch_size": "--batch-size", "max_batch_tokens": "--max-batch-tokens", "beam": "--beam",
-                "length_penalty": "--length-penalty", "nbest": "--nbest", "sample": "--sample", "temperature": "--temperature", "top_k": "--top-k",
-                "top_p": "--top-p", "max_input_tokens": "--max-input-tokens", "on_long_input": "--on-long-input",
+                "length_penalty": "--length-penalty", "nbest": "--nbest", "sample": "--sample",
+                "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+                "max_input_tokens": "--max-input-tokens", "on_long_input": "--on-long-input",
                 "max_output_tokens": "--max-output-tokens", "no_repeat_ngram_size": "--no-repeat-ngram-size",
                 "min_len": "--min-len", "repetition_penalty": "--repetition-penalty"}
 SEARCH_FIELDS = {"beam": "beam_size"}
