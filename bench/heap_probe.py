@@ -3,7 +3,8 @@
 Trains the Multi30k Transformer (bf16, one thread, no dev set) for ``--steps`` updates and, after
 each, records the resident memory, the high-water mark so far (VmHWM),
 glibc's heap (``mallinfo2``: arena and free bytes) or, under jemalloc, its live (``allocated``) and
-resident bytes, the CPU seconds and the heap releases so far. ``--resume`` continues the run in OUT
+resident bytes and the update's live peak (bytes allocated before it plus jemalloc's
+``thread.peak`` over it: one training thread only), the CPU seconds and the heap releases so far. ``--resume`` continues the run in OUT
 instead (a resumed process: its overrides as given, e.g. ``training.epochs=19``; ``--steps`` unused).
 Prints the first 10 updates' peak, the run's peak and their ratio, the releases, and CPU ms per
 1k target tokens over updates 2..N. The rows go to ``OUT-probe.jsonl``.
@@ -91,13 +92,17 @@ def main() -> None:
     log = open(f"{args.out}-probe.jsonl", "w")
 
     def probed(batch, *a, **k):
+        live0 = jemalloc_mib().get("allocated")
+        if live0 is not None:  # the update's live peak: allocated before it + this thread's peak increase in it
+            jemalloc().mallctl(b"thread.peak.reset", None, None, None, 0)
         rss0, cpu0 = resident_bytes() >> 20, time.process_time()
         loss = step(batch, *a, **k)
         heap = libc.mallinfo2()
+        live = {} if live0 is None else {"live_peak": live0 + ((jemalloc_get("thread.peak.read", ctypes.c_uint64) or 0) >> 20)}
         rows.append({"step": tr.progress.step, "tokens": sum(b.n_tokens for b in batch), "rss0": rss0,
                      "rss1": resident_bytes() >> 20, "peak": high_water_mib(), "cpu": time.process_time() - cpu0,
                      "arena": heap.arena >> 20, "free": heap.fordblks >> 20, "releases": tr.heap.releases,
-                     **jemalloc_mib()})
+                     **jemalloc_mib(), **live})
         log.write(json.dumps(rows[-1]) + "\n")
         log.flush()
         return loss
