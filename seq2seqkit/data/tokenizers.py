@@ -315,9 +315,14 @@ def _read(path: Path, limit: int | None = None) -> bytes:
     replaced by a huge file filled memory until a MemoryError traceback (or the OOM killer)."""
     limit = MAX_TOKENIZER_BYTES if limit is None else limit
     with open(path, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
             raise UserError(f"{path}: not a regular file; a model directory's tokenizer files are files this toolkit wrote")
-        data = f.read(limit + 1)
+        if info.st_size > limit:
+            raise UserError(f"{path}: over {limit // 2**20} MiB: not a tokenizer file this toolkit wrote")
+        # read(n) allocates n bytes before it reads: ask for what the file holds (and one more, to
+        # see a file that grew meanwhile), not for the limit
+        data = f.read(info.st_size + 1)
     if len(data) > limit:
         raise UserError(f"{path}: over {limit // 2**20} MiB: not a tokenizer file this toolkit wrote")
     return data
