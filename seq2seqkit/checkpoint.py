@@ -107,6 +107,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     UserError; torch's own message is not passed on, since it advises loading without that protection."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise UserError(f"{path}: {'a directory' if path.is_dir() else 'not a regular file'}, not a checkpoint")
         raise UserError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)

@@ -130,3 +130,22 @@ def test_a_huge_vocabulary_file_is_refused_by_its_size(trained, tmp_path, capsys
     assert (model / "src.vocab.json").stat().st_size > 20
     with pytest.raises(tokenizers.UserError, match=r"src\.vocab\.json: over \d+ MiB: not a tokenizer file"):
         Translator.load(model)
+
+
+@pytest.mark.parametrize("given, says", [
+    ("DIR", "{tmp}: a directory, not a checkpoint"),
+    ("/dev/zero", "/dev/zero: not a regular file, not a checkpoint"),
+    ("", "--checkpoint: empty"),
+    ("best.pt", "best.pt: no such file here; the model's own is --checkpoint best"),
+])
+def test_a_checkpoint_argument_that_names_no_checkpoint_file_says_what_it_is(trained, tmp_path, monkeypatch, capsys,
+                                                                            given, says):
+    """A directory or a device was reported as 'no such checkpoint', an empty name as
+    checkpoints/.pt, and 'best.pt' (a file of the model's checkpoints/, not of the current
+    directory) without a hint."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.txt").write_text("a b c\n", encoding="utf-8")
+    given = str(tmp_path) if given == "DIR" else given
+    assert main(["generate", "-m", str(trained), "--checkpoint", given, "-i", "in.txt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says.format(tmp=tmp_path) in err, err
