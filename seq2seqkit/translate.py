@@ -174,7 +174,7 @@ def decoding_batches(lengths: Sequence[int], cfg: SearchConfig) -> list[range]:
     """Consecutive batches of ``lengths`` (sorted, shortest first; EOS counted): at most
     ``cfg.batch_size`` inputs, and at most ``cfg.max_batch_tokens`` padded source tokens times
     the rows search keeps per input (a batch of 64 inputs of 1,000 tokens at beam 256 held 16M
-    rows of encoder states; an input over the budget alone is decoded alone)."""
+    source positions of encoder states; an input over the budget alone is decoded alone)."""
     rows = max(cfg.beam_size, cfg.nbest if cfg.sample else 1)
     batches, start = [], 0
     while start < len(lengths):
