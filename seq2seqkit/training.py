@@ -175,13 +175,12 @@ def check_model_fits(cfg: Config, src_vocab: int, tgt_vocab: int, device: torch.
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):  # not known on this system: no RAM check
         ram = None
-    places = [(parameters * BYTES_PER_PARAMETER, ram, "this machine's", "weights, gradients and "
-               f"{cfg.training.optimizer} state")]
+    state = (parameters * BYTES_PER_PARAMETER, f"weights, gradients and {cfg.training.optimizer} state")
+    places = [(*state, ram, "this machine's")]
     if device is not None and device.type == "cuda":
-        gpu = torch.cuda.get_device_properties(device).total_memory
-        places = [(parameters * BYTES_PER_PARAMETER, gpu, f"{device}'s", places[0][3]),
-                  (parameters * 4, ram, "this machine's", "the weights, built in RAM before they move to the GPU")]
-    for need, have, whose, what in places:
+        places = [(*state, torch.cuda.get_device_properties(device).total_memory, f"{device}'s"),
+                  (parameters * 4, "the weights, built in RAM before they move to the GPU", ram, "this machine's")]
+    for need, what, have, whose in places:
         if have is not None and need > have:
             raise ConfigError(f"model: {parameters:,} parameters need at least {need / 2**30:,.1f} GiB for {what}, "
                               f"more than {whose} {have / 2**30:,.1f} GiB of memory: a smaller model.* size (e.g. "
