@@ -76,17 +76,24 @@ def free_port() -> int:
 class Server:
     """``s2s serve`` in a subprocess, until SIGTERM."""
 
-    def __init__(self, model_dir: Path, extra: list[str]) -> None:
+    def __init__(self, model_dir: Path, extra: list[str], log: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "seq2seqkit.cli", "-q", "serve", "-m", str(model_dir), "--port", str(self.port), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        quiet = [] if log else ["-q"]  # with a log file, its one line per request goes there
+        cmd = [sys.executable, "-m", "seq2seqkit.cli", *quiet, "serve", "-m", str(model_dir), "--port", str(self.port), *extra]
+        self.log = log
+        if log:
+            with open(log, "a") as err:  # the server holds its own copy of the descriptor
+                self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        else:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def __enter__(self) -> Server:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"s2s serve exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+                said = self.proc.stderr.read() if self.proc.stderr else f"see {self.log}"
+                raise SystemExit(f"s2s serve exited: {said}")
             try:
                 if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
                     return self
@@ -141,7 +148,8 @@ MODES = {"step": "step-level batching", "request": "request-level batching", "of
 
 
 def run_mode(model_dir: Path, sentences: list[str], args: argparse.Namespace, batching: str) -> list[dict]:
-    with Server(model_dir, ["--batching", batching] + args.serve_args) as server:
+    log = args.server_log.with_name(f"{args.server_log.stem}-{batching}{args.server_log.suffix}") if args.server_log else None
+    with Server(model_dir, ["--batching", batching] + args.serve_args, log) as server:
         asyncio.run(load(server.url, sentences[:3], 1))  # warm-up
         rows = []
         for clients in args.clients:
@@ -222,6 +230,9 @@ def main() -> None:
                     help="the rest goes to `s2s serve` (e.g. --serve-args --max-wait-ms 10)")
     ap.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help=f"default: {DEFAULT_PLOT.relative_to(REPO)}")
     ap.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
+    ap.add_argument("--server-log", type=Path, metavar="FILE",
+                    help="keep each server's log, one JSON line per request (queue_ms, decode_ms, the batch it "
+                         "joined), in FILE with the batching mode added to its name (FILE-step.log, ...)")
     args = ap.parse_args()
     if min(args.clients) < 1 or args.sentences < max(args.clients):
         ap.error("--clients must be at least 1 and --sentences at least the largest --clients")

@@ -40,6 +40,7 @@ def run(model, ids: list[list[int]], width: int) -> tuple[float, int, float]:
     """Seconds and steps to decode ``ids`` with ``width`` rows kept running, and the seconds of
     those spent admitting newcomers."""
     decoder, nxt, done, steps, admitting = PathDecoder(model, most_probable), 0, 0, 0, 0.0
+    device = next(model.parameters()).device
     start = time.perf_counter()
     while done < len(ids):
         free = width - len(decoder)
@@ -47,7 +48,7 @@ def run(model, ids: list[list[int]], width: int) -> tuple[float, int, float]:
             t = time.perf_counter()
             chunk = ids[nxt : nxt + free]
             src, lens = pad_sources(chunk)
-            decoder.admit(src, lens, list(range(nxt, nxt + len(chunk))))
+            decoder.admit(src.to(device), lens.to(device), list(range(nxt, nxt + len(chunk))))
             nxt += len(chunk)
             admitting += time.perf_counter() - t
         done += len(decoder.step())
@@ -62,16 +63,19 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[1, 32], metavar="N",
                     help="rows kept running (1: one at a time)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where the model decodes (auto: a GPU where there is one)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--autocast-bf16", action="store_true",
                     help="decode under torch.autocast('cpu', dtype=torch.bfloat16) (tried for serving: no gain)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    t = Translator.load(args.model)
+    t = Translator.load(args.model, device=args.device)
     test = t.cfg.data.test if t.cfg.data.test.is_set else t.cfg.data.dev
     sources = [s for s in load_eval_set(*test.files(), fmt=test.format).sources if s.strip()][: args.sentences]
     ids = [t.src_tok.encode(s) for s in sources]
-    print(f"{len(ids)} sentences, greedy, {args.threads} thread(s){', bf16 autocast' if args.autocast_bf16 else ''}\n")
+    where = next(t.model.parameters()).device
+    print(f"{len(ids)} sentences, greedy, on {where}, {args.threads} thread(s){', bf16 autocast' if args.autocast_bf16 else ''}\n")
     print("| rows | sentences/s | steps | ms per step | of which admitting | mean latency floor at N=rows clients |")
     print("|---:|---:|---:|---:|---:|---:|")
     lone = None
@@ -87,6 +91,7 @@ def main() -> None:
         prof = cProfile.Profile()
         prof.runcall(run, t.model, ids, max(args.widths))
         pstats.Stats(prof).sort_stats("cumulative").print_stats("decode_step|encode|merge|_keep|admit")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)  # on a GPU: the host's own work, and where it waits
 
 
 if __name__ == "__main__":
