@@ -808,6 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-beam", int, "the largest beam_size and n_best a request may ask for"),
         ("--max-wait-ms", float, "how long the first request of a request-level batch waits for more"),
         ("--max-batch-tokens", int, "source tokens that close a batch (step: of the rows decoding at once)"),
+        ("--join-fraction", float, "step: newcomers join the running batch once the inputs waiting number this "
+                                   "share of its rows (0: before every step)"),
+        ("--join-wait-steps", int, "step: ... or after this many steps of waiting"),
     ):
         sv.add_argument(flag, type=kind, metavar="N", help=f"{what} (default: {d[flag[2:].replace('-', '_')]:g})")
     batching = sv.add_mutually_exclusive_group()

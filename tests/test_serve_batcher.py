@@ -164,7 +164,7 @@ class Steps:
         self.rows = [row for row in self.rows if not leave(row[0])]
 
 
-def stepper(max_batch_tokens: int = 4096, max_wait_ms: float = 0, beam_keys=(), **stream):
+def stepper(max_batch_tokens: int = 4096, max_wait_ms: float = 0, beam_keys=(), join: dict | None = None, **stream):
     """A step-level batcher over :class:`Steps` (one log of steps per key); keys in
     ``beam_keys`` cannot step (as beam search) and decode by request with a Recorder."""
     logs: dict = {}
@@ -177,7 +177,8 @@ def stepper(max_batch_tokens: int = 4096, max_wait_ms: float = 0, beam_keys=(), 
         return streams[-1]
 
     dec = Recorder()
-    b = Batcher(dec, max_wait_ms=max_wait_ms, max_batch_tokens=max_batch_tokens, batching="step", open=open_stream)
+    b = Batcher(dec, max_wait_ms=max_wait_ms, max_batch_tokens=max_batch_tokens, batching="step", open=open_stream,
+                **(join or {}))
     return b, logs, streams, dec
 
 
@@ -212,6 +213,32 @@ def test_requests_join_the_running_batch_between_steps_and_leave_when_done():
     assert (second.batch_requests, second.batch_inputs, second.steps) == (3, 4, 1)
     assert (third.batch_requests, third.batch_inputs, third.steps) == (3, 4, 3)
     assert second.decode_ms <= first.decode_ms
+
+
+def test_with_a_join_fraction_newcomers_join_in_groups_or_after_the_wait():
+    """join_fraction 0.5 over 4 running rows: one newcomer waits (1 < 2) until join_wait_steps
+    (2) steps have passed; two that wait together join at once; into an empty batch at once."""
+    b, logs, streams, _ = stepper(pause_at=1, join={"join_fraction": 0.5, "join_wait_steps": 2})
+
+    async def scenario():
+        jobs = [b.submit("k", [[1] * 9, [2] * 9, [3] * 9, [4] * 9])]  # empty batch: starts at once
+        while not streams:
+            await asyncio.sleep(0.005)
+        await until(streams[0].paused)  # before the second step:
+        jobs.append(b.submit("k", [[5, 5]]))  # alone: 1 < 0.5 x 4 rows
+        streams[0].go.set()
+        await jobs[-1].future
+        jobs += [b.submit("k", [[6]]), b.submit("k", [[7]])]  # 2 >= 0.5 x 4: at once
+        return await asyncio.gather(*(j.future for j in jobs))
+
+    results = run(b, scenario)
+    assert results[1:] == [[[5, 5]], [[6]], [[7]]]
+    steps = logs["k"]
+    assert steps[:5] == [[1, 2, 3, 4]] * 4 + [[1, 2, 3, 4, 5]]  # came during step 2, held steps 3 and 4
+    assert 7 in next(rows for rows in steps if 6 in rows)  # 6 and 7 joined together
+    # the rule itself: into an empty batch at once; a group of join_fraction x rows; or the wait
+    assert b._may_join(1, 0, 0) and b._may_join(2, 4, 0) and b._may_join(1, 4, 2)
+    assert not b._may_join(1, 4, 1) and not b._may_join(0, 4, 5)
 
 
 def test_the_running_batch_stays_within_the_token_budget_and_other_keys_wait_their_turn():

@@ -50,7 +50,8 @@ def create_app(models: Mapping[str, Translator], limits: Limits | None = None) -
     limits = limits or Limits()
     models = dict(models)
     batcher = Batcher(lambda key, sources: decode_batch(models, key, sources), limits.max_wait_ms,
-                      limits.max_batch_tokens, limits.max_queue, limits.batching, lambda key: open_stream(models, key))
+                      limits.max_batch_tokens, limits.max_queue, limits.batching, lambda key: open_stream(models, key),
+                      limits.join_fraction, limits.join_wait_steps)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -19,7 +19,10 @@ modes (``batching``):
 * ``"off"``: each request decodes alone, one at a time (the design of OpenNMT-py's server).
 
 A step-level batch starts at once (``max_wait_ms`` is for request-level batches): whoever comes
-a moment later joins it at the next step. Requests of another key wait until the running batch
+a moment later joins it at the next step, or, with ``join_fraction`` F > 0, once the inputs
+waiting number F x the rows running (or ``join_wait_steps`` steps have passed with someone
+waiting): admitting newcomers costs an encoder pass and a merge of every running row's state
+whatever their number, so in a busy batch joining in groups makes steps cheaper. Requests of another key wait until the running batch
 has drained; while they wait, requests that came after them do not join it (so no key waits
 forever).
 
@@ -106,8 +109,10 @@ class Job:
 
 class Batcher:
     def __init__(self, decode: Decode, max_wait_ms: float = 5.0, max_batch_tokens: int = 4096,
-                 max_queue: int = 64, batching: Mode | bool = "request", open: Open | None = None) -> None:
+                 max_queue: int = 64, batching: Mode | bool = "request", open: Open | None = None,
+                 join_fraction: float = 0.0, join_wait_steps: int = 4) -> None:
         self.decode, self.open, self.max_wait = decode, open, max_wait_ms / 1000
+        self.join_fraction, self.join_wait_steps = join_fraction, join_wait_steps
         self.mode: Mode = {True: "request", False: "off"}.get(batching, batching)  # type: ignore[call-overload]
         if self.mode == "step" and open is None:
             raise ValueError("step-level batching needs open(key)")
@@ -260,13 +265,25 @@ class Batcher:
             self.pending.remove(job)
         return taken
 
+    def _may_join(self, waiting: int, rows: int, held: int) -> bool:
+        """Whether the ``waiting`` inputs of the running key join its ``rows`` running rows
+        before this step: into an empty batch at once; else once they number ``join_fraction``
+        x ``rows``, or after ``held`` = ``join_wait_steps`` steps of waiting."""
+        return not rows or (waiting > 0 and (waiting >= self.join_fraction * rows or held >= self.join_wait_steps))
+
     def _run_stream(self, key: Hashable, stream: Stream) -> None:
         """Step-level batching of ``key`` until no row is left and no request of it waits at the head."""
         running: list[Job] = []
+        held = 0  # steps run while requests of this key waited to join
         try:
             while True:
                 with self._cond:
-                    new = self._admit(key, self.max_batch_tokens - sum(j.tokens for j in running), not running)
+                    waiting = sum(len(job.sources) for job in self.pending if job.key == key)
+                    if self._may_join(waiting, len(stream), held):
+                        new = self._admit(key, self.max_batch_tokens - sum(j.tokens for j in running), not running)
+                        held = 0
+                    else:
+                        new, held = [], held + (waiting > 0)
                 if new:
                     now = time.perf_counter()
                     for job in new:

@@ -25,6 +25,10 @@ class Limits(BaseModel):
     batching: Literal["step", "request", "off"] = "step"
     max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a request-level batch waits for others
     max_batch_tokens: int = Field(4096, ge=1)  # source tokens (EOS included) that close a batch / fill the running one
+    # step: newcomers join a running batch once the inputs waiting number join_fraction x its rows
+    # (0: before every step), or after join_wait_steps steps of waiting
+    join_fraction: float = Field(0.0, ge=0, le=1)
+    join_wait_steps: int = Field(4, ge=1)
 
     @field_validator("max_wait_ms")
     @classmethod
