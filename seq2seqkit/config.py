@@ -323,12 +323,17 @@ class TrainingConfig(_Section):
     # Give freed heap back to the OS around validation and whenever resident memory passes
     # release_memory_above x the first 10 updates' peak (runtime.HeapBound): a fragmenting heap
     # otherwise keeps growing. Lower: less memory, more releases, each one costing page faults.
-    # null (the default): on glibc's malloc only. Under jemalloc (what s2s train runs on where it
-    # is installed) resident memory levels off by itself, at 1.5-1.7x the first updates' peak in
-    # the runs measured, so a 1.5x limit would release after nearly every update, each release
-    # costing the next update its page faults.
+    # null (the default): on glibc's malloc, and under jemalloc (what s2s train runs on where it
+    # is installed) in a resumed process only. A fresh jemalloc run levels off by itself (1.36x
+    # its first updates' peak, 1.42x the training step's own peak, in the runs measured), so a
+    # limit under that would release after nearly every update, each release costing the next
+    # update its page faults; a resumed one, its heap laid out by another history, kept growing
+    # (1.57x the step's peak after 800 updates).
     release_memory: bool | None = None
-    release_memory_above: float = Field(1.5, gt=1)
+    # null (the default): 1.5, and 1.2 for a resumed process under jemalloc, whose first updates'
+    # peak already holds the loaded checkpoint's memory: that limit held the resumed Multi30k
+    # Transformer at 1.43x the step's peak at the same speed (BENCHMARKS.md, "Memory").
+    release_memory_above: float | None = Field(None, gt=1)
     # Batches whose gradients are summed into one update (and, under torchrun, per process): an
     # update of N processes x accumulate_steps batches is normalised by all their target tokens.
     accumulate_steps: int = Field(1, ge=1)

@@ -253,6 +253,15 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def heap_policy(release: bool | None, above: float | None, allocator: str, resumed: bool) -> tuple[float, bool]:
+    """(ceiling, enabled) of a training process's :class:`HeapBound` from ``training.release_memory``
+    and ``release_memory_above``, where those are null (config.py says why): on glibc's malloc,
+    release above 1.5x; under jemalloc, only in a resumed process, above 1.2x."""
+    jemalloc_resume = allocator != "system" and resumed
+    enabled = release if release is not None else (allocator == "system" or jemalloc_resume)
+    return (above if above is not None else 1.2 if jemalloc_resume else 1.5), enabled
+
+
 class Trainer:
     """Sets up a run in ``cfg.output_dir`` (new, or resumed from it) and trains it."""
 
@@ -309,8 +318,8 @@ class Trainer:
         self._clock = time.perf_counter()  # train_seconds counts from here (and from each train())
         self.stopped: str | None = None  # "SIGINT"/"SIGTERM" if train() stopped early on it (checkpoint saved)
         # resident memory near release_memory_above x the first updates' peak (runtime.py)
-        release = tc.release_memory if tc.release_memory is not None else allocator() == "system"
-        self.heap = HeapBound(ceiling=tc.release_memory_above, enabled=release)
+        ceiling, enabled = heap_policy(tc.release_memory, tc.release_memory_above, allocator(), resume)
+        self.heap = HeapBound(ceiling=ceiling, enabled=enabled)
 
     # -- setup helpers -------------------------------------------------------------------------
     def _training_data(self, resume: bool) -> tuple[Tokenizer, Tokenizer, EncodedCorpus | ShardCorpus]:

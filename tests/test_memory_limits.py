@@ -22,7 +22,7 @@ from seq2seqkit.models.base import Seq2SeqModel, StepOutput
 from seq2seqkit.models.ensemble import Ensemble
 from seq2seqkit.runtime import HeapBound
 from seq2seqkit.search import search
-from seq2seqkit.training import Trainer
+from seq2seqkit.training import Trainer, load_for_resume
 from seq2seqkit.translate import Translator
 
 from conftest import small_model, tiny_config
@@ -342,14 +342,27 @@ def test_perplexity_refuses_references_beyond_learned_positions(transformer_dir,
 
 @pytest.mark.parametrize("allocator, setting, enabled", [("system", None, True), ("jemalloc", None, False),
                                                          ("jemalloc", True, True), ("system", False, False)])
-def test_freed_heap_is_released_by_default_on_glibc_only(tmp_path, monkeypatch, allocator, setting, enabled):
-    """training.release_memory null (the default) releases on the system's malloc, not under
-    jemalloc, whose resident memory levels off by itself; true or false decide on either."""
+def test_freed_heap_is_released_by_default_on_glibc_and_in_resumed_jemalloc_processes(tmp_path, monkeypatch,
+                                                                                      allocator, setting, enabled):
+    """training.release_memory null (the default) releases on the system's malloc above 1.5x; a
+    fresh process under jemalloc, whose resident memory levels off by itself, does not release,
+    and a resumed one does, above 1.2x of its first updates' peak (which holds the loaded
+    checkpoint); true or false decide on either, and release_memory_above, where given, is the
+    limit in every case."""
     import seq2seqkit.training as training
 
     monkeypatch.setattr(training, "allocator", lambda: allocator)
-    trainer = Trainer(tiny_config(tmp_path, **({} if setting is None else {"release_memory": setting})))
-    assert trainer.heap.enabled is enabled
+    cfg = tiny_config(tmp_path, max_steps=3, **({} if setting is None else {"release_memory": setting}))
+    trainer = Trainer(cfg)
+    assert trainer.heap.enabled is enabled and trainer.heap.ceiling == 1.5
+    trainer.train()
+    resumed = Trainer(load_for_resume(tmp_path / "model", ["training.max_steps=4"]), resume=True)
+    assert resumed.heap.enabled is (setting if setting is not None else True)
+    assert resumed.heap.ceiling == (1.2 if allocator == "jemalloc" else 1.5)
+    resumed.close()
+    given = Trainer(load_for_resume(tmp_path / "model", ["training.release_memory_above=1.3"]), resume=True)
+    assert given.heap.ceiling == 1.3
+    given.close()
 
 
 def test_the_log_says_how_often_freed_heap_was_given_back(tmp_path, monkeypatch, caplog):
