@@ -21,6 +21,8 @@ stricter 1-client p50.
     python bench/serve.py                       # prints the table, writes bench/serve-latency.png
     python bench/serve.py --record              # also appends it to BENCHMARKS.md
     python bench/serve.py --clients 1 4 --sentences 12   # a quick check that it runs
+    python bench/serve.py --server-log work/server.log --serve-args --device cuda   # on a GPU, keeping
+                                                # each server's per-request log (queue_ms, decode_ms)
 """
 
 from __future__ import annotations

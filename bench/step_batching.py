@@ -14,6 +14,10 @@ queueing cost, can answer N such clients faster on average than N / (this in-pro
 throughput at width N).
 
     python bench/step_batching.py --model runs/multi30k-transformer --threads 1 --widths 1 8 32 --profile
+    python bench/step_batching.py --model runs/multi30k-transformer --device cuda --widths 1 8 32 --profile
+
+On a GPU the second profile (by own time) shows where the host spends a step: issuing kernels, or
+waiting for the GPU (``tolist``).
 """
 
 from __future__ import annotations
