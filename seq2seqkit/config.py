@@ -331,8 +331,9 @@ class TrainingConfig(_Section):
     # (1.57x the step's peak after 800 updates).
     release_memory: bool | None = None
     # null (the default): 1.5, and 1.2 for a resumed process under jemalloc, whose first updates'
-    # peak already holds the loaded checkpoint's memory: that limit held the resumed Multi30k
-    # Transformer at 1.43x the step's peak at the same speed (BENCHMARKS.md, "Memory").
+    # peak already holds the loaded checkpoint's memory: that limit held the Multi30k Transformer
+    # resumed at an epoch's end at 1.43x the step's peak at the same speed, and one resumed
+    # mid-epoch at 1.56x against 1.69x (BENCHMARKS.md, "Memory: a default limit for resumed runs").
     release_memory_above: float | None = Field(None, gt=1)
     # Batches whose gradients are summed into one update (and, under torchrun, per process): an
     # update of N processes x accumulate_steps batches is normalised by all their target tokens.
