@@ -22,9 +22,10 @@ A step-level batch starts at once (``max_wait_ms`` is for request-level batches)
 a moment later joins it at the next step, or, with ``join_fraction`` F > 0, once the inputs
 waiting number F x the rows running (or ``join_wait_steps`` steps have passed with someone
 waiting): admitting newcomers costs an encoder pass and a merge of every running row's state
-whatever their number, so in a busy batch joining in groups makes steps cheaper. Requests of another key wait until the running batch
-has drained; while they wait, requests that came after them do not join it (so no key waits
-forever).
+whatever their number, so in a busy batch joining in groups makes steps cheaper (on a GPU, where
+that cost is host time: BENCHMARKS.md, "Serving on a GPU"). Requests of another key wait until
+the running batch has drained; while they wait, requests that came after them do not join it (so
+no key waits forever).
 
 Results equal decoding each request alone because search is batch-independent: every input is
 encoded and decoded under its own length mask and length cap, and a model's ``merge`` pads what
