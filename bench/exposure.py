@@ -25,7 +25,9 @@ with: when raising ``--max-steps``, pass the old value as ``--decay-steps`` so t
 later get the same schedules. Wall-clock numbers are only comparable between runs made on the
 same, equally loaded machine.
 
-Printed: per run the last validation (teacher-forced dev loss, next-token accuracy, the
+Printed: per run its minutes, its median training throughput (target tokens/s over the log's
+windows: the cost per token, robust to a window slowed by another program), the last validation
+(teacher-forced dev loss, next-token accuracy, the
 exposure-bias gaps eb_gap@p, dev WER or BLEU) and the greedy test WER/PER or BLEU/chrF of the
 last checkpoint; quality by reference-length bucket on the test set (quartiles of the reference
 lengths: where do free-running outputs go wrong?); and a few plain comparisons against ``tf``.
@@ -40,6 +42,7 @@ import argparse
 import io
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -158,8 +161,11 @@ def summarize(task: str, family: str, variant: str, out: Path, result: dict, rat
     log = read_log(out)
     valid = [e for e in log if e["kind"] == "valid"]
     last = valid[-1] if valid else {}
+    speeds = [e["tokens_per_s"] for e in log if e["kind"] == "train" and e.get("tokens_per_s")]
     return {"task": task, "family": family, "variant": variant, "dir": out, "log": log, "valid": valid,
-            "steps": last.get("step", 0), "minutes": last.get("time_s", 0.0) / 60, "last": last, "rates": rates, **result}
+            "steps": last.get("step", 0), "minutes": last.get("time_s", 0.0) / 60, "last": last, "rates": rates,
+            # the cost of an update's tokens, robust to a window slowed by another program on the machine
+            "tokens_per_s": statistics.median(speeds) if speeds else None, **result}
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -169,12 +175,14 @@ def fmt(x: float | None, digits: int = 2) -> str:
 def results_table(rows: list[dict]) -> str:
     rates = rows[0]["rates"]
     gaps = [exposure_bias_key("gap", p) for p in rates]
-    head = ["task", "model", "variant", "updates", "min", "dev loss", "dev acc %", *gaps, "dev metric", "test"]
+    head = ["task", "model", "variant", "updates", "min", "median target tok/s", "dev loss", "dev acc %", *gaps,
+            "dev metric", "test"]
     text = "| " + " | ".join(head) + " |\n|" + "---|" * 3 + "---:|" * (len(head) - 3) + "\n"
     for r in rows:
         last, metric = r["last"], TASKS[r["task"]]["metric"]
         test = ", ".join(f"{k.upper()} {v:.2f}" for k, v in r["test"].items())
-        text += (f"| {r['task']} | {r['family']} | {r['variant']} | {r['steps']} | {r['minutes']:.1f} | {fmt(last.get('loss'), 3)} "
+        text += (f"| {r['task']} | {r['family']} | {r['variant']} | {r['steps']} | {r['minutes']:.1f} | {fmt(r['tokens_per_s'], 0)} "
+                 f"| {fmt(last.get('loss'), 3)} "
                  f"| {fmt(last.get('acc'), 1)} | " + " | ".join(fmt(last.get(g), 3) for g in gaps)
                  + f" | {metric.upper()} {fmt(last.get(metric))} | {test} |\n")
     return text

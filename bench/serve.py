@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import socket
@@ -85,7 +86,7 @@ class Server:
         cmd = [sys.executable, "-m", "seq2seqkit.cli", *quiet, "serve", "-m", str(model_dir), "--port", str(self.port), *extra]
         self.log = log
         if log:
-            with open(log, "a") as err:  # the server holds its own copy of the descriptor
+            with open(log, "w") as err:  # the server holds its own copy of the descriptor
                 self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
         else:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -160,7 +161,45 @@ def run_mode(model_dir: Path, sentences: list[str], args: argparse.Namespace, ba
             logging.info("%s, %d clients: %.1f sentences/s, p95 %.0f ms, %d shed, %d errors", row["mode"], clients,
                          row["throughput"], 1000 * row["p95"], row["shed"], row["errors"])
             rows.append(row)
+    if log:
+        read_server_log(log, rows)
     return rows
+
+
+def read_server_log(path: Path, rows: list[dict]) -> None:
+    """Add to each row (one concurrency, in order) the means of its answered requests' lines in the
+    server's log (``--server-log``): queue and decode milliseconds, the rest of the request's time
+    (HTTP, JSON, tokenizing), its decoding steps, the inputs of its first step, decode ms per step.
+    The first 3 answered requests are the warm-up."""
+    lines = [json.loads(line.split(" ", 1)[1]) for line in path.read_text().splitlines()
+             if '"/v1/generate"' in line and '"status": 200' in line]
+    at = 3
+    for row in rows:
+        mine, at = lines[at : at + row["answered"]], at + row["answered"]
+        if not mine:
+            continue
+
+        def mean(f) -> float:
+            return statistics.fmean(f(r) for r in mine)
+
+        row["log"] = {"total": mean(lambda r: r["total_ms"]), "queue": mean(lambda r: r["queue_ms"]),
+                      "decode": mean(lambda r: r["decode_ms"]),
+                      "rest": mean(lambda r: r["total_ms"] - r["queue_ms"] - r["decode_ms"]),
+                      "steps": mean(lambda r: r["steps"]), "rows": mean(lambda r: r["batch_inputs"]),
+                      # step-level batching only (the other modes log no steps)
+                      "per_step": mean(lambda r: r["decode_ms"] / r["steps"]) if all(r["steps"] for r in mine) else None}
+
+
+def log_table(rows: list[dict]) -> str:
+    head = ("| server | clients | total ms | queue ms | decode ms | the rest (HTTP, JSON, tokenizing) ms | steps "
+            "| rows in its first step | decode ms per step |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    text = head
+    for r in rows:
+        if g := r.get("log"):
+            per_step = "–" if g["per_step"] is None else f"{g['per_step']:.2f}"
+            text += (f"| {r['mode']} | {r['clients']} | {g['total']:.1f} | {g['queue']:.1f} | {g['decode']:.1f} "
+                     f"| {g['rest']:.1f} | {g['steps']:.1f} | {g['rows']:.1f} | {per_step} |\n")
+    return text
 
 
 def table(rows: list[dict]) -> str:
@@ -249,6 +288,8 @@ def main() -> None:
             f"evenly among the clients, each client sending its share in turn "
             f"(the server's default limits and search; greedy unless the model's config says otherwise). "
             f"Plot: `{args.plot.name}`\n\n" + table(rows) + "\n" + targets(rows))
+    if args.server_log:
+        body += "\nFrom the servers' logs (means over each row's answered requests):\n\n" + log_table(rows)
     print(body)
     if args.record:
         record("Serving: batching across requests vs one at a time (bench/serve.py)", body)

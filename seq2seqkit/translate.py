@@ -278,12 +278,13 @@ class Translator:
         # suffix or a directory part: "/etc/passwd" is that file, not checkpoints/etc/passwd.pt).
         if not checkpoint.strip():
             raise UserError("--checkpoint: empty (best, last, averaged, or a path to a .pt file)")
-        named = not checkpoint.endswith(".pt") and Path(checkpoint).name == checkpoint
+        bare = Path(checkpoint).name == checkpoint  # no directory part
+        named = bare and not checkpoint.endswith(".pt")
         path = model_dir / "checkpoints" / f"{checkpoint}.pt" if named else Path(checkpoint)
         if checkpoint == "best" and not path.exists():
             path = model_dir / "checkpoints" / "last.pt"  # a run stopped before its first validation
         inside = model_dir / "checkpoints" / checkpoint
-        if not named and not path.exists() and Path(checkpoint).name == checkpoint and inside.is_file():
+        if bare and not named and not path.exists() and inside.is_file():
             raise UserError(f"{checkpoint}: no such file here; the model's own is --checkpoint {checkpoint[:-3]} "
                             f"({inside})")
         state = load_checkpoint(path)

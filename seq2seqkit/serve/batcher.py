@@ -279,8 +279,9 @@ class Batcher:
         try:
             while True:
                 with self._cond:
-                    waiting = sum(len(job.sources) for job in self.pending if job.key == key)
-                    if self._may_join(waiting, len(stream), held):
+                    # join_fraction 0 (the default): newcomers join before every step, uncounted
+                    waiting = self.join_fraction and sum(len(job.sources) for job in self.pending if job.key == key)
+                    if not self.join_fraction or self._may_join(waiting, len(stream), held):
                         new = self._admit(key, self.max_batch_tokens - sum(j.tokens for j in running), not running)
                         held = 0
                     else:
