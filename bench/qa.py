@@ -101,6 +101,7 @@ def babi_table(rows: list[dict]) -> str:
     head = ("| task | " + " | ".join(f"questions {s} | error % {s}" for s in sizes) + " |\n|---|"
             + "---:|---:|" * len(sizes) + "\n")
     tasks = sorted({t for r in rows for t in r["errors"]}, key=int)
+    first = runs[0]
     body = "".join(f"| {t} | " + " | ".join(f"{r['counts'].get(t, 0):,} | " + (f"{r['errors'][t]:.1f}" if t in r["errors"] else "–")
                                            for r in rows) + " |\n" for t in tasks)
     mean = "| **mean error** | " + " | ".join(f" | **{r['mean']:.1f}**" for r in rows) + " |\n"
@@ -166,6 +167,39 @@ def official_scores(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
     return {"bleu1": bleu1, "rougeL": 100.0 * total / len(h) if h else 0.0}
 
 
+def _lcs(a: list[str], b: list[str]) -> int:
+    row = [0] * (len(b) + 1)
+    for x in a:
+        prev, row = row, [0]
+        for j, y in enumerate(b):
+            row.append(prev[j] + 1 if x == y else max(prev[j + 1], row[j]))
+    return row[-1]
+
+
+def oracle_spans(sources: list[str], refs: list[list[str]], longest: int = 8) -> list[str]:
+    """For scale: each question's best answer that copies one span of its tweet (at most
+    ``longest`` words, lower-cased), the span with the highest official-script ROUGE-L against the
+    question's references. What a model that only copies one span could reach at best."""
+    beta2, out = 1.2 ** 2, []
+    for src, rs in zip(sources, refs):
+        words = " ".join(src.split("\n")[1:]).lower().split()  # the tweet (the first line is the question)
+        norm_refs = [normalize_answer(r).split() for r in rs]
+        best, best_span = -1.0, ""
+        for i in range(len(words)):
+            for j in range(i + 1, min(i + longest, len(words)) + 1):
+                hyp = normalize_answer(" ".join(words[i:j])).split()
+                if not hyp:
+                    continue
+                lcs = [_lcs(hyp, r) for r in norm_refs]
+                p = max(n / len(hyp) for n in lcs)
+                rec = max(n / len(r) if r else 0.0 for n, r in zip(lcs, norm_refs))
+                f = (1 + beta2) * p * rec / (rec + beta2 * p) if p and rec else 0.0
+                if f > best:
+                    best, best_span = f, " ".join(words[i:j])
+        out.append(best_span)
+    return out
+
+
 def run_tweetqa(config: str, args: argparse.Namespace) -> dict:
     cfg = load_config(config)
     tune = load_eval_set(cfg.data.dev.path)
@@ -197,9 +231,12 @@ def tweetqa_section(runs: list[dict]) -> str:
         f"| {r['model']} | `{r['config']}` | {r['params']:,} | {r['steps']} | {r['train']} | {r['checkpoint']} | {name} | "
         f"{d['ours']['bleu1']:.2f} | {d['ours']['rougeL']:.2f} | {d['official']['bleu1']:.2f} | "
         f"{d['official']['rougeL']:.2f} | {d['seconds']:.0f} s |\n" for r in runs for name, d in r["rows"].items())
+    oracle = official_scores(oracle_spans(first["test"].sources, first["test"].refs), first["test"].refs)
+    scale = (f"\nFor scale, the best single span of each tweet (at most 8 words, chosen against the references: "
+             f"an upper bound for a model that copies one span, not a system): official-script BLEU-1 "
+             f"{oracle['bleu1']:.2f}, ROUGE-L {oracle['rougeL']:.2f}.\n")
     paper = ("\nPublished (Xiong et al. 2019, TweetQA, BLEU-1 / METEOR / ROUGE-L by the official script; dev is our test "
              "set): " + "; ".join(f"{name}: dev {dev}, test {test}" for name, dev, test in TWEETQA_PAPER) + ".\n")
-    first = runs[0]
     signatures = "".join(f"{k} signature: `{v}`  \n" for k, v in next(iter(first["rows"].values()))["signatures"].items())
     tuning = "".join(f"- `{r['config']}` ({r['tune_items']} tune questions): " + "; ".join(f"α {p['length_penalty']:g}: {s:.2f}" for p, s in r["tried"]) + "\n"
                      for r in runs)
@@ -213,7 +250,7 @@ def tweetqa_section(runs: list[dict]) -> str:
             "references). BLEU-1 / ROUGE-L: ours (sacreBLEU corpus BLEU-1; rouge-score LCS F1, stemmed, best reference); "
             "official-script: SQuAD-normalised answers, NLTK sentence BLEU-1 averaged over questions, COCO ROUGE-L (β 1.2, "
             "best precision and recall over the references): only these compare like for like with the paper. "
-            "METEOR is not computed.  \n" + signatures + "\n" + head + body + paper
+            "METEOR is not computed.  \n" + signatures + "\n" + head + body + scale + paper
             + "\nBeam length penalty, ROUGE-L on tune:\n\n" + tuning
             + "\nFive test questions (evenly spaced over the file):\n\n" + examples)
 

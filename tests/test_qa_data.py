@@ -21,6 +21,7 @@ import pytest
 from seq2seqkit.cli import CONFIG_DIR, main
 from seq2seqkit.config import load_config
 from seq2seqkit.data.corpus import iter_examples
+from seq2seqkit.data.tokenizers import train_tokenizers
 from seq2seqkit.metrics import score, score_groups
 from seq2seqkit.tasks import babi, tweetqa
 
@@ -310,6 +311,19 @@ def test_recipes_read_where_prepare_writes_by_default():
     assert [t.data.train.path, t.data.dev.path, t.data.test.path] == \
         [f"{tweetqa.DEFAULT_DIR}/{s}.jsonl" for s in tweetqa.SPLITS]
     assert t.evaluation.group_by_source
+
+
+@pytest.mark.parametrize("recipe", ["tweetqa-attention.yaml", "tweetqa-attention-copy.yaml"])
+def test_tweetqa_recipes_cut_cased_tweets_as_lower_case_answers(recipe):
+    """TweetQA's answers are all lower case: a word of a cased tweet must become the same pieces as
+    in the answer, or a copy model can only copy "Andrew" where "andrew" is wanted."""
+    cfg = load_config(CONFIG_DIR / recipe).tokenizer
+    tweets = ["Andrew Garfield says he watches RuPaul's Drag Race.", "Marilyn Mosby is Baltimore's state attorney."] * 20
+    answers = ["andrew garfield", "marilyn mosby"] * 20
+    src, tgt = train_tokenizers(cfg, tweets, answers)
+    assert src is tgt  # one joint vocabulary: source ids are target ids
+    assert src.encode("Andrew Garfield") == tgt.encode("andrew garfield")
+    assert src.encode("MARILYN Mosby") == tgt.encode("marilyn mosby")
 
 
 def test_score_groups_mean_is_over_groups():
