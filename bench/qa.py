@@ -101,7 +101,6 @@ def babi_table(rows: list[dict]) -> str:
     head = ("| task | " + " | ".join(f"questions {s} | error % {s}" for s in sizes) + " |\n|---|"
             + "---:|---:|" * len(sizes) + "\n")
     tasks = sorted({t for r in rows for t in r["errors"]}, key=int)
-    first = runs[0]
     body = "".join(f"| {t} | " + " | ".join(f"{r['counts'].get(t, 0):,} | " + (f"{r['errors'][t]:.1f}" if t in r["errors"] else "–")
                                            for r in rows) + " |\n" for t in tasks)
     mean = "| **mean error** | " + " | ".join(f" | **{r['mean']:.1f}**" for r in rows) + " |\n"
@@ -227,6 +226,7 @@ def tweetqa_section(runs: list[dict]) -> str:
     head = ("| model | config | parameters | steps (epochs) | training time | checkpoint (tune R-L) | decoding "
             "| BLEU-1 | ROUGE-L | official-script BLEU-1 | official-script ROUGE-L | decoding time |\n"
             "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|\n")
+    first = runs[0]
     body = "".join(
         f"| {r['model']} | `{r['config']}` | {r['params']:,} | {r['steps']} | {r['train']} | {r['checkpoint']} | {name} | "
         f"{d['ours']['bleu1']:.2f} | {d['ours']['rougeL']:.2f} | {d['official']['bleu1']:.2f} | "
