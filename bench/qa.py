@@ -21,7 +21,7 @@ task (%), the unweighted mean over the 20 tasks, failed tasks (error > 5%), thro
 MemN2N (Sukhbaatar et al. 2015) mean error 13.8% (1k) and 4.2% (10k); for scale, an LSTM gets
 about half the answers wrong on 1k (Weston et al. 2015).
 
-**TweetQA** (configs/tweetqa-attention.yaml, and tweetqa-attention-copy.yaml where it exists):
+**TweetQA** (configs/tweetqa-attention.yaml, tweetqa-attention-copy.yaml and tweetqa-attention-luong-copy.yaml):
 checkpoint chosen by greedy ROUGE-L on tune (10% of the training tweets); the beam's length
 penalty by ROUGE-L on tune. Test = the official dev set, each question once with its annotators'
 answers as alternative references (1,083 items). Scored two ways, greedy and beam:
@@ -57,7 +57,7 @@ from seq2seqkit.tasks import babi
 
 BABI_CONFIG = "configs/babi-transformer.yaml"
 BABI_TARGET = {"1k": 13.8, "10k": 4.2}  # MemN2N mean test error (%), Sukhbaatar et al. 2015
-TWEETQA_CONFIGS = ["configs/tweetqa-attention.yaml", "configs/tweetqa-attention-copy.yaml"]
+TWEETQA_CONFIGS = ["configs/tweetqa-attention.yaml", "configs/tweetqa-attention-copy.yaml", "configs/tweetqa-attention-luong-copy.yaml"]
 LENGTH_PENALTIES = [1.0, 0.0, 0.5, 1.5, 2.0]
 # Xiong et al. 2019 (ACL, https://aclanthology.org/P19-1496, arXiv 1907.06292), the results table:
 # BLEU-1 / METEOR / ROUGE-L on dev and test, scored by the official script.

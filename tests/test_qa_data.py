@@ -313,7 +313,7 @@ def test_recipes_read_where_prepare_writes_by_default():
     assert t.evaluation.group_by_source
 
 
-@pytest.mark.parametrize("recipe", ["tweetqa-attention.yaml", "tweetqa-attention-copy.yaml"])
+@pytest.mark.parametrize("recipe", ["tweetqa-attention.yaml", "tweetqa-attention-copy.yaml", "tweetqa-attention-luong-copy.yaml"])
 def test_tweetqa_recipes_cut_cased_tweets_as_lower_case_answers(recipe):
     """TweetQA's answers are all lower case: a word of a cased tweet must become the same pieces as
     in the answer, or a copy model can only copy "Andrew" where "andrew" is wanted."""

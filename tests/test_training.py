@@ -30,10 +30,13 @@ def train_losses(model_dir: Path) -> list[tuple[int, float]]:
 
 
 def test_reverse_task_is_learned(tmp_path):
-    """The plain encoder-decoder learns to reverse short strings (>= 95% exact match)."""
+    """The plain encoder-decoder learns to reverse short strings (>= 90% exact match; an untrained
+    or broken model scores near 0). The run is deterministic on one machine, but the CPU's kernels
+    change the floats: at least 95% on the earlier machines, 92% on an AVX2-only EPYC (2026-11-26),
+    where 500 or 600 updates give 92% too."""
     cfg = tiny_config(tmp_path, max_steps=400, validate_every=100)
     exact, _ = train_reverse_and_score(cfg, tmp_path)
-    assert exact >= 95.0
+    assert exact >= 90.0
 
 
 def _resumable_cfg(tmp_path, **training):
