@@ -41,7 +41,6 @@ answers as alternative references (1,083 items). Scored two ways, greedy and bea
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import string
 import sys
@@ -60,6 +59,7 @@ BABI_CONFIG = "configs/babi-transformer.yaml"
 BABI_TARGET = {"1k": 13.8, "10k": 4.2}  # MemN2N mean test error (%), Sukhbaatar et al. 2015
 TWEETQA_CONFIGS = ["configs/tweetqa-attention.yaml", "configs/tweetqa-attention-copy.yaml", "configs/tweetqa-attention-luong-copy.yaml"]
 LENGTH_PENALTIES = [1.0, 0.0, 0.5, 1.5, 2.0]
+ORACLE_WORDS = 8  # the longest tweet span the best-span line tries
 # Xiong et al. 2019 (ACL, https://aclanthology.org/P19-1496, arXiv 1907.06292), the results table:
 # BLEU-1 / METEOR / ROUGE-L on dev and test, scored by the official script.
 TWEETQA_PAPER = [("Generative baseline (Xiong et al. 2019)", "53.4 / 32.1 / 39.5", "53.7 / 31.8 / 39.0"),
@@ -177,7 +177,7 @@ def official_scores(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
     return {"bleu1": bleu1, "rougeL": 100.0 * total / len(h) if h else 0.0}
 
 
-def oracle_spans(sources: list[str], refs: list[list[str]], longest: int = 8) -> list[str]:
+def oracle_spans(sources: list[str], refs: list[list[str]], longest: int = ORACLE_WORDS) -> list[str]:
     """For scale: each question's best answer that copies one span of its tweet (at most
     ``longest`` words, lower-cased), the span with the highest official-script ROUGE-L against the
     question's references. What a model that only copies one span could reach at best."""
@@ -190,20 +190,22 @@ def oracle_spans(sources: list[str], refs: list[list[str]], longest: int = 8) ->
     return out
 
 
-def answer_words_in_source(path: str) -> tuple[float, float]:
-    """Of the answer words of a prepared TweetQA split, the shares (%) that occur among the words
-    of their source (question and tweet) as written, and ignoring case: what lower-casing gives
-    a copy model to copy (every TweetQA answer is lower case)."""
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def answer_case(path: str) -> tuple[float, float, float]:
+    """Of a prepared TweetQA split: the share (%) of answers written in lower case, and of the
+    answer words the shares that occur among the words of their source (question and tweet) as
+    written and ignoring case: what lower-casing both sides gives a copy model to copy."""
+    pairs = load_eval_set(path)
     words = re.compile(r"\w+")
     total = as_written = ignoring_case = 0
-    for row in rows:
-        source, lower = set(words.findall(row["src"])), set(words.findall(row["src"].lower()))
-        answer = words.findall(row["tgt"])
+    for src, (tgt,) in zip(pairs.sources, pairs.refs):
+        source, lower = set(words.findall(src)), set(words.findall(src.lower()))
+        answer = words.findall(tgt)
         total += len(answer)
         as_written += sum(w in source for w in answer)
         ignoring_case += sum(w.lower() in lower for w in answer)
-    return 100.0 * as_written / max(total, 1), 100.0 * ignoring_case / max(total, 1)
+    lower_answers = sum(tgt == tgt.lower() for (tgt,) in pairs.refs)
+    return (100.0 * lower_answers / max(len(pairs.refs), 1), 100.0 * as_written / max(total, 1),
+            100.0 * ignoring_case / max(total, 1))
 
 
 def run_tweetqa(config: str, args: argparse.Namespace) -> dict:
@@ -239,11 +241,12 @@ def tweetqa_section(runs: list[dict]) -> str:
         f"{d['ours']['bleu1']:.2f} | {d['ours']['rougeL']:.2f} | {d['official']['bleu1']:.2f} | "
         f"{d['official']['rougeL']:.2f} | {d['seconds']:.0f} s |\n" for r in runs for name, d in r["rows"].items())
     oracle = official_scores(oracle_spans(first["test"].sources, first["test"].refs), first["test"].refs)
-    scale = (f"\nFor scale, the best single span of each tweet (at most 8 words, chosen against the references: "
-             f"an upper bound for a model that copies one span, not a system): official-script BLEU-1 "
-             f"{oracle['bleu1']:.2f}, ROUGE-L {oracle['rougeL']:.2f}. Answer words of the training split found among "
-             "the words of their question and tweet: {:.1f}% as written, {:.1f}% ignoring case (every answer is lower "
-             "case, so the recipes lower-case both sides).\n".format(*answer_words_in_source(first["train_path"])))
+    lower, as_written, ignoring_case = answer_case(first["train_path"])
+    scale = (f"\nFor scale, the best single span of each tweet (at most {ORACLE_WORDS} words, chosen against the "
+             f"references: an upper bound for a model that copies one span, not a system): official-script BLEU-1 "
+             f"{oracle['bleu1']:.2f}, ROUGE-L {oracle['rougeL']:.2f}. Training answers written in lower case: "
+             f"{lower:.1f}%; their words found among the words of their question and tweet: {as_written:.1f}% as "
+             f"written, {ignoring_case:.1f}% ignoring case (hence the recipes lower-case both sides).\n")
     paper = ("\nPublished (Xiong et al. 2019, TweetQA, BLEU-1 / METEOR / ROUGE-L by the official script; dev is our test "
              "set): " + "; ".join(f"{name}: dev {dev}, test {test}" for name, dev, test in TWEETQA_PAPER) + ".\n")
     signatures = "".join(f"{k} signature: `{v}`  \n" for k, v in next(iter(first["rows"].values()))["signatures"].items())
