@@ -848,6 +848,13 @@ def describe_os_error(e: OSError) -> str:
     return f"{e.filename}: {what}"
 
 
+def _error(message: object) -> int:
+    """Print ``s2s: error: ...`` as one line (a library's multi-line reason folded in) and return 2."""
+    text = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"s2s: error: {text}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -855,8 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_under_jemalloc()  # returns only if it does not restart the program
         except ValueError as e:
-            print(f"s2s: error: {e}", file=sys.stderr)
-            return 2
+            return _error(e)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     configure_process()  # before any command imports torch: OpenMP reads its wait policy once, at load
@@ -865,8 +871,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DataError) as e:
         if args.debug:
             raise
-        print(f"s2s: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     except KeyboardInterrupt:
         print("s2s: interrupted", file=sys.stderr)
         return 130
@@ -875,8 +880,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # read-only location, full disk, no permission: the file and the reason
         if args.debug:
             raise
-        print(f"s2s: error: {describe_os_error(e)}", file=sys.stderr)
-        return 2
+        return _error(describe_os_error(e))
 
 
 if __name__ == "__main__":

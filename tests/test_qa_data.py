@@ -191,6 +191,11 @@ def test_a_missing_or_damaged_archive_is_one_line(tmp_path, capsys):
     damaged.write_bytes(write_babi(tmp_path / "ok.tar.gz").read_bytes()[:2000])
     assert main(["prepare", "babi", str(damaged), str(tmp_path / "o")]) == 2
     assert "damaged.tar.gz: not a readable tar archive" in one_line_error(capsys)
+    # Not an archive at all: tarfile's reason lists every compression it tried, a line each.
+    other = tmp_path / "answers.json.gz"
+    other.write_bytes(gzip.compress(b'[{"Question": "q"}]'))
+    assert main(["prepare", "babi", str(other), str(tmp_path / "o")]) == 2
+    assert "answers.json.gz: not a readable tar archive" in one_line_error(capsys)
     assert not (tmp_path / "o").exists()
 
 
