@@ -101,17 +101,20 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """The dict saved in ``path``, read with ``weights_only=True``. A file that is not one (damaged,
     truncated, another format, or holding Python objects that loading would have to run) is one
-    UserError; torch's own message is not passed on, since it advises loading without that protection."""
+    UserError; torch's own message is not passed on, since it advises loading without that protection.
+
+    ``mmap``: the tensors of a CPU load are views of the file mapped into memory (copy-on-write)
+    instead of copies on the heap, and leave nothing behind on the heap once dropped."""
     path = Path(path)
     if not path.is_file():
         if path.exists():
             raise UserError(f"{path}: {'a directory' if path.is_dir() else 'not a regular file'}, not a checkpoint")
         raise UserError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except OSError:
         raise
     except Exception as e:  # corrupt file, or one holding arbitrary objects

@@ -191,9 +191,18 @@ def load_run_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Module, opt
                    scheduler: Any, scaler: torch.amp.GradScaler, tokenizers: dict[str, str] | None = None) -> Progress:
     """Load a checkpoint of :func:`run_state` into the run's objects (refused in one line where
     it is not one, or does not fit the model or ``tokenizers``); returns its progress. RNG states
-    are the caller's."""
+    are the caller's.
+
+    The weights are copied into the model's own tensors, and the optimizer's state (which
+    ``load_state_dict`` would keep as the checkpoint's tensors) is copied into tensors of its own,
+    so nothing of ``ckpt`` outlives it: read with ``mmap`` (as a resume reads it), the checkpoint
+    never reaches the heap, and a resumed process's heap holds what a fresh run's holds."""
     load_weights(model, ckpt, path, needs=("optimizer", "scheduler", "progress", "rng"), tokenizers=tokenizers)
     optimizer.load_state_dict(ckpt["optimizer"])
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = value.clone()
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler.is_enabled() and ckpt.get("scaler"):  # a run saved with fp16 keeps its loss scale
         scaler.load_state_dict(ckpt["scaler"])
@@ -364,7 +373,10 @@ class Trainer:
         """Continue from checkpoints/last.pt: the run's state, this process's RNG states, and
         ``done`` again where the limits were raised by overrides."""
         path = self.ckpt_dir / "last.pt"
-        ckpt = load_checkpoint(path, map_location=self.device)
+        # Mapped, not read onto the heap: a resumed process whose first allocations were the
+        # checkpoint's (freed once loaded, between tensors that stay) kept growing where a fresh
+        # one levelled off (BENCHMARKS.md, "Memory: a default limit for resumed runs").
+        ckpt = load_checkpoint(path, map_location=self.device, mmap=True)
         self.progress = load_run_state(ckpt, path, self.model, self.optimizer, self.scheduler, self.scaler,
                                        self.stamp)
         rng = self.dist.own_rng(ckpt["rng"], ckpt.get("rng_ranks"))
