@@ -323,12 +323,12 @@ class TrainingConfig(_Section):
     # Give freed heap back to the OS around validation and whenever resident memory passes
     # release_memory_above x the first 10 updates' peak (runtime.HeapBound): a fragmenting heap
     # otherwise keeps growing. Lower: less memory, more releases, each one costing page faults.
-    # null (the default): on glibc's malloc, and under jemalloc (what s2s train runs on where it
-    # is installed) in a resumed process only. A fresh jemalloc run levels off by itself (1.36x
-    # its first updates' peak, 1.42x the training step's own peak, in the runs measured), so a
-    # limit under that would release after nearly every update, each release costing the next
-    # update its page faults; a resumed one, its heap laid out by another history, kept growing
-    # (1.57x the step's peak after 800 updates).
+    # null (the default): on, under either allocator. Under jemalloc (what s2s train runs on where
+    # it is installed) the Multi30k Transformer levels off by itself (1.36x its first updates'
+    # peak), so the 1.5x limit never acts there, but the SAMSum copy model's heap grew by 15 MiB
+    # an update without it (12.6 GB at update 700; its batches differ in source length, and so in
+    # the size of every (batch x summary x source) block); one release in 80 updates held it under
+    # 1.5x at the same speed (BENCHMARKS.md, "Memory: a SAMSum copy model's heap").
     release_memory: bool | None = None
     # null (the default): 1.5, and 1.2 for a resumed process under jemalloc, whose first updates'
     # peak already holds the loaded checkpoint's memory: that limit held the Multi30k Transformer

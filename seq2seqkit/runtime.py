@@ -435,7 +435,8 @@ class HeapBound:
     three updates batches of other shapes have made most of the heap resident again. With glibc
     and :func:`keep_freed_memory`, over two epochs, 1.5x released 83 times in 268 updates, held
     the run at 1.91x and cost 28% more CPU per token than never releasing (2.73x). Under jemalloc
-    the heap stays near 1.5x by itself (BENCHMARKS.md, "Memory", 2026-11-26)."""
+    the Multi30k Transformer's heap stays near 1.4x by itself, and the SAMSum copy model's grew
+    without end (BENCHMARKS.md, "Memory", 2026-11-26)."""
 
     def __init__(self, warmup: int = 10, ceiling: float = 1.5, enabled: bool = True) -> None:
         self.warmup, self.ceiling, self.enabled = warmup, ceiling, enabled

@@ -264,10 +264,10 @@ class StopRequest:
 
 def heap_policy(release: bool | None, above: float | None, allocator: str, resumed: bool) -> tuple[float, bool]:
     """(ceiling, enabled) of a training process's :class:`HeapBound` from ``training.release_memory``
-    and ``release_memory_above``, where those are null (config.py says why): on glibc's malloc,
-    release above 1.5x; under jemalloc, only in a resumed process, above 1.2x."""
+    and ``release_memory_above``, where those are null (config.py says why): release above 1.5x,
+    and above 1.2x in a resumed process under jemalloc."""
     jemalloc_resume = allocator != "system" and resumed
-    enabled = release if release is not None else (allocator == "system" or jemalloc_resume)
+    enabled = release if release is not None else True
     return (above if above is not None else 1.2 if jemalloc_resume else 1.5), enabled
 
 
@@ -373,9 +373,8 @@ class Trainer:
         """Continue from checkpoints/last.pt: the run's state, this process's RNG states, and
         ``done`` again where the limits were raised by overrides."""
         path = self.ckpt_dir / "last.pt"
-        # Mapped, not read onto the heap: a resumed process whose first allocations were the
-        # checkpoint's (freed once loaded, between tensors that stay) kept growing where a fresh
-        # one levelled off (BENCHMARKS.md, "Memory: a default limit for resumed runs").
+        # Mapped, not read onto the heap: loading needs no heap copy of the checkpoint, and leaves
+        # no freed blocks between the tensors that stay (load_run_state copies what it keeps).
         ckpt = load_checkpoint(path, map_location=self.device, mmap=True)
         self.progress = load_run_state(ckpt, path, self.model, self.optimizer, self.scheduler, self.scaler,
                                        self.stamp)
