@@ -327,8 +327,8 @@ class TrainingConfig(_Section):
     # it is installed) the Multi30k Transformer levels off by itself (1.36x its first updates'
     # peak), so the 1.5x limit never acts there, but the SAMSum copy model's heap grew by 15 MiB
     # an update without it (12.6 GB at update 700; its batches differ in source length, and so in
-    # the size of every (batch x summary x source) block); one release in 80 updates held it under
-    # 1.5x at the same speed (BENCHMARKS.md, "Memory: a SAMSum copy model's heap").
+    # the size of every (batch x summary x source) block); with it, one release in 150 updates
+    # held a fresh run at 1.50x (BENCHMARKS.md, "Memory: a SAMSum copy model's heap").
     release_memory: bool | None = None
     # null (the default): 1.5, and 1.2 for a resumed process under jemalloc, whose first updates'
     # peak already holds the loaded checkpoint's memory: that limit held the Multi30k Transformer
