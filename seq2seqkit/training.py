@@ -196,7 +196,7 @@ def load_run_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Module, opt
     The weights are copied into the model's own tensors, and the optimizer's state (which
     ``load_state_dict`` would keep as the checkpoint's tensors) is copied into tensors of its own,
     so nothing of ``ckpt`` outlives it: read with ``mmap`` (as a resume reads it), the checkpoint
-    never reaches the heap, and a resumed process's heap holds what a fresh run's holds."""
+    never reaches the heap."""
     load_weights(model, ckpt, path, needs=("optimizer", "scheduler", "progress", "rng"), tokenizers=tokenizers)
     optimizer.load_state_dict(ckpt["optimizer"])
     for state in optimizer.state.values():
