@@ -208,6 +208,13 @@ def answer_case(path: str) -> tuple[float, float, float]:
             100.0 * ignoring_case / max(total, 1))
 
 
+def answer_pieces(tr, refs: list[list[str]]) -> tuple[float, float]:
+    """Over the words of every reference answer, each encoded alone by the model's target
+    tokenizer: the share that is one piece (a copy of one pointer step), and pieces per word."""
+    counts = [len(tr.tgt_tok.encode(word)) for group in refs for ref in group for word in ref.split()]
+    return 100.0 * sum(n == 1 for n in counts) / max(len(counts), 1), sum(counts) / max(len(counts), 1)
+
+
 def run_tweetqa(config: str, args: argparse.Namespace) -> dict:
     cfg = load_config(config)
     tune = load_eval_set(cfg.data.dev.path)
@@ -228,7 +235,7 @@ def run_tweetqa(config: str, args: argparse.Namespace) -> dict:
     return {"config": config, "model": model_label(tr.cfg), "params": tr.model.num_parameters(),
             "steps": f"{progress['step']} ({progress['epoch']})", "train": run_time(progress),
             "checkpoint": f"{checkpoint} ({tune_rouge[checkpoint]:.2f})", "tried": tried, "tune_items": len(idx),
-            "rows": rows, "test": test, "train_path": cfg.data.train.path}
+            "rows": rows, "test": test, "train_path": cfg.data.train.path, "pieces": answer_pieces(tr, test.refs)}
 
 
 def tweetqa_section(runs: list[dict]) -> str:
@@ -252,6 +259,8 @@ def tweetqa_section(runs: list[dict]) -> str:
     signatures = "".join(f"{k} signature: `{v}`  \n" for k, v in next(iter(first["rows"].values()))["signatures"].items())
     tuning = "".join(f"- `{r['config']}` ({r['tune_items']} tune questions): " + "; ".join(f"α {p['length_penalty']:g}: {s:.2f}" for p, s in r["tried"]) + "\n"
                      for r in runs)
+    pieces = "".join(f"- `{r['config']}`: {r['pieces'][0]:.1f}% one piece, {r['pieces'][1]:.2f} pieces a word\n"
+                     for r in runs)
     test = first["test"]
     examples = "".join(
         f"- {test.sources[i].splitlines()[0]} | tweet: {' '.join(test.sources[i].splitlines()[1:])}  \n"
@@ -264,6 +273,7 @@ def tweetqa_section(runs: list[dict]) -> str:
             "best precision and recall over the references): only these compare like for like with the paper. "
             "METEOR is not computed.  \n" + signatures + "\n" + head + body + scale + paper
             + "\nBeam length penalty, ROUGE-L on tune:\n\n" + tuning
+            + "\nThe words of the test answers (every reference), each encoded alone by the model's tokenizer:\n\n" + pieces
             + "\nFive test questions (evenly spaced over the file):\n\n" + examples)
 
 
