@@ -1,6 +1,6 @@
 """Per-update memory probe of a training run: what `bench/memory.py` measures per phase, update by update.
 
-Trains the Multi30k Transformer (bf16, one thread, no dev set) for ``--steps`` updates and, after
+Trains the Multi30k Transformer (bf16, one thread, no dev set; or ``--config``) for ``--steps`` updates and, after
 each, records the resident memory, the high-water mark so far (VmHWM),
 glibc's heap (``mallinfo2``: arena and free bytes) or, under jemalloc, its live (``allocated``) and
 resident bytes and the update's live peak (bytes allocated before it plus jemalloc's
@@ -14,6 +14,9 @@ Prints the first 10 updates' peak, the run's peak and their ratio, the releases,
     python bench/heap_probe.py /tmp/p-mid --steps 100 --mid-check      # also check after the forward pass
     python bench/heap_probe.py /tmp/p-mmap --steps 33 --mmap-threshold 33554432   # with THP_MEM_ALLOC_ENABLE=1
     python bench/heap_probe.py /work/mem/long-cap3 --resume training.epochs=18 training.num_threads=2
+    python bench/heap_probe.py /tmp/s-keep --steps 80 --config configs/samsum-attention-copy.yaml \
+        data.dev.path=null data.test.path=null training.lr_schedule=constant \
+        training.early_stopping.patience=null training.release_memory=false     # another model
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def main() -> None:
     ap.add_argument("--mid-check", action="store_true", help="check the heap limit after each forward pass too")
     ap.add_argument("--mmap-threshold", type=int, help="glibc M_MMAP_THRESHOLD in bytes (blocks above it are mmapped)")
     ap.add_argument("--resume", action="store_true", help="continue the run in OUT (a resumed process)")
+    ap.add_argument("--config", help="train this config instead (its dev set and schedule as the overrides leave them; "
+                                     "default: the Multi30k Transformer, bf16, no dev set)")
     ap.add_argument("overrides", nargs="*", help="config overrides, k=v")
     args = ap.parse_intermixed_args()
     libc = ctypes.CDLL("libc.so.6")
@@ -71,6 +76,9 @@ def main() -> None:
         assert libc.mallopt(-3, args.mmap_threshold) == 1  # M_MMAP_THRESHOLD
     if args.resume:
         tr = Trainer(load_for_resume(args.out, args.overrides), resume=True)
+    elif args.config:
+        tr = Trainer(load_config(args.config, [f"output_dir={args.out}", "training.num_threads=1",
+                                               f"training.max_steps={args.steps}", *args.overrides]))
     else:
         tr = Trainer(load_config(REPO / "configs" / "multi30k-transformer.yaml", [
             f"output_dir={args.out}", "training.precision=bf16", "training.num_threads=1",

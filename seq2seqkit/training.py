@@ -267,7 +267,7 @@ def heap_policy(release: bool | None, above: float | None, allocator: str, resum
     and ``release_memory_above``, where those are null (config.py says why): release above 1.5x,
     and above 1.2x in a resumed process under jemalloc."""
     jemalloc_resume = allocator != "system" and resumed
-    enabled = release if release is not None else True
+    enabled = release is not False
     return (above if above is not None else 1.2 if jemalloc_resume else 1.5), enabled
 
 
