@@ -180,6 +180,14 @@ def check_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path
             raise UserError(f"{path}: {name} has shape {tuple(weights[name].shape)} in the checkpoint but "
                             f"{tuple(t.shape)} in the model the config describes: was a model setting (e.g. "
                             f"model.hidden_size) changed since training?")
+    for name, t in own.items():  # weights that fit but are not a trained model's: loading would cast or keep them
+        w = weights[name]
+        if w.dtype.is_floating_point != t.dtype.is_floating_point:
+            raise UserError(f"{path}: {name} holds {str(w.dtype).removeprefix('torch.')} values where the model "
+                            f"has {str(t.dtype).removeprefix('torch.')} ones: not weights this toolkit wrote")
+        if w.dtype.is_floating_point and not bool(torch.isfinite(w).all()):
+            raise UserError(f"{path}: {name} holds non-finite values (NaN or infinity): not a trained model's "
+                            f"weights (training stops at a non-finite loss and keeps the last good checkpoint)")
 
 
 def tokenizer_stamp(src_tok: Any, tgt_tok: Any) -> dict[str, str]:

@@ -834,15 +834,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def describe_os_error(e: OSError) -> str:
-    """``PATH: strerror`` for a fault of the operating system (read-only, disk full, no permission)."""
+def describe_os_error(e: OSError, writing: str | None = None) -> str:
+    """``PATH: strerror`` for a fault of the operating system (read-only, disk full, no permission).
+    A write or close that fails (a full disk) names no file: then ``writing``, the directory the
+    command writes into (``OUT_DIR``), is named instead, where the command has one."""
     what = e.strerror or str(e)
     if e.errno == errno.ENOTDIR:
         what += " (a part of the path is a file)"
     elif e.errno == errno.EEXIST:  # mkdir over a file
         what += " (a file where a directory is needed)"
     if e.filename is None:
-        return what
+        return f"{writing} (writing into it): {what}" if writing else what
     if e.filename2 is not None:
         return f"{e.filename} -> {e.filename2}: {what}"
     return f"{e.filename}: {what}"
@@ -880,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # read-only location, full disk, no permission: the file and the reason
         if args.debug:
             raise
-        return _error(describe_os_error(e))
+        return _error(describe_os_error(e, getattr(args, "out_dir", None)))
 
 
 if __name__ == "__main__":

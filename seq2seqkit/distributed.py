@@ -44,7 +44,7 @@ import torch.distributed as dist
 from .config import TrainingConfig
 from .data.tokenizers import Tokenizer, load_tokenizers
 from .errors import UserError
-from .runtime import usable_cores
+from .runtime import capped_threads, usable_cores
 from .translate import resolve_device
 
 log = logging.getLogger("seq2seqkit")
@@ -253,7 +253,7 @@ def setup(tc: TrainingConfig, model_dir: str | Path) -> tuple[Group, torch.devic
         raise UserError(f"a process group of {dist.get_world_size()} processes is already set up, "
                         f"but WORLD_SIZE says {world}")
     if device.type == "cpu":
-        torch.set_num_threads(tc.num_threads or max(1, usable_cores() // local_world))
+        torch.set_num_threads(capped_threads(tc.num_threads) if tc.num_threads else max(1, usable_cores() // local_world))
     if rank:
         log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
     log.info("distributed training: %d processes (%s), %d on this machine, %d thread%s each", world,

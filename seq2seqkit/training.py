@@ -48,7 +48,7 @@ from .errors import ConfigError, UserError
 from .models import Seq2SeqModel, build_model
 from .tasks import resolve_dataset
 from .rundir import open_run
-from .runtime import CoreWatch, HeapBound, allocator, peak_resident_mib
+from .runtime import CoreWatch, HeapBound, allocator, capped_threads, peak_resident_mib
 from .teacher_forcing import decode_with_teacher_forcing, teacher_forcing_ratio, token_loss
 from .validation import early_stopping, load_dev, lower_is_better, validate
 
@@ -296,7 +296,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         check_run_dir(self.out, resume)
         if tc.num_threads:
-            torch.set_num_threads(tc.num_threads)
+            torch.set_num_threads(capped_threads(tc.num_threads))
         self.cores = CoreWatch("training.num_threads", enabled=self.device.type == "cpu", adapt=not tc.num_threads)
         seed_all(tc.seed)
         self.out.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,8 @@ def one_line(capsys) -> str:
     return lines[0][len(PREFIX):]
 
 
-def write_config(tmp: Path, out: Path, **training: object) -> Path:
-    train = write_reverse_task(tmp / "train", 120, seed=1)
+def write_config(tmp: Path, out: Path, pairs: int = 120, **training: object) -> Path:
+    train = write_reverse_task(tmp / "train", pairs, seed=1)
     dev = write_reverse_task(tmp / "dev", 12, seed=2)
     settings = {"max_steps": 2, "batch_tokens": 60, "lr": 0.01, "checkpoint_every": 1, "log_every": 1,
                 "num_threads": 1, "exposure_bias": False, **training}
@@ -279,6 +279,61 @@ def test_damaged_tokenizers_are_one_line(trained: Path, tmp_path: Path, capsys):
     manifest.write_text('{"src": {"kind": "word", "vocab": "gone.json"}, "tgt": {"kind": "word"}}', encoding="utf-8")
     assert main(["-q", "translate", "-m", str(model), "-i", str(manifest)]) == 2
     assert one_line(capsys) == f"{model / 'gone.json'}: missing from the model directory (named in tokenizers.json)"
+
+
+@pytest.mark.parametrize("vocab, says", [
+    ("[]", "it must start with <pad>, <unk>, <s>, </s>"),  # built a model with no rows: IndexError traceback
+    ("[1, 2, 3]", "expected a JSON list of tokens"),
+    ('{"a": 1}', "expected a JSON list of tokens"),
+    ('["<pad>", "<unk>", "<s>", "</s>", "a", "a"]', "entry 5 repeats the token 'a'"),
+])
+def test_an_edited_vocabulary_is_one_line(trained: Path, tmp_path: Path, capsys, vocab, says):
+    model = copy_model(trained, tmp_path / "model")
+    (model / "src.vocab.json").write_text(vocab, encoding="utf-8")
+    src = tmp_path / "in.txt"
+    src.write_text("a b\n")
+    assert main(["-q", "translate", "-m", str(model), "-i", str(src)]) == 2
+    msg = one_line(capsys)
+    assert msg.startswith(f"{model / 'src.vocab.json'}: ") and says in msg, msg
+
+
+@pytest.mark.parametrize("change, says", [
+    ("nan", "holds non-finite values (NaN or infinity)"),  # decoded every input to an empty line, exit 0
+    ("inf", "holds non-finite values (NaN or infinity)"),
+    ("int64", "holds int64 values where the model has float32 ones"),  # cast on loading, decoded to nonsense
+])
+def test_weights_that_fit_but_are_no_trained_model_are_refused(trained: Path, tmp_path: Path, capsys, change, says):
+    model = copy_model(trained, tmp_path / "model")
+    src = tmp_path / "in.txt"
+    src.write_text("a b\n")
+    for name in ("best", "last"):
+        path = model / "checkpoints" / f"{name}.pt"
+        ckpt = load_checkpoint(path)
+        first = next(iter(ckpt["model"]))
+        if change == "int64":
+            ckpt["model"] = {k: v.to(torch.int64) for k, v in ckpt["model"].items()}
+        else:
+            ckpt["model"][first] = ckpt["model"][first].clone()
+            ckpt["model"][first].view(-1)[0] = float(change)
+        torch.save(ckpt, path)
+    assert main(["-q", "translate", "-m", str(model), "-i", str(src)]) == 2
+    best = model / "checkpoints" / "best.pt"
+    assert one_line(capsys).startswith(f"{best}: {first} {says}")
+    assert main(["-q", "train", "--resume", str(model), "training.max_steps=4"]) == 2
+    assert one_line(capsys).startswith(f"{model / 'checkpoints' / 'last.pt'}: {first} {says}")
+
+
+def test_a_full_disk_under_a_command_that_writes_a_directory_names_it(trained: Path, tmp_path: Path, capsys):
+    """A failed write or close names no file (``OSError.filename`` is None): the command's
+    OUT_DIR is named instead (preprocess and export printed a bare 'No space left on device')."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with small_disk(disk, free=4096) as reason:
+        code = main(["-q", "preprocess", str(write_config(tmp_path, tmp_path / "unused", pairs=20000)),
+                     str(disk / "shards")])
+    assert code == 2
+    msg = one_line(capsys)
+    assert msg.startswith(str(disk / "shards")) and msg.endswith(reason), msg
 
 
 # --- training that diverges ------------------------------------------------------------------

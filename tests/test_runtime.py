@@ -187,6 +187,7 @@ def test_training_warns_once_on_a_busy_machine(tmp_path, monkeypatch, caplog):
     from seq2seqkit.training import Trainer
 
     monkeypatch.setattr(FreeCores, "reading", lambda self: 0.5)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)  # 2 threads are not capped on a 1-core runner
     cfg = tiny_config(tmp_path, max_steps=4, validate_every=4, num_threads=2)
     cfg.data.dev_max_examples = 20
     trainer = Trainer(cfg)
@@ -195,6 +196,32 @@ def test_training_warns_once_on_a_busy_machine(tmp_path, monkeypatch, caplog):
         trainer.train()
     busy = [r for r in caplog.records if "other programs are using the CPU" in r.getMessage()]
     assert len(busy) == 1 and "for 2 threads" in busy[0].getMessage()
+
+
+def test_more_threads_than_cores_are_capped_at_the_cores_and_said_once(tmp_path, monkeypatch, caplog):
+    """training.num_threads=1000 on 2 cores started 1,000 spinning threads: 2 updates of the G2P
+    quick config had not finished after 10 minutes."""
+    import torch
+
+    from seq2seqkit.training import Trainer
+
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 1)
+    monkeypatch.setattr(runtime, "_said_capped", set())
+    assert runtime.capped_threads(1) == 1
+    before = torch.get_num_threads()
+    cfg = tiny_config(tmp_path, max_steps=2, validate_every=2, num_threads=1000)
+    cfg.data.dev_max_examples = 20
+    try:
+        with caplog.at_level(logging.WARNING, logger="seq2seqkit"):
+            trainer = Trainer(cfg)
+            assert torch.get_num_threads() == 1
+            trainer.train()
+            assert runtime.capped_threads(1000) == 1  # asked again (as distributed set-up does): not said again
+    finally:
+        torch.set_num_threads(before)
+    said = [r.getMessage() for r in caplog.records if "training.num_threads=1000" in r.getMessage()]
+    assert said == ["training.num_threads=1000: this process may use 1 core; training with 1 thread (threads beyond "
+                    "the cores only wait for each other)"]
 
 
 

@@ -331,8 +331,25 @@ def _read(path: Path, limit: int | None = None) -> bytes:
 def _load_one(directory: Path, meta: dict) -> Tokenizer:
     if meta["kind"] == "sentencepiece":
         return SentencePieceTokenizer(_read(directory / meta["model"]), meta.get("lowercase", False))
-    itos = json.loads(_read(directory / meta["vocab"]).decode("utf-8"))
+    path = directory / meta["vocab"]
+    itos = json.loads(_read(path).decode("utf-8"))
+    _check_vocabulary(path, itos)
     return VocabTokenizer(meta["kind"], itos, meta.get("lowercase", False))
+
+
+def _check_vocabulary(path: Path, itos: object) -> None:
+    """A vocabulary file as :meth:`VocabTokenizer.save` writes it: a list of distinct strings that
+    starts with the special tokens. An edited one (``[]``, numbers, a repeated token) built a
+    model with no rows and failed with an IndexError traceback, or decoded ids to the wrong tokens."""
+    if not isinstance(itos, list) or not all(isinstance(t, str) for t in itos):
+        raise UserError(f"{path}: not a vocabulary this toolkit wrote (expected a JSON list of tokens)")
+    if tuple(itos[: len(SPECIALS)]) != SPECIALS:
+        raise UserError(f"{path}: not a vocabulary this toolkit wrote (it must start with {', '.join(SPECIALS)})")
+    seen: set[str] = set()
+    for i, token in enumerate(itos):
+        if token in seen:
+            raise UserError(f"{path}: entry {i} repeats the token {token!r}: a damaged vocabulary (each token once)")
+        seen.add(token)
 
 
 def load_tokenizers(directory: str | Path) -> tuple[Tokenizer, Tokenizer]:
