@@ -734,6 +734,13 @@ def load_for_resume(model_dir: str | Path, overrides: list[str]) -> Config:
     path = Path(model_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.yaml)")
+    for item in overrides:
+        if "=" not in item and item.endswith((".yaml", ".yml")):  # `s2s train CONFIG --resume DIR`
+            raise UserError(f"{item}: a resumed run trains with its own {path}; give a CONFIG.yaml or --resume "
+                            f"MODEL_DIR, not both (overrides of the saved config are key=value)")
+        if item.split("=", 1)[0].strip() == "output_dir":
+            raise UserError(f"override {item!r}: a resumed run stays in its model directory ({model_dir}); "
+                            f"to continue it elsewhere, copy the directory and resume the copy")
     raw = read_saved_config(path)
     raw["output_dir"] = str(model_dir)
     teacher = (raw.get("training") or {}).get("teacher_forcing")

@@ -158,6 +158,26 @@ def test_train_resume_empty_dir(tmp_path: Path, capsys):
     assert list(empty.iterdir()) == []  # nothing written into it
 
 
+def test_train_resume_with_a_config_or_another_output_dir_says_what_resume_takes(tmp_path: Path, capsys):
+    """``s2s train CONFIG --resume DIR`` said "override 'CONFIG': expected key=value"; an
+    ``output_dir=`` override at resume looked for a run in that other directory ("not a
+    seq2seq-kit model directory (nothing to resume)") about a directory the user never resumed."""
+    model = tmp_path / "model"
+    model.mkdir()
+    write(model / "config.yaml", "name: x\n")
+    config = write(tmp_path / "c.yaml", "name: x\n")
+    code, _, err = run_main(capsys, ["train", str(config), "--resume", str(model)])
+    assert code == 2
+    assert one_error_line(err).startswith(f"{config}: a resumed run trains with its own {model / 'config.yaml'}; "
+                                          f"give a CONFIG.yaml or --resume MODEL_DIR, not both")
+    code, _, err = run_main(capsys, ["train", "--resume", str(model), f"output_dir={tmp_path / 'other'}"])
+    assert code == 2
+    assert one_error_line(err) == (f"override 'output_dir={tmp_path / 'other'}': a resumed run stays in its model "
+                                   f"directory ({model}); to continue it elsewhere, copy the directory and resume "
+                                   f"the copy")
+    assert not (tmp_path / "other").exists()
+
+
 def test_translate_not_a_model_dir(tmp_path: Path, capsys):
     d = tmp_path / "notmodel"
     d.mkdir()
