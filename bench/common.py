@@ -160,25 +160,35 @@ def search_config(tr: Translator, **update) -> SearchConfig:
 
 
 def decode(tr: Translator, sources: list[str], search: SearchConfig) -> tuple[list[str], float]:
-    """The outputs of ``sources`` under ``search`` and the seconds the decoding took."""
-    tr.cfg.search = search
-    start = time.perf_counter()
-    hyps = tr.translate(sources)
-    return hyps, time.perf_counter() - start
+    """The outputs of ``sources`` under ``search`` and the seconds the decoding took. ``tr``'s own
+    search settings are put back afterwards: :func:`search_config` starts from them, and a greedy
+    row built after :func:`tune_search` took the last grid point's settings (SAMSum's greedy would
+    have decoded with ``min_len`` 16 and ``no_repeat_ngram_size`` 3)."""
+    own, tr.cfg.search = tr.cfg.search, search
+    try:
+        start = time.perf_counter()
+        hyps = tr.translate(sources)
+        return hyps, time.perf_counter() - start
+    finally:
+        tr.cfg.search = own
 
 
 def tune_search(tr: Translator, sources: list[str], grid: dict[str, list], objective: Callable[[list[str]], float],
-                fixed: dict | None = None) -> tuple[dict, list[tuple[dict, float]]]:
+                fixed: dict | None = None, seed: int | None = None) -> tuple[dict, list[tuple[dict, float]]]:
     """Search settings chosen on dev data by coordinate ascent over ``grid`` (setting -> values):
     start from each setting's first value, then for each setting in turn try all its values with
     the others at their best so far and keep the best (higher ``objective`` of the outputs; a tie
-    keeps the earlier value). ``fixed`` settings apply throughout (e.g. the beam size). Returns
-    the best settings and every (settings, score) decoded, in order."""
+    keeps the earlier value). ``fixed`` settings apply throughout (e.g. the beam size); ``seed``
+    seeds torch before each decoding (sampling: every point is scored on the same draw of the
+    random stream, as the test decoding is). Returns the best settings and every (settings,
+    score) decoded, in order."""
     tried: dict[tuple, float] = {}
 
     def score(point: dict) -> float:
         key = tuple(point.items())
         if key not in tried:
+            if seed is not None:
+                torch.manual_seed(seed)
             hyps, _ = decode(tr, sources, search_config(tr, **(fixed or {}), **point))
             tried[key] = objective(hyps)
         return tried[key]

@@ -9,12 +9,17 @@ and on the pairs whose context does not occur in train.
 Run it from the repository root after ``s2s prepare dailydialog ../shared/data/dailydialog``
 (default config: configs/dailydialog-transformer.yaml; several may be given). A finished run is
 evaluated as it is, an unfinished one resumed. The checkpoint is the run's best (by val
-perplexity, the recipe's early-stopping metric). Three decodings of the test contexts:
+perplexity, the recipe's early-stopping metric). Four decodings of the test contexts:
 
 - greedy;
-- beam search, beam ``--beam`` (5), GNMT length penalty chosen on val (``--tune-max`` val pairs
-  spread over the file, default 1,000 of 7,069) by corpus BLEU-2 among :data:`LENGTH_PENALTIES`;
-- nucleus sampling, top-p 0.9, temperature 1, torch seeded with ``--seed`` before decoding.
+- beam search, beam ``--beam`` (5), GNMT length penalty and the generation controls (no repeated
+  n-grams, a minimum length) chosen on val (``--tune-max`` val pairs spread over the file, default
+  1,000 of 7,069) by corpus BLEU-2, coordinate ascent over :data:`BEAM_GRID`;
+- nucleus sampling, top-p 0.9, temperature 1, torch seeded with ``--seed`` before decoding;
+- nucleus sampling tuned on the same val pairs: top-p, temperature and the minimum length
+  (:data:`SAMPLING_GRID`, coordinate ascent) chosen by PLATO-style BLEU-2 among the settings whose
+  PLATO-style Distinct-2 reaches the target's (a setting below it loses to any above it): the one
+  decoding tuned for the issue's target, which asks for BLEU and Distinct-2 from one decoding.
 
 Each is scored on ``data/dailydialog/test.jsonl`` (6,740 pairs) and on its rows listed in
 ``test-unseen.jsonl`` (the 5,384 whose context is not a training context), with perplexity
@@ -56,6 +61,10 @@ from seq2seqkit.evaluate import EvalSet, load_eval_set, perplexity
 
 DEFAULT_CONFIGS = ["configs/dailydialog-transformer.yaml"]
 LENGTH_PENALTIES = [1.0, 0.0, 0.5, 1.5, 2.0]  # GNMT alphas tried on val (1.0 first: the starting point)
+# Tuned sampling: first values = the plain sampling row; min_len in pieces (EOS not counted)
+SAMPLING_GRID = {"top_p": [0.9, 0.7, 0.5, 0.3], "temperature": [1.0, 0.8, 0.6], "min_len": [0, 6, 10, 14, 18]}
+# Beam: the length penalty, then the generation controls (1.0 / 0 / 0 first: plain beam search)
+BEAM_GRID = {"length_penalty": LENGTH_PENALTIES, "no_repeat_ngram_size": [0, 3], "min_len": [0, 6, 10, 14, 18]}
 OURS = ["bleu1", "bleu2", "distinct1", "distinct2", "length"]
 TARGET = {"bleu1": 33.6, "bleu2": 26.8, "distinct1": 3.0, "distinct2": 12.8}  # PLATO's Seq2Seq row, in percent
 
@@ -94,13 +103,25 @@ def run(config: str, args: argparse.Namespace) -> dict:
     dev = load_eval_set(*cfg.data.dev.files(), fmt=cfg.data.dev.format)
     idx = spread(len(dev.sources), args.tune_max)
     dev_refs = [dev.refs[i] for i in idx]
-    tuned, tried = tune_search(tr, [dev.sources[i] for i in idx], {"length_penalty": LENGTH_PENALTIES},
+    tuned, tried = tune_search(tr, [dev.sources[i] for i in idx], BEAM_GRID,
                                lambda hyps: M.score(hyps, dev_refs, ["bleu2"]).values["bleu2"], {"beam_size": args.beam})
+    def distinct_then_bleu(hyps: list[str]) -> float:
+        plato = plato_scores(hyps, dev_refs)
+        return plato["bleu2"] - (0.0 if plato["distinct2"] >= TARGET["distinct2"] else 1000.0)
+
+    grid = {**SAMPLING_GRID, "top_p": [args.top_p] + [p for p in SAMPLING_GRID["top_p"] if p != args.top_p]}
+    sampled, sample_tried = tune_search(tr, [dev.sources[i] for i in idx], grid, distinct_then_bleu,
+                                        {"beam_size": 1, "sample": True}, seed=args.seed)
     full, sets = test_sets(cfg, args.limit)
     decodings = {
         "greedy": search_config(tr, beam_size=1),
-        f"beam {args.beam} (α {tuned['length_penalty']:g})": search_config(tr, beam_size=args.beam, **tuned),
+        (f"beam {args.beam} (α {tuned['length_penalty']:g}"
+         + (f", no repeated {tuned['no_repeat_ngram_size']}-grams" if tuned["no_repeat_ngram_size"] else "")
+         + (f", min length {tuned['min_len']}" if tuned["min_len"] else "") + ")"): search_config(tr, beam_size=args.beam,
+                                                                                                  **tuned),
         f"sampling (top-p {args.top_p:g}, seed {args.seed})": search_config(tr, beam_size=1, sample=True, top_p=args.top_p),
+        (f"sampling tuned on val (top-p {sampled['top_p']:g}, temperature {sampled['temperature']:g}, "
+         f"min length {sampled['min_len']}, seed {args.seed})"): search_config(tr, beam_size=1, sample=True, **sampled),
     }
     outputs, seconds = {}, {}
     for name, search in decodings.items():
@@ -118,7 +139,7 @@ def run(config: str, args: argparse.Namespace) -> dict:
                          "signatures": scores.signatures})
     return {"config": config, "model": model_label(tr.cfg), "params": tr.model.num_parameters(),
             "steps": f"{progress['step']} ({progress['epoch']})", "train": run_time(progress), "rows": rows,
-            "tried": tried, "dev_items": len(idx), "outputs": outputs, "full": full, "unseen": sets[1][1]}
+            "tried": tried, "sample_tried": sample_tried, "dev_items": len(idx), "outputs": outputs, "full": full, "unseen": sets[1][1]}
 
 
 def met(values: dict[str, float]) -> str:
@@ -165,11 +186,17 @@ def main() -> None:
     parts = []
     for config in args.configs:
         r = run(config, args)
-        tuning = "; ".join(f"α {p['length_penalty']:g}: {s:.2f}" for p, s in r["tried"])
+        tuning = "; ".join(f"α {p['length_penalty']:g}, no-repeat {p['no_repeat_ngram_size']}, min {p['min_len']}: "
+                           f"{s:.2f}" for p, s in r["tried"])
+        sample_tuning = "; ".join(
+            f"top-p {p['top_p']:g}, T {p['temperature']:g}, min {p['min_len']}: "
+            + (f"{s:.2f}" if s > -500 else f"{s + 1000:.2f} (Distinct-2 under {TARGET['distinct2']:g})")
+            for p, s in r["sample_tried"])
         parts.append(
             f"**{r['model']}** (`{config}`): {r['params']:,} parameters, {r['steps']} steps (epochs), training "
             f"time {r['train']}; checkpoint: best by val perplexity.  \n"
-            f"Beam {args.beam} length penalty, corpus BLEU-2 on {r['dev_items']} val pairs: {tuning}.  \n"
+            f"Beam {args.beam} length penalty and controls, corpus BLEU-2 on {r['dev_items']} val pairs: {tuning}.  \n"
+            f"Tuned sampling, PLATO-style BLEU-2 on the same val pairs: {sample_tuning}.  \n"
             + "".join(f"{k} signature: `{v}`  \n" for k, v in r["rows"][0]["signatures"].items())
             + "\n" + table(r) + "\nFive unseen test contexts (evenly spaced over test-unseen), the reference "
             "and each decoding's reply:\n\n" + examples(r))
