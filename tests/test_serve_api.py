@@ -191,6 +191,25 @@ def test_malformed_json_is_a_400(api, raw):
     assert "not valid JSON" in message
 
 
+@pytest.mark.parametrize("raw", [b'{"inputs": ["a\xff"]}', b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"])
+def test_a_body_that_fails_json_decoding_is_a_400_saying_so(models, raw):
+    """FastAPI answered these with its generic 'There was an error parsing the body'."""
+    with client(models, max_body_bytes=1 << 20) as c:
+        message = error_of(c.post("/v1/generate", content=raw, headers={"content-type": "application/json"}),
+                           400, "invalid_json")
+    assert "not valid JSON" in message
+
+
+@pytest.mark.parametrize("text, says", [("a\\u0000b", "inputs[0]: control character U+0000 (NUL), where text is expected"),
+                                        ("a\\ud800", "inputs[0]: lone surrogate U+D800")])
+def test_inputs_that_are_not_text_are_refused_as_s2s_generate_refuses_them(api, text, says):
+    """A JSON "\\u0000" was decoded (and a lone surrogate reached the tokenizer), where the same
+    line given to `s2s generate` or training is refused."""
+    raw = ('{"inputs": ["' + text + '"]}').encode("utf-8")
+    message = error_of(api.post("/v1/generate", content=raw, headers={"content-type": "application/json"}), 422)
+    assert message.startswith(says), message
+
+
 @pytest.mark.parametrize("raw", [b"[]", b"null", b'"a"', b"3"])
 def test_a_body_that_is_no_object_is_a_422(api, raw):
     message = error_of(api.post("/v1/generate", content=raw, headers={"content-type": "application/json"}), 422)

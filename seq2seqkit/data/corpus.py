@@ -45,18 +45,26 @@ class Example:
     tgt: str
 
 
-def check_text(text: str, path: str | Path, lineno: int, side: str) -> str:
-    """``text`` if it is text; a DataError at ``path:lineno`` naming the first character that is not."""
+def not_text(text: str) -> tuple[str, int] | None:
+    """What the first character of ``text`` that is not text is (see ``_NOT_TEXT``), and its
+    1-based position; None when all of it is text."""
     bad = _NOT_TEXT.search(text)
     if bad is None:
-        return text
+        return None
     code = ord(bad.group())
     if 0xD800 <= code <= 0xDFFF:
-        what = f"lone surrogate U+{code:04X}, which cannot be encoded as UTF-8"
-    else:
-        name = _CONTROL_NAMES.get(code)
-        what = f"control character U+{code:04X}" + (f" ({name})" if name else "") + ", where text is expected"
-    raise DataError(path, lineno, f"{what} (the {side} text, character {bad.start() + 1}); is it a binary file?")
+        return f"lone surrogate U+{code:04X}, which cannot be encoded as UTF-8", bad.start() + 1
+    name = _CONTROL_NAMES.get(code)
+    return f"control character U+{code:04X}" + (f" ({name})" if name else "") + ", where text is expected", bad.start() + 1
+
+
+def check_text(text: str, path: str | Path, lineno: int, side: str) -> str:
+    """``text`` if it is text; a DataError at ``path:lineno`` naming the first character that is not."""
+    bad = not_text(text)
+    if bad is None:
+        return text
+    what, at = bad
+    raise DataError(path, lineno, f"{what} (the {side} text, character {at}); is it a binary file?")
 
 
 def _example(lineno: int, src: str, tgt: str, src_path: str | Path, tgt_path: str | Path | None = None) -> Example:

@@ -94,6 +94,11 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow", "")
             message = f"{request.method} is not allowed on {request.url.path}" + (f" (allowed: {allowed})" if allowed else "")
+        elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's words for a body its JSON decoding failed on before validation (bytes that
+            # are not UTF-8 inside a string, nesting too deep to parse)
+            return error_response(400, "invalid_json", "the request body is not valid JSON (not UTF-8 text, "
+                                                       "or nested too deep)")
         else:
             message = str(exc.detail)
         return error_response(exc.status_code, HTTP_TYPES.get(exc.status_code, "error"), message, exc.headers)

@@ -13,6 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from ..config import Invalid, SearchConfig
+from ..data.corpus import not_text
 from ..data.dataset import pad_sources
 from ..search import Hypothesis, PathDecoder, paths_per_input, rank_samples
 from ..translate import Translator, ranking_score
@@ -73,6 +74,8 @@ def prepare(models: Mapping[str, Translator], limits: Limits, body: GenerateRequ
         if len(text) > limits.max_chars:
             raise ApiError(422, f"inputs[{i}]: {len(text)} characters, over the limit of {limits.max_chars} "
                                 f"(--max-chars)", "limit_exceeded")
+        if (bad := not_text(text)) is not None:  # what `s2s generate` and training refuse (a JSON "\u0000")
+            raise ApiError(422, f"inputs[{i}]: {bad[0]} (character {bad[1]})")
     cfg = search_config(tr, limits, body)
     if body.attention and tr.attention_layers == 0:
         raise ApiError(400, f"attention: model {name!r} ({tr.family}, {tr.engine.name} engine) returns no attention "
