@@ -8,12 +8,14 @@ never runs code from it.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,13 +29,19 @@ from .errors import UserError
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it is flushed, fsynced and renamed
-    over ``path``; on an exception it is removed and ``path`` is left as it was."""
+    over ``path``; on an exception it is removed and ``path`` is left as it was. The writer
+    holds an OS lock (``flock``) on its temporary file until it is renamed: one a killed writer
+    left behind is unlocked, which is how :func:`remove_abandoned_temporaries` tells the two apart."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:  # read-only or full: name the file that could not be written, not the temporary
         raise OSError(e.errno, e.strerror, str(path)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel when the process ends
+    except OSError:
+        pass  # a file system without locks: the file is written all the same
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
@@ -58,6 +66,40 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
         os.close(dir_fd)
 
 
+TEMPORARY_AGE_S = 5.0  # younger temporaries are left alone: a writer locks its own just after making it
+
+
+def remove_abandoned_temporaries(path: Path) -> int:
+    """Delete the temporary files that :func:`atomic_open` writes beside ``path``
+    (``.NAME.XXXXXXXX.tmp``) and that no process is writing: a killed ``s2s generate -o NAME``
+    left one, which the next run to that output removes. A temporary whose lock is held belongs
+    to a write under way, and one made in the last :data:`TEMPORARY_AGE_S` seconds may not be
+    locked yet: both stay. Returns how many were removed."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    try:
+        candidates = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return 0
+    removed = 0
+    for p in candidates:
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < TEMPORARY_AGE_S:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
+            p.unlink()
+            removed += 1
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
 @contextmanager
 def open_output(path: str | Path) -> Iterator[IO[str]]:
     """A text output file a user named (``generate -o``). A regular file, or a new one, is
@@ -72,6 +114,7 @@ def open_output(path: str | Path) -> Iterator[IO[str]]:
     except OSError:
         mode = None
     if mode is None or stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # a directory: atomic_open's error names it
+        remove_abandoned_temporaries(target)
         with atomic_open(target) as f:
             yield f
         return

@@ -161,6 +161,37 @@ def test_translate_replaces_an_existing_output_only_with_force(trained, tmp_path
     assert len(out.read_text().splitlines()) == len(empty.read_text().splitlines()) == 1
 
 
+def test_an_output_file_a_killed_run_left_half_written_is_removed_by_the_next_run_to_that_output(trained, tmp_path):
+    """A SIGKILLed ``s2s generate -o out.txt`` left ``.out.txt.XXXXXXXX.tmp`` in the user's folder,
+    and every later run to that output kept it. The writer holds a lock on its temporary while it
+    writes: the next run removes the unlocked ones (not one still being written, not a young
+    one that its writer may not have locked yet, not other files)."""
+    out, words = tmp_path / "out.txt", tmp_path / "words.txt"
+    words.write_text("a b\n")
+    writer = subprocess.Popen([sys.executable, "-c",  # writes out.txt through atomic_open and waits
+                               "import sys, time\nfrom seq2seqkit.checkpoint import atomic_open\n"
+                               "with atomic_open(sys.argv[1]) as f:\n    f.write('half'); f.flush(); print(flush=True); "
+                               "time.sleep(600)\n", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        writer.stdout.readline()
+        [busy] = tmp_path.glob(".out.txt.*.tmp")
+        old = time.time() - 3600
+        os.utime(busy, (old, old))
+        young, other = tmp_path / ".out.txt.abcdefgh.tmp", tmp_path / ".notes.txt.abcdefgh.tmp"
+        young.write_text("x")
+        other.write_text("y")
+        os.utime(other, (old, old))
+        assert main(["-q", "translate", "-m", str(trained), "-i", str(words), "-o", str(out)]) == 0
+        assert busy.exists() and young.exists() and other.exists()  # a write under way, a young file, another's
+    finally:
+        writer.kill()
+        writer.wait()
+    os.utime(young, (old, old))
+    assert main(["-q", "translate", "-m", str(trained), "-i", str(words), "-o", str(out), "--force"]) == 0
+    assert not busy.exists() and not young.exists() and other.read_text() == "y"
+    assert len(out.read_text().splitlines()) == 1
+
+
 def test_prepare_never_replaces_files_it_did_not_write(tmp_path, capsys):
     (tmp_path / "train.tsv").write_text("my own data\n")
     assert main(["prepare", "cmudict", str(tmp_path)]) == 2
