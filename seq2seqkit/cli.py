@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError, DataError, UserError
-from .runtime import configure_process, run_under_jemalloc
+from .runtime import configure_process, run_under_jemalloc, usable_cores
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command needs them
     from .config import Config
@@ -47,10 +47,15 @@ def launch_train(args: argparse.Namespace, check_config: Callable[[], Config]) -
 
     from .translate import resolve_device
 
-    if resolve_device(cfg.training.device).type == "cuda" and args.nproc > (gpus := torch.cuda.device_count()):
-        raise UserError(f"--nproc {args.nproc}: training.device is cuda and this machine has {gpus} GPU"
-                        f"{'s' * (gpus != 1)}; NCCL needs one GPU per process: --nproc {gpus} at most "
-                        f"(or training.device=cpu)")
+    if resolve_device(cfg.training.device).type == "cuda":
+        if args.nproc > (gpus := torch.cuda.device_count()):
+            raise UserError(f"--nproc {args.nproc}: training.device is cuda and this machine has {gpus} GPU"
+                            f"{'s' * (gpus != 1)}; NCCL needs one GPU per process: --nproc {gpus} at most "
+                            f"(or training.device=cpu)")
+    elif args.nproc > (cores := usable_cores()):  # torchrun would start them all, each with the data and a model
+        raise UserError(f"--nproc {args.nproc}: training on the CPU, and this process may use {cores} core"
+                        f"{'s' * (cores != 1)}; each training process needs one of its own: --nproc {cores} "
+                        f"at most")
     argv = ["-q"] * args.quiet + ["--debug"] * args.debug + ["train"]
     argv += (["--resume", args.resume] if args.resume else []) + ([args.config] if args.config else []) + args.overrides
     return launch(args.nproc, argv)

@@ -51,6 +51,18 @@ def tiny_yaml(tmp_path_factory) -> Path:
     return path
 
 
+def test_more_training_processes_than_cores_are_refused_before_any_starts(tiny_yaml, monkeypatch, capsys):
+    """``s2s train --nproc 1000`` on the CPU would have had torchrun start 1,000 processes, each
+    holding the data and a model, on 2 cores."""
+    import seq2seqkit.cli as cli
+
+    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    monkeypatch.setattr("seq2seqkit.distributed.launch", lambda *a: pytest.fail("started the processes"))
+    assert cli.main(["train", "--nproc", "3", str(tiny_yaml), "training.device=cpu"]) == 2
+    assert capsys.readouterr().err == ("s2s: error: --nproc 3: training on the CPU, and this process may use 2 cores; "
+                                       "each training process needs one of its own: --nproc 2 at most\n")
+
+
 def test_the_python_api_leaves_the_process_alone(tiny_yaml):
     """Training and loading through the API change neither malloc nor the OpenMP environment."""
     code = (f"import seq2seqkit\nseq2seqkit.train({str(tiny_yaml)!r})\n"
