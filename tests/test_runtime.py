@@ -131,6 +131,7 @@ def test_free_cores_count_other_programs_only(tmp_path, monkeypatch):
 
 
 def watch(monkeypatch, free: float | None, adapt: bool = False) -> CoreWatch:
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)  # the readings below are of a 2-core machine
     w = CoreWatch("training.num_threads", every=0.0, first=0.0, adapt=adapt)
     monkeypatch.setattr(w.probe, "reading", lambda: free)
     return w
