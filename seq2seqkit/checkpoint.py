@@ -8,6 +8,7 @@ never runs code from it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -37,6 +38,9 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:  # read-only or full: name the file that could not be written, not the temporary
+        if e.errno == errno.ENOENT and path.parent.is_dir():  # /proc: its directory exists, but no file can be made
+            raise OSError(e.errno, f"cannot be written (no new file can be made in {path.parent}, so it is not "
+                                   f"replaced)", str(path)) from None
         raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel when the process ends

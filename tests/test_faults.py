@@ -192,6 +192,17 @@ def test_translate_output_read_only_or_a_directory(trained: Path, tmp_path: Path
     assert list(ro.iterdir()) == []  # no temporary file left behind
 
 
+@pytest.mark.skipif(not Path("/proc/version").is_file(), reason="needs Linux's /proc")
+def test_an_output_in_a_directory_that_takes_no_new_file_says_so(trained: Path, tmp_path: Path, capsys):
+    """``-o /proc/version --force`` said "No such file or directory" about a file that exists
+    (the temporary beside it cannot be made)."""
+    src = tmp_path / "in.txt"
+    src.write_text("a b c\n")
+    assert main(["-q", "translate", "-m", str(trained), "-i", str(src), "-o", "/proc/version", "--force"]) == 2
+    assert one_line(capsys) == ("/proc/version: cannot be written (no new file can be made in /proc, so it is "
+                                "not replaced)")
+
+
 def test_prepare_into_read_only_dir(tmp_path: Path, capsys):
     with read_only(tmp_path):
         assert main(["prepare", "cmudict", str(tmp_path / "data")]) == 2
