@@ -41,7 +41,7 @@ from .data.tokenizers import BOS, EOS, MANIFEST, PAD, UNK, Tokenizer, load_token
 from .errors import UserError
 from .models import build_model
 from .models.transformer import TransformerSeq2Seq
-from .rundir import EXPORT, abandoned_scratch, check_ours, scratch_dir, write_marker
+from .rundir import EXPORT, abandoned_scratch, check_ours, kind_of, scratch_dir, write_marker
 from .search import Hypothesis, output_caps, power
 from .translate import Engine, Translator
 
@@ -176,6 +176,9 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, checkpoint: s
     """
     ct2 = _ctranslate2()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if kind_of(model_dir) == EXPORT:  # said "MODEL_DIR/checkpoints/last.pt: no such checkpoint"
+        raise UserError(f"{model_dir}: is already a CTranslate2 export (it has no checkpoints to convert); "
+                        f"export the model directory it was made from")
     _check_apart(model_dir, out_dir)
     if out_dir.exists() or out_dir.is_symlink():
         if not force:

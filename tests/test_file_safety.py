@@ -236,6 +236,11 @@ def test_export_force_replaces_only_an_earlier_export(tmp_path, capsys):
     assert main(export + ["--force"]) == 0  # our own earlier export: replaced
     assert (dst / "model.bin").read_bytes() != b"old" and kind_of(dst) == "ctranslate2"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ct2")] == []  # no scratch left
+    capsys.readouterr()
+    assert main(["-q", "export", "--format", "ctranslate2", str(dst), str(tmp_path / "again")]) == 2  # an export's export
+    assert one_line_error(capsys).strip() == (f"s2s: error: {dst}: is already a CTranslate2 export (it has no "
+                                              f"checkpoints to convert); export the model directory it was made from")
+    assert not (tmp_path / "again").exists()
     # an export killed mid-way left its scratch; a running one's is kept; look-alikes of users' are not ours
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = [tmp_path / f".ct2.{dead.stdout.strip()}.abcd1234.tmp", tmp_path / f".ct2.{dead.stdout.strip()}.abcd1234.old"]
