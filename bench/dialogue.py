@@ -67,6 +67,7 @@ SAMPLING_GRID = {"top_p": [0.9, 0.7, 0.5, 0.3], "temperature": [1.0, 0.8, 0.6], 
 BEAM_GRID = {"length_penalty": LENGTH_PENALTIES, "no_repeat_ngram_size": [0, 3], "min_len": [0, 6, 10, 14, 18]}
 OURS = ["bleu1", "bleu2", "distinct1", "distinct2", "length"]
 TARGET = {"bleu1": 33.6, "bleu2": 26.8, "distinct1": 3.0, "distinct2": 12.8}  # PLATO's Seq2Seq row, in percent
+BELOW_DISTINCT = 1000.0  # what tuned sampling's objective takes off a setting whose Distinct-2 misses the target's
 
 
 def plato_scores(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
@@ -102,23 +103,22 @@ def run(config: str, args: argparse.Namespace) -> dict:
     progress, tr, _, _ = trained_translator(cfg, not args.no_train, None, "ppl")  # best: by val ppl in training
     dev = load_eval_set(*cfg.data.dev.files(), fmt=cfg.data.dev.format)
     idx = spread(len(dev.sources), args.tune_max)
-    dev_refs = [dev.refs[i] for i in idx]
-    tuned, tried = tune_search(tr, [dev.sources[i] for i in idx], BEAM_GRID,
+    dev_src, dev_refs = [dev.sources[i] for i in idx], [dev.refs[i] for i in idx]
+    tuned, tried = tune_search(tr, dev_src, BEAM_GRID,
                                lambda hyps: M.score(hyps, dev_refs, ["bleu2"]).values["bleu2"], {"beam_size": args.beam})
+
     def distinct_then_bleu(hyps: list[str]) -> float:
         plato = plato_scores(hyps, dev_refs)
-        return plato["bleu2"] - (0.0 if plato["distinct2"] >= TARGET["distinct2"] else 1000.0)
+        return plato["bleu2"] - (0.0 if plato["distinct2"] >= TARGET["distinct2"] else BELOW_DISTINCT)
 
     grid = {**SAMPLING_GRID, "top_p": [args.top_p] + [p for p in SAMPLING_GRID["top_p"] if p != args.top_p]}
-    sampled, sample_tried = tune_search(tr, [dev.sources[i] for i in idx], grid, distinct_then_bleu,
-                                        {"beam_size": 1, "sample": True}, seed=args.seed)
+    sampled, sample_tried = tune_search(tr, dev_src, grid, distinct_then_bleu, {"beam_size": 1, "sample": True},
+                                        seed=args.seed)
     full, sets = test_sets(cfg, args.limit)
     decodings = {
         "greedy": search_config(tr, beam_size=1),
-        (f"beam {args.beam} (α {tuned['length_penalty']:g}"
-         + (f", no repeated {tuned['no_repeat_ngram_size']}-grams" if tuned["no_repeat_ngram_size"] else "")
-         + (f", min length {tuned['min_len']}" if tuned["min_len"] else "") + ")"): search_config(tr, beam_size=args.beam,
-                                                                                                  **tuned),
+        f"beam {args.beam} (α {tuned['length_penalty']:g}{controls(tuned)})": search_config(tr, beam_size=args.beam,
+                                                                                           **tuned),
         f"sampling (top-p {args.top_p:g}, seed {args.seed})": search_config(tr, beam_size=1, sample=True, top_p=args.top_p),
         (f"sampling tuned on val (top-p {sampled['top_p']:g}, temperature {sampled['temperature']:g}, "
          f"min length {sampled['min_len']}, seed {args.seed})"): search_config(tr, beam_size=1, sample=True, **sampled),
@@ -140,6 +140,12 @@ def run(config: str, args: argparse.Namespace) -> dict:
     return {"config": config, "model": model_label(tr.cfg), "params": tr.model.num_parameters(),
             "steps": f"{progress['step']} ({progress['epoch']})", "train": run_time(progress), "rows": rows,
             "tried": tried, "sample_tried": sample_tried, "dev_items": len(idx), "outputs": outputs, "full": full, "unseen": sets[1][1]}
+
+
+def controls(settings: dict) -> str:
+    """The generation controls among ``settings`` that are on, as a label's tail."""
+    return ((f", no repeated {settings['no_repeat_ngram_size']}-grams" if settings.get("no_repeat_ngram_size") else "")
+            + (f", min length {settings['min_len']}" if settings.get("min_len") else ""))
 
 
 def met(values: dict[str, float]) -> str:
@@ -190,7 +196,7 @@ def main() -> None:
                            f"{s:.2f}" for p, s in r["tried"])
         sample_tuning = "; ".join(
             f"top-p {p['top_p']:g}, T {p['temperature']:g}, min {p['min_len']}: "
-            + (f"{s:.2f}" if s > -500 else f"{s + 1000:.2f} (Distinct-2 under {TARGET['distinct2']:g})")
+            + (f"{s:.2f}" if s > -BELOW_DISTINCT / 2 else f"{s + BELOW_DISTINCT:.2f} (Distinct-2 under {TARGET['distinct2']:g})")
             for p, s in r["sample_tried"])
         parts.append(
             f"**{r['model']}** (`{config}`): {r['params']:,} parameters, {r['steps']} steps (epochs), training "

@@ -27,6 +27,10 @@ import torch
 from .errors import UserError
 
 
+# atomic_open's temporary files: ".NAME." + 8 characters from tempfile's alphabet + ".tmp"
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it is flushed, fsynced and renamed
@@ -79,9 +83,9 @@ def remove_abandoned_temporaries(path: Path) -> int:
     left one, which the next run to that output removes. A temporary whose lock is held belongs
     to a write under way, and one made in the last :data:`TEMPORARY_AGE_S` seconds may not be
     locked yet: both stay. Returns how many were removed."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
     try:
-        candidates = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+        candidates = [p for p in path.parent.iterdir()
+                      if (m := TEMPORARY.fullmatch(p.name)) and m.group("name") == path.name]
     except OSError:
         return 0
     removed = 0
@@ -223,12 +227,12 @@ def check_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path
         raise UserError(f"{path}: its weights do not fit the model the config describes ({what}): "
                         f"was model.family or another model setting changed since training?")
     for name, t in own.items():
-        if weights[name].shape != t.shape:
-            raise UserError(f"{path}: {name} has shape {tuple(weights[name].shape)} in the checkpoint but "
+        w = weights[name]
+        if w.shape != t.shape:
+            raise UserError(f"{path}: {name} has shape {tuple(w.shape)} in the checkpoint but "
                             f"{tuple(t.shape)} in the model the config describes: was a model setting (e.g. "
                             f"model.hidden_size) changed since training?")
-    for name, t in own.items():  # weights that fit but are not a trained model's: loading would cast or keep them
-        w = weights[name]
+        # weights that fit but are not a trained model's: loading would cast them, or keep NaN
         if w.dtype.is_floating_point != t.dtype.is_floating_point:
             raise UserError(f"{path}: {name} holds {str(w.dtype).removeprefix('torch.')} values where the model "
                             f"has {str(t.dtype).removeprefix('torch.')} ones: not weights this toolkit wrote")

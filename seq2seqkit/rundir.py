@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .checkpoint import TEMPORARY, atomic_write_text
 from .errors import ConfigError, UserError
 
 log = logging.getLogger("seq2seqkit")
@@ -46,8 +46,6 @@ MODEL_FILES = {MARKER, LOCK, "config.yaml", "tokenizers.json", "train_log.jsonl"
                "src.vocab.json", "tgt.vocab.json", "src.spm.model", "tgt.spm.model"}
 EXPORT_FILES = {MARKER, "model.bin", "config.json", "config.yaml", "tokenizers.json",
                 "src.vocab.json", "tgt.vocab.json", "src.spm.model", "tgt.spm.model"}
-# checkpoint.atomic_open's temporary files: ".NAME." + 8 characters from tempfile's alphabet + ".tmp"
-TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 def _manifest_files(directory: Path) -> set[str]:

@@ -203,8 +203,9 @@ def usable_cores() -> int:
 def capped_threads(requested: int, setting: str = "training.num_threads") -> int:
     """``requested`` threads, or the cores this process may use (:func:`usable_cores`) where it
     asks for more, said once in the log. torch starts every thread it is asked for, and threads
-    beyond the cores spin waiting for each other: ``training.num_threads=1000`` on 2 cores had not
-    finished 2 updates of the G2P quick config after 10 minutes, where 1 thread takes seconds."""
+    beyond the cores spin waiting for each other: ``s2s train configs/g2p-quick.yaml
+    training.num_threads=1000 training.max_steps=2`` on 2 cores (beside a one-thread training) had
+    not finished its 2 updates after 10 minutes; with ``training.num_threads=1`` they took seconds."""
     cores = usable_cores()
     if requested <= cores:
         return requested
